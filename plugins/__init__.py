@@ -1,0 +1,1 @@
+"""First-party workbench plugins, imported as ``workbench_plugins``."""

@@ -1,0 +1,1 @@
+"""Report-paired contrastive pretraining (CLIP, SigLIP, ConVIRT, FLAIR, COSMOS) on open_clip."""

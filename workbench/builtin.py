@@ -1,0 +1,71 @@
+"""The built-in plugin: the phantom datasets, the manifest formats and ``workbench phantoms``.
+
+It goes through the same hooks as any third-party plugin, so the contract is
+exercised by the host's own code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from workbench import hookimpl
+
+
+def build_cxr_phantoms(root: Path, n: int = 200, seed: int = 0, size: int = 256) -> list[dict[str, Any]]:
+    """Dataset builder "phantom-cxr": write ``n`` chest phantoms under ``root`` (once) and return their records."""
+    from workbench.data.manifests import read_manifest
+    from workbench.data.phantoms import write_cxr_phantoms
+
+    manifest = Path(root) / "manifest.jsonl"
+    if not manifest.exists():
+        manifest = write_cxr_phantoms(root, n, seed=seed, size=size)
+    return read_manifest(manifest)
+
+
+def build_fundus_phantoms(root: Path, n: int = 20, seed: int = 0, size: int = 256) -> list[dict[str, Any]]:
+    """Dataset builder "phantom-fundus": write ``n`` fundus phantoms under ``root`` (once) and return their records."""
+    from workbench.data.manifests import read_manifest
+    from workbench.data.phantoms import write_fundus_phantoms
+
+    manifest = Path(root) / "manifest.jsonl"
+    if not manifest.exists():
+        manifest = write_fundus_phantoms(root, n, seed=seed, size=size)
+    return read_manifest(manifest)
+
+
+@hookimpl
+def workbench_register_datasets(catalog: Any) -> None:
+    """Register the phantom builders and the CSV / JSONL manifest formats."""
+    from workbench.data.manifests import read_manifest
+
+    catalog.add_builder("phantom-cxr", build_cxr_phantoms, description="synthetic chest radiographs with reports, masks and boxes")
+    catalog.add_builder("phantom-fundus", build_fundus_phantoms, description="synthetic fundus images with exact vessel masks")
+    catalog.add_manifest_format("csv", read_manifest, description="CSV, one record per row; nested fields JSON-encoded")
+    catalog.add_manifest_format("jsonl", read_manifest, description="JSON lines, one record per line")
+
+
+@click.command("phantoms")
+@click.argument("kind", type=click.Choice(["cxr", "fundus"]))
+@click.option("--n", "count", type=int, default=100, show_default=True, help="number of studies/images")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True, help="output folder")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=int, default=256, show_default=True, help="image side in pixels")
+@click.option("--layout", type=click.Choice(["manifest", "drive"]), default="manifest", show_default=True, help="fundus only: DRIVE folder layout")
+def phantoms_command(kind: str, count: int, out_dir: Path, seed: int, size: int, layout: str) -> None:
+    """Write synthetic studies with exact ground truth (DICOM/PNG + manifest)."""
+    from workbench.data.phantoms import write_cxr_phantoms, write_fundus_phantoms
+
+    if kind == "cxr":
+        written = write_cxr_phantoms(out_dir, count, seed=seed, size=size)
+    else:
+        written = write_fundus_phantoms(out_dir, count, seed=seed, size=size, layout=layout)
+    click.echo(str(written))
+
+
+@hookimpl
+def workbench_add_commands(cli: Any) -> None:
+    """Add ``workbench phantoms``."""
+    cli.add_command(phantoms_command)

@@ -1,0 +1,196 @@
+"""YAML configs read into validated pydantic settings, with CLI overrides.
+
+Every job command takes ``--config FILE.yaml`` and trailing ``key.sub=value``
+overrides. The file is read with ``yaml.safe_load`` (never ``eval``), the
+overrides are applied to the nested mapping, and the result is validated by a
+pydantic model whose sections forbid unknown keys, so a typo names the key and
+the file. The resolved settings are saved in the run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, TypeVar
+
+import click
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from workbench.errors import ConfigError
+from workbench.fsutil import atomic_write_text
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every settings section: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSettings(StrictModel):
+    """Where and how a job runs.
+
+    Attributes:
+        output_root: folder under which run folders ``<job>-<time>`` are made.
+        name: optional run name replacing the time stamp.
+        seed: the seed every random choice derives from.
+        device: ``auto`` (CUDA, else MPS, else CPU) or a torch device string.
+        precision: ``auto`` picks bf16/fp16 only where the device runs it natively.
+    """
+
+    output_root: Path = Path("runs")
+    name: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b.c=value"`` into its key path and its YAML-typed value.
+
+    Args:
+        text: one override argument.
+
+    Returns:
+        ``(["a", "b", "c"], value)`` where value is parsed with ``yaml.safe_load``
+        (so ``3`` is an int, ``true`` a bool, ``[1, 2]`` a list, ``abc`` a string).
+
+    Raises:
+        ConfigError: no ``=``, or an empty key.
+    """
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw_value = text.split("=", 1)
+    parts = [part for part in key.strip().split(".")]
+    if not key.strip() or any(not part for part in parts):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        value = raw_value
+    return parts, value
+
+
+def apply_overrides(mapping: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a nested mapping, in place, and return it."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = mapping
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"override {text!r}: {where!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return mapping
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path`` with ``yaml.safe_load``.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, or a top level that is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {error}") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: ``source: key.sub: message``."""
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        lines.append(f"{source}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    model: type[SettingsT],
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> SettingsT:
+    """Read, override and validate a job's settings.
+
+    Args:
+        model: the pydantic model of the job's settings (sections are ``StrictModel``).
+        path: the YAML file; ``None`` uses the model's defaults.
+        overrides: ``key.sub=value`` strings applied after the file.
+        defaults: a mapping applied before the file (e.g. a plugin's preset).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: naming the file (or "overrides") and each offending key.
+    """
+    mapping: dict[str, Any] = dict(defaults or {})
+    source = "defaults"
+    if path is not None:
+        mapping.update(read_yaml(path))
+        source = str(path)
+    overrides = list(overrides)
+    apply_overrides(mapping, overrides)
+    if overrides:
+        source = f"{source} (with overrides {' '.join(overrides)})"
+    try:
+        return model.model_validate(mapping)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from error
+
+
+def settings_to_yaml(settings: BaseModel) -> str:
+    """The resolved settings as YAML text (paths as strings)."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+
+
+def save_settings(settings: BaseModel, path: str | Path) -> Path:
+    """Write the resolved settings to ``path`` as YAML, atomically."""
+    return atomic_write_text(path, settings_to_yaml(settings))
+
+
+def config_options(command: Callable) -> Callable:
+    """Click decorator adding ``--config FILE`` and trailing ``key.sub=value`` overrides.
+
+    The decorated command receives ``config`` (a Path or None) and ``overrides``
+    (a tuple of strings); pass both to :func:`load_settings`.
+    """
+    command = click.argument("overrides", nargs=-1, metavar="[KEY.SUB=VALUE]...")(command)
+    command = click.option(
+        "--config",
+        "config",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="YAML config file; trailing key.sub=value arguments override it.",
+    )(command)
+    return command
+
+
+__all__ = [
+    "StrictModel",
+    "RunSettings",
+    "Field",
+    "parse_override",
+    "apply_overrides",
+    "read_yaml",
+    "load_settings",
+    "save_settings",
+    "settings_to_yaml",
+    "config_options",
+    "format_validation_error",
+]

@@ -1,0 +1,1 @@
+"""The data layer: readers, manifests, loaders and the embedded phantom data."""

@@ -1,0 +1,72 @@
+"""The foundation's sections of the demo page: loaded plugins and the phantoms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.report import FINDING_COLOURS, HtmlReport, RunFolder, draw_boxes, overlay_mask, save_png
+
+
+def add_plugin_section(report: HtmlReport, host: Any) -> None:
+    """Add a table of the loaded plugins (name, version, source, hooks, error)."""
+    rows = []
+    for info in host.plugin_report():
+        rows.append(
+            {
+                "plugin": info["name"],
+                "version": info["version"],
+                "source": info["source"],
+                "hooks": ", ".join(hook.removeprefix("workbench_") for hook in info["hooks"]),
+                "status": "ok" if info["error"] is None else f"FAILED: {info['error']}",
+            }
+        )
+    report.section("Loaded plugins").table(rows)
+    models = [{"model": name, "task": host.models.entry(name).task, "plugin": host.models.entry(name).plugin} for name in host.models.list_models()]
+    if models:
+        report.table(models)
+
+
+def _label_colour_overlay(image: np.ndarray, label_map: np.ndarray) -> np.ndarray:
+    """Overlay every non-zero label of a ``(H, W)`` label map in its own colour."""
+    overlaid = image
+    for label in [value for value in np.unique(label_map) if value != 0]:
+        overlaid = overlay_mask(overlaid, label_map == label, FINDING_COLOURS[(int(label) - 1) % len(FINDING_COLOURS)])
+    return overlaid
+
+
+def add_phantom_sections(report: HtmlReport, run: RunFolder, cxr_manifest: Path, fundus_manifest: Path, shown: int = 6) -> None:
+    """Show the first ``shown`` chest studies (DICOM read back, masks, boxes, report) and fundus images."""
+    from workbench.data.manifests import read_manifest
+    from workbench.data.readers import read_image
+
+    studies = read_manifest(cxr_manifest)
+    report.section(f"Chest phantoms ({len(studies)} studies)")
+    report.text(
+        "Synthetic chest radiographs read back from their DICOM files, with the exact finding masks "
+        "(coloured) and one box per finding phrase (green), and the report written from the findings."
+    )
+    for record in studies[:shown]:
+        image, _ = read_image(record["image"])
+        label_map, _ = read_image(record["mask"], intensity="stored")
+        coloured = _label_colour_overlay(image[0], label_map[0].astype(int))
+        overlay = draw_boxes(coloured, record.get("boxes", []), label_key="category")
+        figure = save_png(run.file(f"figures/cxr_{record['id']}.png"), overlay)
+        plain = save_png(run.file(f"figures/cxr_{record['id']}_image.png"), image[0])
+        findings = ", ".join(record.get("findings", [])) or "no finding"
+        report.figures([(plain, f"{record['id']} (DICOM)"), (figure, f"findings: {findings}")])
+        report.preformatted(record["report"])
+
+    images = read_manifest(fundus_manifest)
+    report.section(f"Fundus phantoms ({len(images)} images)")
+    report.text("Synthetic fundus photographs with their exact vessel masks (red) and field-of-view outline.")
+    items = []
+    for record in images[:shown]:
+        image, _ = read_image(record["image"])
+        vessels, _ = read_image(record["mask"], intensity="stored")
+        overlay = overlay_mask(image, vessels[0] > 0, (230, 25, 75), alpha=0.6)
+        items.append((save_png(run.file(f"figures/fundus_{record['id']}_image.png"), image), f"{record['id']}"))
+        items.append((save_png(run.file(f"figures/fundus_{record['id']}_vessels.png"), overlay), f"{record['id']} vessels"))
+    report.figures(items)
