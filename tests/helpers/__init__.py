@@ -1,0 +1,1 @@
+"""Test helpers shared across test files (worker scripts run in subprocesses)."""

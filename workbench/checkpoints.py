@@ -1,0 +1,224 @@
+"""Training checkpoints that resume to the same result, and the random states inside them.
+
+A checkpoint is a folder ``checkpoints/step-00000120/`` holding
+
+- ``model.safetensors``: the trained module's parameters and buffers;
+- ``state.pt``: optimizer, scheduler, grad scaler, step and data position,
+  as tensors and plain values (read back with ``torch.load(weights_only=True)``);
+- ``rng-rank<r>.safetensors``: each rank's Python, NumPy and torch (CPU and
+  CUDA) random states, as tensors;
+- ``checksums.json``: the sha256 of each file, verified on load.
+
+The folder is written under a temporary name and renamed into place, then
+``checkpoints/latest`` (a text file with the folder name) is replaced
+atomically: a run killed at any moment leaves the previous checkpoint whole.
+Nothing is unpickled, so a checkpoint from elsewhere cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from workbench.errors import IntegrityError
+from workbench.fsutil import atomic_write_json, atomic_write_text, sha256_of_file
+
+__all__ = [
+    "seed_everything", "capture_rng_state", "restore_rng_state", "rng_state_bytes", "rng_state_from_bytes",
+    "save_checkpoint", "load_checkpoint", "latest_checkpoint", "Checkpoint",
+]
+
+LATEST_POINTER = "latest"
+_STEP_PREFIX = "step-"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict[str, torch.Tensor]:
+    """This process's random states as a dict of tensors (safe to store without pickle).
+
+    Returns:
+        ``torch_cpu`` (uint8), ``cuda_<i>`` (uint8, one per CUDA device), ``numpy_keys``
+        (int64 (624,)), ``numpy_meta`` (float64: pos, has_gauss, cached_gaussian),
+        ``python_state`` (int64 (626,): version and the Mersenne Twister words) and
+        ``python_gauss`` (float64 (2,): present flag, value).
+    """
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    version, words, gauss_next = random.getstate()
+    state = {
+        "torch_cpu": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+        "numpy_meta": torch.tensor([position, has_gauss, cached_gaussian], dtype=torch.float64),
+        "python_state": torch.tensor([version, *words], dtype=torch.int64),
+        "python_gauss": torch.tensor([0.0 if gauss_next is None else 1.0, gauss_next or 0.0], dtype=torch.float64),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda_{index}"] = cuda_state
+    return state
+
+
+def restore_rng_state(state: Mapping[str, torch.Tensor]) -> None:
+    """Put back the states from :func:`capture_rng_state` (CUDA ones only where those devices exist)."""
+    torch.set_rng_state(state["torch_cpu"].to(torch.uint8))
+    meta = state["numpy_meta"].tolist()
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(meta[0]), int(meta[1]), float(meta[2])))
+    python_words = state["python_state"].tolist()
+    flag, value = state["python_gauss"].tolist()
+    random.setstate((int(python_words[0]), tuple(int(word) for word in python_words[1:]), value if flag else None))
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            if f"cuda_{index}" in state:
+                torch.cuda.set_rng_state(state[f"cuda_{index}"].to(torch.uint8), index)
+
+
+def rng_state_bytes() -> bytes:
+    """:func:`capture_rng_state` serialised as safetensors bytes (for gathering across ranks)."""
+    return safetensors.torch.save({key: value.contiguous() for key, value in capture_rng_state().items()})
+
+
+def rng_state_from_bytes(payload: bytes) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`rng_state_bytes`."""
+    return safetensors.torch.load(payload)
+
+
+class Checkpoint:
+    """A checkpoint folder read back: its step, training state and random states.
+
+    Attributes:
+        path: the ``step-XXXXXXXX`` folder.
+        state: the dict saved in ``state.pt`` (``step``, ``epoch``, ``batch_in_epoch``,
+            ``optimizer``, ``scheduler``, ``scaler``, ``extra``).
+    """
+
+    def __init__(self, path: Path, state: dict[str, Any]):
+        self.path = path
+        self.state = state
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken when the checkpoint was written."""
+        return int(self.state["step"])
+
+    def rng_state(self, rank: int) -> dict[str, torch.Tensor] | None:
+        """Rank ``rank``'s random states, or ``None`` when the checkpoint has none for it."""
+        path = self.path / f"rng-rank{rank}.safetensors"
+        return safetensors.torch.load_file(str(path)) if path.exists() else None
+
+    def load_model(self, model: nn.Module, strict: bool = True) -> None:
+        """Load ``model.safetensors`` into ``model`` (tied weights handled by safetensors)."""
+        missing, unexpected = safetensors.torch.load_model(model, str(self.path / "model.safetensors"), strict=False)
+        if strict and (missing or unexpected):
+            raise IntegrityError(f"{self.path / 'model.safetensors'}: does not match the model "
+                                 f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+
+
+def save_checkpoint(
+    folder: str | Path,
+    model: nn.Module,
+    state: Mapping[str, Any],
+    rng_states: list[bytes],
+    keep: int = 2,
+) -> Path:
+    """Write a checkpoint folder atomically and point ``latest`` at it.
+
+    Args:
+        folder: the run's ``checkpoints`` folder.
+        model: the unwrapped module to save.
+        state: ``step`` (int) and anything ``torch.save`` can store that
+            ``torch.load(weights_only=True)`` reads back (tensors, numbers, strings,
+            lists, dicts), e.g. optimizer and scheduler state dicts.
+        rng_states: per-rank random states from :func:`rng_state_bytes` (index = rank).
+        keep: how many newest checkpoints to keep; older ones are removed.
+
+    Returns:
+        The new checkpoint folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{_STEP_PREFIX}{int(state['step']):08d}"
+    final = folder / name
+    partial = folder / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    safetensors.torch.save_model(model, str(partial / "model.safetensors"))
+    torch.save(dict(state), partial / "state.pt")
+    for rank, payload in enumerate(rng_states):
+        (partial / f"rng-rank{rank}.safetensors").write_bytes(payload)
+    checksums = {item.name: sha256_of_file(item) for item in sorted(partial.iterdir())}
+    atomic_write_json(partial / "checksums.json", checksums)
+    for item in partial.iterdir():
+        with open(item, "rb") as handle:
+            os.fsync(handle.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    atomic_write_text(folder / LATEST_POINTER, name + "\n")
+    _prune(folder, keep)
+    return final
+
+
+def _prune(folder: Path, keep: int) -> None:
+    steps = sorted(path for path in folder.glob(f"{_STEP_PREFIX}*") if path.is_dir())
+    for old in steps[: max(0, len(steps) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``folder`` (``latest`` first, else the highest step), or ``None``."""
+    folder = Path(folder)
+    pointer = folder / LATEST_POINTER
+    if pointer.exists():
+        candidate = folder / pointer.read_text(encoding="utf-8").strip()
+        if (candidate / "checksums.json").exists():
+            return candidate
+    complete = sorted(path for path in folder.glob(f"{_STEP_PREFIX}*") if (path / "checksums.json").exists())
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint folder.
+
+    Args:
+        path: a ``step-XXXXXXXX`` folder.
+
+    Returns:
+        The :class:`Checkpoint`.
+
+    Raises:
+        IntegrityError: a missing or altered file, or a ``state.pt`` that is not
+            plain data (naming the file and the problem).
+    """
+    path = Path(path)
+    checksum_file = path / "checksums.json"
+    if not checksum_file.exists():
+        raise IntegrityError(f"{path}: not a complete checkpoint (no checksums.json)")
+    try:
+        checksums = json.loads(checksum_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise IntegrityError(f"{checksum_file}: unreadable ({error})") from error
+    for name, expected in checksums.items():
+        item = path / name
+        if not item.exists():
+            raise IntegrityError(f"{item}: missing from the checkpoint")
+        if sha256_of_file(item) != expected:
+            raise IntegrityError(f"{item}: sha256 does not match checksums.json (the file was altered or truncated)")
+    try:
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError/RuntimeError variants for foreign or broken files
+        raise IntegrityError(f"{path / 'state.pt'}: cannot be read as plain training state ({error})") from error
+    return Checkpoint(path, state)

@@ -1,0 +1,358 @@
+"""The training loop every plugin shares: seeded, resumable, distributed, observable.
+
+A plugin supplies a module, a loader and a step function ``step(model, batch)
+-> {"loss": tensor, ...}``; :class:`Trainer` does the rest: device and precision
+(from :mod:`workbench.devices`), gradient accumulation, clipping, the learning-rate
+schedule, rich progress, TensorBoard scalars, atomic checkpoints (model,
+optimizer, scheduler, scaler, per-rank random states and the data position) and
+resume, and DDP under ``torchrun`` (:mod:`workbench.distributed`).
+
+Why resume gives the same result: the loader's order and augmentation random
+states are a function of ``(seed, epoch)`` alone (:class:`~workbench.data.loaders.EpochDataLoader`);
+on resume the loop re-enters the saved epoch and replays the batches already
+consumed (augmentation only, the decoded images are cached) so every random
+transform is back where it was, then restores the saved global random states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Mapping
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from workbench.checkpoints import latest_checkpoint, load_checkpoint, restore_rng_state, rng_state_bytes, save_checkpoint, seed_everything
+from workbench.config import StrictModel
+from workbench.devices import autocast, needs_grad_scaler, select_precision
+from workbench.distributed import DistributedContext, all_ranks_true, barrier, gather_bytes, unwrap
+from workbench.errors import ConfigError
+from workbench.progress import StopRequest, TrainingProgress
+
+__all__ = ["TrainSettings", "Trainer", "TrainResult", "build_optimizer", "build_scheduler", "move_to_device", "StepFunction"]
+
+logger = logging.getLogger("workbench.train")
+
+StepFunction = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
+
+
+class TrainSettings(StrictModel):
+    """The ``train:`` section of a job config.
+
+    Attributes:
+        steps: optimizer steps to take in total.
+        batch_size: samples per micro-batch on each rank.
+        grad_accum: micro-batches per optimizer step.
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW decay, not applied to biases, norms and scalars.
+        warmup_steps: linear warm-up steps before the schedule.
+        schedule: ``cosine`` (to zero at ``steps``) or ``constant``.
+        max_grad_norm: clip the global gradient norm (``null``: no clipping).
+        checkpoint_every: write a checkpoint every this many optimizer steps (and at the end).
+        keep_checkpoints: newest checkpoints kept on disk.
+        log_every: steps between TensorBoard scalars and log lines.
+        num_workers: data-loader worker processes.
+    """
+
+    steps: int = Field(100, gt=0)
+    batch_size: int = Field(32, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    max_grad_norm: float | None = Field(None, gt=0)
+    checkpoint_every: int = Field(50, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    log_every: int = Field(10, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; biases, norm weights and scalars get no weight decay.
+
+    Returns:
+        The optimizer with two parameter groups (decayed, not decayed).
+    """
+    decayed, plain = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        no_decay = parameter.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") or "logit_" in name
+        (plain if no_decay else decayed).append(parameter)
+    groups = [{"params": decayed, "weight_decay": settings.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW([group for group in groups if group["params"]], lr=settings.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to zero (or constant), stepped once per optimizer step."""
+    warmup, total, cosine = settings.warmup_steps, settings.steps, settings.schedule == "cosine"
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested dict/list) batch to ``device``; other values pass through."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: move_to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(value, device) for value in batch)
+    return batch
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns.
+
+    Attributes:
+        step: optimizer steps taken in total (including those before a resume).
+        resumed_from: the step of the checkpoint resumed from, or ``None``.
+        history: one dict per logged step: ``step``, ``lr`` and the step function's scalars (means).
+        skipped_batches: micro-batches skipped because every sample in them was bad.
+        checkpoint: the last checkpoint written (rank 0), or ``None``.
+    """
+
+    step: int
+    resumed_from: int | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    skipped_batches: int = 0
+    checkpoint: Path | None = None
+
+
+@dataclass
+class _Position:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+class Trainer:
+    """Train ``model`` with ``step_fn`` on ``loader``.
+
+    Args:
+        model: the module to train, on ``context.device`` (wrap it yourself with
+            :func:`~workbench.distributed.wrap_ddp` under torchrun, or pass it bare).
+        step_fn: ``(model, batch) -> {"loss": scalar tensor, other scalars...}``; the
+            batch is already on the device and the call runs under autocast.
+        loader: an :class:`~workbench.data.loaders.EpochDataLoader` (``set_epoch`` is called).
+        settings: the ``train:`` settings.
+        context: the distributed context (device included).
+        seed: the run seed.
+        precision: ``auto|fp32|bf16|fp16`` (resolved for the device).
+        checkpoint_dir: where checkpoints go (rank 0 writes); ``None`` disables them.
+        tensorboard_dir: where scalars go (rank 0 writes); ``None`` disables them.
+        optimizer: defaults to :func:`build_optimizer`.
+        scheduler: defaults to :func:`build_scheduler`.
+        after_optimizer_step: called as ``fn(step)`` after each optimizer step
+            (EMA teachers, logit-scale clamps, test hooks).
+        progress: show a rich progress bar on rank 0.
+
+    Stopping: Ctrl-C (SIGINT) or SIGTERM finishes the step under way, writes a
+    checkpoint and raises ``KeyboardInterrupt``; the same command resumes. A
+    second Ctrl-C stops at once (the last periodic checkpoint stays valid).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        step_fn: StepFunction,
+        loader: Any,
+        settings: TrainSettings,
+        context: DistributedContext,
+        *,
+        seed: int = 0,
+        precision: str = "auto",
+        checkpoint_dir: str | Path | None = None,
+        tensorboard_dir: str | Path | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        after_optimizer_step: Callable[[int], None] | None = None,
+        progress: bool = True,
+    ):
+        self.model, self.step_fn, self.loader, self.settings, self.context = model, step_fn, loader, settings, context
+        self.seed = seed
+        self.precision = select_precision(context.device, precision)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir is not None else None
+        self.optimizer = optimizer if optimizer is not None else build_optimizer(unwrap(model), settings)
+        self.scheduler = scheduler if scheduler is not None else build_scheduler(self.optimizer, settings)
+        self.scaler = torch.amp.GradScaler(context.device.type, enabled=needs_grad_scaler(context.device, self.precision))
+        self.after_optimizer_step = after_optimizer_step
+        self.show_progress = progress and context.is_main
+        self.position = _Position()
+
+    # ----------------------------------------------------------------- checkpoints
+    def _training_state(self, position: _Position) -> dict[str, Any]:
+        return {
+            "step": position.step, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
+            "world_size": self.context.world_size, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+        }
+
+    def save(self, position: _Position) -> Path | None:
+        """Write a checkpoint at ``position`` (every rank must call; rank 0 writes)."""
+        if self.checkpoint_dir is None:
+            return None
+        gathered = gather_bytes(rng_state_bytes(), self.context)
+        written = None
+        if self.context.is_main:
+            written = save_checkpoint(self.checkpoint_dir, unwrap(self.model), self._training_state(position), gathered or [], self.settings.keep_checkpoints)
+            logger.info("checkpoint written: %s", written)
+        barrier(self.context)
+        return written
+
+    def _resume(self) -> tuple[int | None, dict[str, torch.Tensor] | None]:
+        """Load the latest checkpoint into model/optimizer/scheduler; returns (step, rng state to restore later)."""
+        found = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir is not None else None
+        if found is None:
+            return None, None
+        checkpoint = load_checkpoint(found)
+        checkpoint.load_model(unwrap(self.model))
+        state = checkpoint.state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.position = _Position(int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"]))
+        if int(state.get("world_size", 1)) != self.context.world_size:
+            logger.warning("%s was written by %s ranks, resuming on %s: the data order differs from an uninterrupted run",
+                           found, state.get("world_size"), self.context.world_size)
+        rng = checkpoint.rng_state(self.context.rank) or checkpoint.rng_state(0)
+        logger.info("resuming from %s (step %d)", found, checkpoint.step)
+        return checkpoint.step, rng
+
+    # ----------------------------------------------------------------- the loop
+    def _batches(self, rng_after_replay: dict[str, torch.Tensor] | None) -> Iterator[tuple[int, int, Any]]:
+        """Yield ``(epoch, batch_in_epoch after this batch, batch)`` forever, starting at the saved position."""
+        epoch, skip = self.position.epoch, self.position.batch_in_epoch
+        while True:
+            if hasattr(self.loader, "set_epoch"):
+                self.loader.set_epoch(epoch)
+            iterator = iter(self.loader)
+            for _ in range(skip):  # replay: advances the transforms' random states exactly as before the stop
+                next(iterator, None)
+            if rng_after_replay is not None:
+                restore_rng_state(rng_after_replay)
+                rng_after_replay = None
+            index = skip
+            for batch in iterator:
+                index += 1
+                yield epoch, index, batch
+            epoch, skip = epoch + 1, 0
+
+    def fit(self) -> TrainResult:
+        """Train to ``settings.steps`` optimizer steps, resuming from the latest checkpoint when there is one.
+
+        Returns:
+            A :class:`TrainResult`.
+
+        Raises:
+            ConfigError: the loader yields no usable batch at all in a whole epoch.
+        """
+        seed_everything(self.seed + self.context.rank)
+        resumed_from, rng = self._resume()
+        result = TrainResult(step=self.position.step, resumed_from=resumed_from)
+        if self.position.step >= self.settings.steps:
+            return result
+        writer = self._tensorboard()
+        sums: dict[str, torch.Tensor] = {}
+        micro, summed, empty_run = 0, 0, 0
+        self.model.train()
+        with TrainingProgress(self.settings.steps, self.position.step, enabled=self.show_progress) as bar, StopRequest() as stop:
+            for epoch, index, batch in self._batches(rng):
+                if not all_ranks_true(batch is not None, self.context):  # keeps ranks in step when one has nothing
+                    result.skipped_batches += 1
+                    empty_run += 1
+                    if empty_run > max(1, len(self.loader)):
+                        raise ConfigError("no usable batch in a whole epoch: every record was skipped (see skipped.csv)")
+                    continue
+                empty_run = 0
+                micro += 1
+                last_micro = micro == self.settings.grad_accum
+                outputs = self._forward_backward(batch, sync=last_micro)
+                for key, value in outputs.items():
+                    sums[key] = sums.get(key, torch.zeros((), device=value.device)) + value.detach().float()
+                summed += 1
+                if not last_micro:
+                    continue
+                micro = 0
+                self._optimizer_step()
+                self.position = _Position(self.position.step + 1, epoch, index)
+                step = self.position.step
+                if self.after_optimizer_step is not None:
+                    self.after_optimizer_step(step)
+                if step % self.settings.log_every == 0 or step == self.settings.steps:
+                    record = self._log(step, sums, summed, writer)
+                    result.history.append(record)
+                    bar.update(step, record.get("loss"))
+                    sums, summed = {}, 0
+                else:
+                    bar.update(step, None)
+                stopping = not all_ranks_true(not stop.requested, self.context)
+                if stopping or step % self.settings.checkpoint_every == 0 or step == self.settings.steps:
+                    result.checkpoint = self.save(self.position) or result.checkpoint
+                if stopping:
+                    if writer is not None:
+                        writer.close()
+                    raise KeyboardInterrupt(f"stopped at step {step}; run the same command again to resume from {result.checkpoint}")
+                if step >= self.settings.steps:
+                    break
+        if writer is not None:
+            writer.close()
+        result.step = self.position.step
+        return result
+
+    def _forward_backward(self, batch: Any, sync: bool) -> Mapping[str, torch.Tensor]:
+        batch = move_to_device(batch, self.context.device)
+        no_sync = getattr(self.model, "no_sync", None)
+        sync_context = no_sync() if (not sync and no_sync is not None) else contextlib.nullcontext()
+        with sync_context:
+            with autocast(self.context.device, self.precision):
+                outputs = self.step_fn(self.model, batch)
+            loss = outputs["loss"]
+            if not torch.isfinite(loss.detach()):
+                raise FloatingPointError(f"the loss became {loss.item()} at step {self.position.step + 1}; lower train.lr or check the data")
+            self.scaler.scale(loss / self.settings.grad_accum).backward()
+        return outputs
+
+    def _optimizer_step(self) -> None:
+        if self.settings.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def _tensorboard(self) -> Any:
+        if self.tensorboard_dir is None or not self.context.is_main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=self.position.step + 1)
+
+    def _log(self, step: int, sums: Mapping[str, torch.Tensor], count: int, writer: Any) -> dict[str, float]:
+        count = max(1, count)
+        record = {"step": float(step), "lr": float(self.optimizer.param_groups[0]["lr"])}
+        record.update({key: float(value.item()) / count for key, value in sums.items()})
+        if writer is not None:
+            for key, value in record.items():
+                if key != "step":
+                    writer.add_scalar(f"train/{key}", value, step)
+        logger.info("step %d: %s", step, ", ".join(f"{key}={value:.4g}" for key, value in record.items() if key != "step"))
+        return record
+
