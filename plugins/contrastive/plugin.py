@@ -1,0 +1,109 @@
+"""The contrastive plugin's hooks: dual-encoder models, report datasets, ``pretrain``/``eval`` commands, a demo step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from workbench import hookimpl
+from workbench.config import config_options, load_settings
+
+PLUGIN_NAME = "contrastive"
+
+
+@hookimpl
+def workbench_register_models(registry: Any) -> None:
+    """Register the dual-encoder presets (``dual-vit-tiny-minilm``, ``dual-vit-s-32-minilm``, ...)."""
+    from workbench_plugins.contrastive.models import PRESETS
+
+    for preset in PRESETS:
+        text = "MiniLM-L6 text tower" if preset.text_tower == "minilm" else "open_clip text tower"
+        registry.register(preset.name, preset.build, task="contrastive", description=f"{preset.image_tower} image tower + {text}")
+
+
+@hookimpl
+def workbench_register_datasets(catalog: Any) -> None:
+    """Register the MIMIC-CXR-JPG, IU X-ray and generic report-manifest builders."""
+    from workbench_plugins.contrastive.builders import build_iu_xray, build_mimic_cxr_jpg, build_report_manifest
+
+    catalog.add_builder("mimic-cxr-jpg", build_mimic_cxr_jpg, description="MIMIC-CXR-JPG files/ tree with metadata, split, CheXpert labels and report texts")
+    catalog.add_builder("iu-xray", build_iu_xray, description="IU X-ray (Indiana) reports and projections CSVs with the PNG folder")
+    catalog.add_builder("report-manifest", build_report_manifest, description="a CSV/JSONL manifest with image and report columns")
+
+
+def _builders() -> Any:
+    return click.get_current_context().find_root().obj["host"].datasets.builders
+
+
+@click.command("pretrain")
+@config_options
+@click.option("--resume", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="continue the run in this folder from its latest checkpoint")
+def pretrain_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
+    """Report-paired contrastive pretraining (CLIP, SigLIP, ConVIRT, FLAIR, COSMOS); torchrun-ready."""
+    from workbench_plugins.contrastive.pretrain import run_pretrain
+    from workbench_plugins.contrastive.settings import PretrainSettings
+
+    if resume is not None and config is None:
+        config = resume / "config.yaml"
+    settings = load_settings(PretrainSettings, config, overrides)
+    outcome = run_pretrain(settings, _builders(), resume=resume)
+    click.echo(str((outcome.run.path / "index.html").resolve()))
+
+
+@click.command("eval")
+@click.argument("task", type=click.Choice(["retrieval", "zeroshot", "linear-probe", "all"]))
+@config_options
+def eval_command(task: str, config: Path | None, overrides: tuple[str, ...]) -> None:
+    """Evaluate a stored encoder: retrieval R@1/5/10, zero-shot AUROC or a linear probe at 1/10/100 % of labels."""
+    from workbench_plugins.contrastive.evaluate_job import run_evaluation
+    from workbench_plugins.contrastive.settings import EvaluateSettings
+
+    settings = load_settings(EvaluateSettings, config, overrides)
+    wanted = {"retrieval": {"retrieval"}, "zeroshot": {"zeroshot"}, "linear-probe": {"linear_probe"}, "all": {"retrieval", "zeroshot", "linear_probe"}}[task]
+    settings.eval = settings.eval.model_copy(update={name: name in wanted for name in ("retrieval", "zeroshot", "linear_probe")})
+    index = run_evaluation(settings, _builders())
+    click.echo(str(index.resolve()))
+
+
+@hookimpl
+def workbench_add_commands(cli: Any) -> None:
+    """Add ``workbench pretrain`` and ``workbench eval``."""
+    cli.add_command(pretrain_command)
+    cli.add_command(eval_command)
+
+
+def demo_pretrain(context: Any) -> None:
+    """Demo step: pretrain briefly on chest phantoms and show retrieval examples."""
+    from workbench_plugins.contrastive.pretrain import run_pretrain
+    from workbench_plugins.contrastive.settings import PretrainSettings
+
+    options = context.options("contrastive-pretrain")
+    defaults = {
+        "run": {"seed": context.settings.run.seed, "device": str(context.device), "precision": context.settings.run.precision,
+                "output_root": str(context.run.path)},
+        "data": {"dataset": "phantom-cxr", "root": str(context.run.path / "data" / "cxr-pretrain"),
+                 "options": {"n": 400, "size": 128, "seed": context.settings.run.seed}},
+        "model": {"preset": "dual-vit-tiny-minilm", "options": {"image_size": 64, "context_length": 48}},
+        "train": {"steps": 60, "batch_size": 32, "lr": 1e-3, "warmup_steps": 5, "checkpoint_every": 30, "log_every": 10},
+        "eval": {"examples": 3, "probe_fractions": [0.1, 1.0]},
+        "save": {"name": "contrastive-demo"},
+    }
+    settings = load_settings(PretrainSettings, None, [], defaults=_merge(defaults, options))
+    outcome = run_pretrain(settings, context.host.datasets.builders, report=context.report, run=context.run, progress=False)
+    context.results["contrastive-pretrain"] = outcome
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+@hookimpl
+def workbench_demo_steps(steps: Any) -> None:
+    """Add the ``contrastive-pretrain`` demo step."""
+    steps.add("contrastive-pretrain", demo_pretrain)
