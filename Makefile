@@ -26,7 +26,10 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,bench]"
 	$(PY) benchmarks/data_loading.py
+	$(PY) benchmarks/pretrain_vs_open_clip.py
+	$(PY) benchmarks/contrastive_objectives.py
 
 clean-venv:
 	rm -rf $(VENV)

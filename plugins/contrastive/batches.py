@@ -60,19 +60,18 @@ class PairBatchPreparer:
         objective: the loss module; its ``extra_inputs()`` (``ExtraInput`` records
             or key names) says which extra inputs it reads.
         max_sentences: sub-captions hold 1..``max_sentences`` sentences.
+        local_crops: COSMOS local crops per image.
 
     Always produced: ``images`` (B, 3, S, S), ``token_ids`` (B, L) of the full
     report, ``duplicate_ids`` (B,). On request: ``subcaption_ids`` (B, L);
-    ``global_images`` (B, 2, 3, S, S) and ``local_images`` (B, n_local, 3, s, s)
-    (COSMOS; ``n_local`` and ``s`` from the objective's ``local_crops`` and
-    ``local_size``); ``sentence_subset_ids`` (B, L).
+    ``global_images`` (B, 2, 3, S, S) and ``local_images`` (B, local_crops, 3, S, S)
+    (COSMOS); ``sentence_subset_ids`` (B, L).
     """
 
-    def __init__(self, objective: Any, max_sentences: int = 3):
+    def __init__(self, objective: Any, max_sentences: int = 3, local_crops: int = 2):
         declared = objective.extra_inputs() if callable(getattr(objective, "extra_inputs", None)) else ()
         self.extra_inputs = tuple(getattr(item, "key", item) for item in declared)
-        self.local_crops = int(getattr(objective, "local_crops", 4))
-        self.local_size = getattr(objective, "local_size", None)
+        self.local_crops = int(local_crops)
         self.max_sentences = max_sentences
 
     def __call__(self, batch: dict[str, Any], encoder: Any) -> dict[str, torch.Tensor]:
@@ -99,9 +98,8 @@ class PairBatchPreparer:
             size = images.shape[-1]
             inputs["global_images"] = random_resized_crops(images, 2, size, (0.5, 1.0), generator).to(device)
         if "local_images" in self.extra_inputs:
-            # The towers' position embeddings are fixed-size, so local crops default to the full input size.
-            local_size = int(self.local_size or images.shape[-1])
-            inputs["local_images"] = random_resized_crops(images, self.local_crops, local_size, (0.1, 0.4), generator).to(device)
+            # The towers' position embeddings are fixed-size, so local crops are resized to the full input size.
+            inputs["local_images"] = random_resized_crops(images, self.local_crops, images.shape[-1], (0.1, 0.4), generator).to(device)
         return inputs
 
 

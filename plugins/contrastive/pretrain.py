@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from workbench.checkpoints import seed_everything
+from workbench.checkpoints import latest_checkpoint, seed_everything
 from workbench.data.skipped import SkippedRecords
 from workbench.distributed import DistributedContext, barrier, broadcast_text, init_distributed, unwrap, wrap_ddp
 from workbench.errors import ConfigError, DataError
@@ -133,6 +133,8 @@ def build_encoder(settings: PretrainSettings) -> ReportImageDualEncoder:
         raise ConfigError(f"model.preset {settings.model.preset!r} is not a dual encoder (got {type(encoder).__name__})")
     if settings.model.text_unlocked_layers is not None:
         encoder.lock_text_tower(settings.model.text_unlocked_layers)
+        if settings.model.text_unlocked_layers == 0 and encoder.text_tower_name == "minilm":
+            encoder.enable_frozen_text_cache()
     if settings.model.channels_last:
         encoder.clip.visual.to(memory_format=torch.channels_last)
     return encoder
@@ -143,6 +145,11 @@ def _open_run(settings: PretrainSettings, context: DistributedContext, resume: P
         if not (Path(resume) / "config.yaml").exists():
             raise ConfigError(f"--resume {resume}: not a run folder (no config.yaml)")
         return RunFolder(resume)
+    if settings.run.name and context.is_main:
+        existing = Path(settings.run.output_root) / f"{job}-{settings.run.name}"
+        if latest_checkpoint(existing / "checkpoints") is not None:
+            raise ConfigError(f"run folder {existing} already holds checkpoints; continue it with --resume {existing} "
+                              "or choose another run.name")
     path = str(RunFolder.create(job, settings.run.output_root, settings.run.name).path) if context.is_main else None
     return RunFolder(broadcast_text(path, context))
 
@@ -193,7 +200,7 @@ def run_pretrain(
     train_set = pair_dataset(train_records, preprocessing, augment=True, cache=settings.data.cache, skipped=skipped,
                              cache_dir=run.path / "cache")
     objective = build_objective(settings.objective.name, encoder, **settings.objective.options).to(context.device)
-    preparer = PairBatchPreparer(objective, max_sentences=settings.objective.max_sentences)
+    preparer = PairBatchPreparer(objective, max_sentences=settings.objective.max_sentences, local_crops=settings.objective.local_crops)
     module = PretrainModule(encoder, objective, preparer).to(context.device)
     loader = build_pair_loader(train_set, settings.train, settings.run.seed, context)
     trained = wrap_ddp(module, context, find_unused_parameters=objective_needs_unused(settings.objective.name))

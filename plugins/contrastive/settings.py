@@ -56,7 +56,9 @@ class EncoderSettings(StrictModel):
         text_unlocked_layers: train only the text tower's last N layers (and its
             projection), as open_clip's ``lock_text_tower``; ``null`` trains it all.
             A pretrained sentence encoder already tells "left" from "right" and
-            "no effusion" from "effusion"; locking it cuts a CPU step about 3x.
+            "no effusion" from "effusion"; locking it cuts a CPU step about 3x, and
+            locking it whole (0) lets the job cache its output per report, so only the
+            projection runs per step.
     """
 
     preset: str = "dual-vit-tiny-minilm"
@@ -73,11 +75,13 @@ class ObjectiveSettings(StrictModel):
         name: ``clip``, ``siglip``, ``convirt``, ``flair`` or ``cosmos``.
         options: the objective's own keyword arguments (e.g. ``lambda_``, ``temperature`` for ConVIRT).
         max_sentences: FLAIR/COSMOS sub-captions hold 1..``max_sentences`` sentences.
+        local_crops: COSMOS local crops per image (each costs one more image-tower pass).
     """
 
     name: Literal["clip", "siglip", "convirt", "flair", "cosmos"] = "clip"
     options: dict[str, Any] = {}
     max_sentences: int = Field(3, gt=0)
+    local_crops: int = Field(2, gt=0)
 
 
 class EvalSettings(StrictModel):

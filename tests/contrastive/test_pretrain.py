@@ -147,3 +147,45 @@ def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(pair_mani
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = [load_file(latest_checkpoint(tmp_path / name / "run" / "checkpoints") / "model.safetensors") for name in ("straight", "killed")]
     assert_same_tensors(final[0], final[1])
+
+
+@pytest.mark.parametrize("objective", ["siglip", "convirt", "flair", "cosmos"])
+def test_every_objective_trains_through_the_job(objective, pair_manifest, tmp_path):
+    from workbench_plugins.contrastive.pretrain import run_pretrain
+    from workbench_plugins.contrastive.settings import PretrainSettings
+    from workbench.config import load_settings
+
+    config = tiny_config(tmp_path, pair_manifest, objective__name=objective, train__steps=2, save__name=None,
+                         eval__linear_probe=False, eval__zeroshot=False, eval__examples=0)
+    settings = load_settings(PretrainSettings, tmp_path / "config.yaml")
+    outcome = run_pretrain(settings, create_plugin_manager().datasets.builders, progress=False)
+    assert outcome.steps == 2 and np.isfinite(outcome.history[-1]["loss"])
+    assert outcome.metrics["objective"] == objective and "retrieval" in outcome.metrics
+    assert config["objective"]["name"] == objective
+
+
+def test_a_named_run_with_checkpoints_is_not_silently_continued(pretrained_run):
+    from workbench.errors import ConfigError
+    from workbench_plugins.contrastive.pretrain import run_pretrain
+    from workbench_plugins.contrastive.settings import PretrainSettings
+    from workbench.config import load_settings
+
+    run, _ = pretrained_run
+    settings = load_settings(PretrainSettings, run / "config.yaml", [f"run.output_root={run.parent}", f"run.name={run.name.removeprefix('pretrain-')}"])
+    with pytest.raises(ConfigError, match="already holds checkpoints; continue it with --resume"):
+        run_pretrain(settings, create_plugin_manager().datasets.builders, progress=False)
+
+
+def test_torchrun_two_ranks_run_the_same_config_and_only_rank0_writes(pair_manifest, tmp_path):
+    tiny_config(tmp_path, pair_manifest, train__steps=2, eval__linear_probe=False, eval__examples=1)
+    completed = run_worker("-m", ["torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "workbench.cli",
+                                  "pretrain", "--config", tmp_path / "config.yaml", "run.name=ddp"])
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert [path.name for path in runs] == ["pretrain-ddp"]  # both ranks used rank 0's folder
+    run = runs[0]
+    assert len(list((run / "tensorboard").iterdir())) == 1
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    assert {"rng-rank0.safetensors", "rng-rank1.safetensors"} <= {path.name for path in checkpoint.iterdir()}
+    metrics = json.loads((run / "metrics.json").read_text())["pretrain"]
+    assert metrics["steps"] == 2 and metrics["stored_model"] == "tiny-contrastive:v1"

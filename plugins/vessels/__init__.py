@@ -1,0 +1,1 @@
+"""Vessel segmentation with connectivity guarantees, and connectivity checks of any vessel mask."""
