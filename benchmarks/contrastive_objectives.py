@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -71,17 +72,20 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results.update({
-        "config": str(CONFIG.relative_to(REPO_ROOT)), "overrides": args.overrides,
+        "config": str(CONFIG.relative_to(REPO_ROOT)),
         "machine": {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "platform": platform.platform(),
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
     })
     results.setdefault("methods", {})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for objective in args.objectives:
+        stale = REPO_ROOT / "runs" / f"pretrain-objectives-{objective}"
+        if stale.exists():  # the benchmark's own folder from an earlier, stopped attempt: start afresh
+            shutil.rmtree(stale)
         index, wall = workbench(["pretrain", "--config", str(CONFIG), f"objective.name={objective}", f"run.name=objectives-{objective}",
                                  f"save.name=contrastive-phantom-{objective}", *args.overrides])
         metrics = json.loads((index.parent / "metrics.json").read_text())["pretrain"]
-        results["methods"][objective] = summary(metrics, wall) | {"run": index.parent.name, "steps": metrics.get("steps")}
+        results["methods"][objective] = summary(metrics, wall) | {"run": index.parent.name, "steps": metrics.get("steps"), "overrides": args.overrides}
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         print(f"{objective}: {json.dumps(results['methods'][objective]['i2t_R@10_over_chance'])}x chance R@10, "
               f"zero-shot AUROC {results['methods'][objective]['zeroshot_mean_auroc']}", flush=True)

@@ -163,6 +163,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--folder", type=Path, default=REPO_ROOT / "runs" / "bench-pretrain-vs-open-clip")
     args = parser.parse_args(argv)
     device = select_device("auto")
+    create_plugin_manager()  # fills the model registry with the plugins' presets
     args.folder.mkdir(parents=True, exist_ok=True)
     open_clip_csv, ours_csv = write_data(args.folder, args.n)
     peak = matmul_peak_flops(device)

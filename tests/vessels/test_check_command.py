@@ -13,7 +13,7 @@ from workbench.cli import build_cli
 from workbench.host import create_plugin_manager
 from workbench_plugins.vessels import plugin as vessels_plugin
 
-CHASE = Path(__file__).parents[2].parent / "shared" / "data" / "CHASE_DB1"
+from tests.helpers.shared_data import CHASE_DB1 as CHASE, requires_chase_db1
 
 
 def run_cli(arguments: list[str]):
@@ -85,6 +85,7 @@ def test_references_in_order_glob_and_every_file_failing(tmp_path: Path):
     assert failed.exit_code == 1 and "photo.png" in failed.stderr and "binary-like" in failed.stderr
 
 
+@requires_chase_db1
 def test_chase_with_fov_derived_from_the_photograph():
     result = run_cli(["check-topology", str(CHASE / "Image_11L_2ndHO.png"), "--reference", str(CHASE / "Image_11L_1stHO.png"),
                       "--fov", str(CHASE / "Image_11L.jpg"), "--no-progress"])

@@ -16,7 +16,7 @@ from workbench_plugins.vessels.topology import check_mask, fov_from_fundus
 from workbench_plugins.vessels.topology_masks import binarise_mask
 from workbench_plugins.vessels.topology_metrics import cldice, count_holes, label_components
 
-CHASE = Path(__file__).parents[2].parent / "shared" / "data" / "CHASE_DB1"
+from tests.helpers.shared_data import CHASE_DB1 as CHASE, requires_chase_db1
 
 
 def two_lines() -> np.ndarray:
@@ -171,6 +171,7 @@ def test_fov_from_fundus_matches_the_phantom_fov():
         fov_from_fundus(np.zeros((16, 16, 3), dtype=np.uint8))
 
 
+@requires_chase_db1
 def test_chase_second_observer_against_first_inside_derived_fov():
     fundus = np.asarray(Image.open(CHASE / "Image_11L.jpg"))
     fov = fov_from_fundus(fundus)
