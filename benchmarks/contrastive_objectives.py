@@ -1,6 +1,6 @@
 """CLIP, SigLIP, ConVIRT, FLAIR and COSMOS at the same budget on the chest phantoms, with a random floor.
 
-Run: ``.venv/bin/python benchmarks/contrastive_objectives.py [--objectives clip siglip ...] [KEY=VALUE ...]``
+Run: ``.venv/bin/python benchmarks/contrastive_objectives.py [--objectives clip,siglip,...] [--no-floor] [KEY=VALUE ...]``
 
 Each objective is one ``workbench pretrain --config configs/pretrain_phantom.yaml
 objective.name=<name>`` run (same data, seed, model, steps, batch size and
@@ -64,9 +64,17 @@ def summary(metrics: dict[str, Any], wall_s: float) -> dict[str, Any]:
     }
 
 
+def _objective_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in OBJECTIVES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
+    return names
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
+    parser.add_argument("--objectives", type=_objective_list, default=list(OBJECTIVES), help="comma-separated, e.g. clip,cosmos")
     parser.add_argument("--no-floor", action="store_true", help="skip the random-encoder floor")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE passed to every pretrain run")
     args = parser.parse_args(argv)
