@@ -159,9 +159,11 @@ def evaluate_encoder(
     return metrics
 
 
-def _display_image(normalised: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo the model's normalisation: ``(3, S, S)`` -> uint8 ``(S, S, 3)``."""
+def _display_image(normalised: torch.Tensor, mean: Sequence[float], std: Sequence[float], min_side: int = 256) -> np.ndarray:
+    """Undo the model's normalisation: ``(3, S, S)`` -> uint8 ``(S', S', 3)``, enlarged to at least ``min_side`` to be seen."""
     pixels = normalised.float() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    if pixels.shape[-1] < min_side:
+        pixels = torch.nn.functional.interpolate(pixels[None], size=(min_side, min_side), mode="bilinear", align_corners=False)[0]
     return to_rgb_uint8(pixels.clamp(0, 1).permute(1, 2, 0).numpy(), 0.0, 1.0)
 
 
