@@ -10,7 +10,6 @@ folder's ``metrics.json`` and ``index.html``.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from workbench.checkpoints import latest_checkpoint, seed_everything
+from workbench.checkpoints import seed_everything
 from workbench.data.skipped import SkippedRecords
-from workbench.distributed import DistributedContext, barrier, broadcast_text, init_distributed, unwrap, wrap_ddp
+from workbench.distributed import DistributedContext, barrier, init_distributed, unwrap, wrap_ddp
 from workbench.errors import ConfigError, DataError
+from workbench.jobs import build_records, open_run_folder, split_records
 from workbench.model_store import ModelStore
 from workbench.registry import create_model
 from workbench.report import HtmlReport, RunFolder
@@ -93,19 +93,11 @@ def load_pair_records(data: PairDataSettings, builders: Any, output_root: Path, 
     Raises:
         ConfigError: an unknown builder, or a split with no records.
     """
-    if data.dataset not in builders:
-        raise ConfigError(f"data.dataset: unknown dataset builder {data.dataset!r}; installed: {', '.join(builders.names())}")
-    root = data.root or (output_root / "data" / data.dataset)
-    builder = builders.get(data.dataset)
-    options = dict(data.options)
-    if skipped is not None and "skipped" in inspect.signature(builder).parameters:
-        options["skipped"] = skipped
-    records = builder(Path(root), **options)
-    train = [record for record in records if record.get("split", "train") in data.train_split]
-    held_out = [record for record in records if record.get("split") in data.eval_split]
-    train, held_out = train[: data.max_train or None], held_out[: data.max_eval or None]
+    records = build_records(data.dataset, data.root, data.options, builders, output_root, skipped)
+    train = split_records(records, data.train_split, default="train")[: data.max_train or None]
+    held_out = split_records(records, data.eval_split)[: data.max_eval or None]
     if not train:
-        raise ConfigError(f"data.train_split {data.train_split}: no records of {data.dataset} at {root} have these splits")
+        raise ConfigError(f"data.train_split {data.train_split}: no records of {data.dataset} at {data.root or output_root} have these splits")
     return train, held_out
 
 
@@ -140,20 +132,6 @@ def build_encoder(settings: PretrainSettings) -> ReportImageDualEncoder:
     return encoder
 
 
-def _open_run(settings: PretrainSettings, context: DistributedContext, resume: Path | None, job: str) -> RunFolder:
-    if resume is not None:
-        if not (Path(resume) / "config.yaml").exists():
-            raise ConfigError(f"--resume {resume}: not a run folder (no config.yaml)")
-        return RunFolder(resume)
-    if settings.run.name and context.is_main:
-        existing = Path(settings.run.output_root) / f"{job}-{settings.run.name}"
-        if latest_checkpoint(existing / "checkpoints") is not None:
-            raise ConfigError(f"run folder {existing} already holds checkpoints; continue it with --resume {existing} "
-                              "or choose another run.name")
-    path = str(RunFolder.create(job, settings.run.output_root, settings.run.name).path) if context.is_main else None
-    return RunFolder(broadcast_text(path, context))
-
-
 def run_pretrain(
     settings: PretrainSettings,
     builders: Any,
@@ -180,7 +158,7 @@ def run_pretrain(
     """
     context = init_distributed(settings.run.device)
     own_run = run is None
-    run = run or _open_run(settings, context, resume, "pretrain")
+    run = run or open_run_folder(settings.run, context, resume, "pretrain")
     if context.is_main and own_run:
         run.attach_log()
         if resume is None:

@@ -1,0 +1,81 @@
+"""Pieces every training job shares: its run folder and its records from a dataset builder.
+
+A job (``workbench pretrain``, ``workbench vessels train``, ...) opens a run
+folder once on rank 0 and tells the other ranks its path; it refuses to start
+afresh in a named run folder that already holds checkpoints (that is what
+``--resume`` is for). Its records come from a registered dataset builder,
+split by each record's ``split`` value.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Sequence
+
+from workbench.checkpoints import latest_checkpoint
+from workbench.config import RunSettings
+from workbench.data.skipped import SkippedRecords
+from workbench.distributed import DistributedContext, broadcast_text
+from workbench.errors import ConfigError
+from workbench.report import RunFolder
+
+
+def open_run_folder(run: RunSettings, context: DistributedContext, resume: Path | None, job: str) -> RunFolder:
+    """The job's run folder: ``resume`` itself, or a new ``<output_root>/<job>-<name or time>`` made by rank 0.
+
+    Args:
+        run: the job's run settings (``output_root``, ``name``).
+        context: the distributed context (rank 0 creates, the others receive the path).
+        resume: a run folder to continue, or ``None`` for a new run.
+        job: the job's name, the folder's prefix.
+
+    Returns:
+        The :class:`~workbench.report.RunFolder` (same path on every rank).
+
+    Raises:
+        ConfigError: ``resume`` is not a run folder, or a named run folder already holds checkpoints.
+    """
+    if resume is not None:
+        if not (Path(resume) / "config.yaml").exists():
+            raise ConfigError(f"--resume {resume}: not a run folder (no config.yaml)")
+        return RunFolder(resume)
+    if run.name and context.is_main:
+        existing = Path(run.output_root) / f"{job}-{run.name}"
+        if latest_checkpoint(existing / "checkpoints") is not None:
+            raise ConfigError(f"run folder {existing} already holds checkpoints; continue it with --resume {existing} "
+                              "or choose another run.name")
+    path = str(RunFolder.create(job, run.output_root, run.name).path) if context.is_main else None
+    return RunFolder(broadcast_text(path, context))
+
+
+def build_records(dataset: str, root: Path | None, options: dict[str, Any], builders: Any, output_root: Path,
+                  skipped: SkippedRecords | None = None) -> list[dict]:
+    """Call a registered dataset builder and return its records.
+
+    Args:
+        dataset: the builder's name (``phantom-cxr``, ``drive``, ``chase-db1``, ...).
+        root: the dataset folder (``None``: ``<output_root>/data/<dataset>``).
+        options: keyword arguments for the builder.
+        builders: the host's builder catalog (``host.datasets.builders``).
+        output_root: the jobs' output root (for the default ``root``).
+        skipped: where builders that take one list the rows they drop.
+
+    Returns:
+        The builder's records (dicts with at least ``image``).
+
+    Raises:
+        ConfigError: an unknown builder.
+    """
+    if dataset not in builders:
+        raise ConfigError(f"data.dataset: unknown dataset builder {dataset!r}; installed: {', '.join(builders.names())}")
+    builder = builders.get(dataset)
+    options = dict(options)
+    if skipped is not None and "skipped" in inspect.signature(builder).parameters:
+        options["skipped"] = skipped
+    return builder(Path(root or (output_root / "data" / dataset)), **options)
+
+
+def split_records(records: Sequence[dict], wanted: Sequence[str], default: str | None = None) -> list[dict]:
+    """The records whose ``split`` (``default`` when absent) is one of ``wanted``, in their order."""
+    return [record for record in records if record.get("split", default) in wanted]
