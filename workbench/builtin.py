@@ -6,34 +6,60 @@ exercised by the host's own code.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from workbench import hookimpl
 
 
-def build_cxr_phantoms(root: Path, n: int = 200, seed: int = 0, size: int = 256) -> list[dict[str, Any]]:
-    """Dataset builder "phantom-cxr": write ``n`` chest phantoms under ``root`` (once) and return their records."""
+def _phantom_records(root: Path, writer: Callable[..., Path], n: int, seed: int, size: int, dataset: str) -> list[dict[str, Any]]:
+    """Records (each tagged ``dataset``) of the phantoms under ``root``, (re)written by ``writer`` when missing or asked with other options.
+
+    ``phantom_options.json`` beside the manifest remembers ``n``, ``seed`` and
+    ``size``: asking for 400 studies where 48 were written rewrites them rather
+    than silently handing back the 48.
+    """
     from workbench.data.manifests import read_manifest
+    from workbench.fsutil import atomic_write_text
+
+    root = Path(root).resolve()
+    stamp, wanted = root / "phantom_options.json", {"n": int(n), "seed": int(seed), "size": int(size)}
+    manifest = root / "manifest.jsonl"
+    try:
+        current = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
+    except (OSError, ValueError):
+        current = None  # an unreadable stamp: write the phantoms again
+    if manifest.is_file() and current is None and not stamp.exists():
+        current = wanted  # written before stamps existed: trust it as it is
+    if not manifest.is_file() or current != wanted:
+        manifest = writer(root, n, seed=seed, size=size)
+        atomic_write_text(stamp, json.dumps(wanted))
+    return [dict(record, dataset=dataset) for record in read_manifest(manifest)]
+
+
+def build_cxr_phantoms(root: Path, n: int = 200, seed: int = 0, size: int = 256) -> list[dict[str, Any]]:
+    """Dataset builder "phantom-cxr": chest phantoms under ``root`` (written when missing or asked with other options).
+
+    Returns:
+        Records with ``image`` (DICOM), ``image_png``, ``report``, ``labels``, ``boxes``, ``masks``, ``split``.
+    """
     from workbench.data.phantoms import write_cxr_phantoms
 
-    manifest = Path(root) / "manifest.jsonl"
-    if not manifest.exists():
-        manifest = write_cxr_phantoms(root, n, seed=seed, size=size)
-    return read_manifest(manifest)
+    return _phantom_records(root, write_cxr_phantoms, n, seed, size, "phantom-cxr")
 
 
 def build_fundus_phantoms(root: Path, n: int = 20, seed: int = 0, size: int = 256) -> list[dict[str, Any]]:
-    """Dataset builder "phantom-fundus": write ``n`` fundus phantoms under ``root`` (once) and return their records."""
-    from workbench.data.manifests import read_manifest
+    """Dataset builder "phantom-fundus": fundus phantoms under ``root`` (written when missing or asked with other options).
+
+    Returns:
+        Records ``{"id", "image", "mask", "fov", "split", "dataset"}`` (paths to RGB PNG, vessel mask, field of view).
+    """
     from workbench.data.phantoms import write_fundus_phantoms
 
-    manifest = Path(root) / "manifest.jsonl"
-    if not manifest.exists():
-        manifest = write_fundus_phantoms(root, n, seed=seed, size=size)
-    return read_manifest(manifest)
+    return _phantom_records(root, write_fundus_phantoms, n, seed, size, "phantom-fundus")
 
 
 @hookimpl

@@ -77,6 +77,7 @@ def workbench_add_commands(cli: Any) -> None:
 
 def demo_pretrain(context: Any) -> None:
     """Demo step: pretrain briefly on chest phantoms and show retrieval examples."""
+    from workbench.jobs import merge_options
     from workbench_plugins.contrastive.pretrain import run_pretrain
     from workbench_plugins.contrastive.settings import PretrainSettings
 
@@ -91,16 +92,9 @@ def demo_pretrain(context: Any) -> None:
         "eval": {"examples": 3, "probe_fractions": [0.1, 1.0]},
         "save": {"name": "contrastive-demo"},
     }
-    settings = load_settings(PretrainSettings, None, [], defaults=_merge(defaults, options))
+    settings = load_settings(PretrainSettings, None, [], defaults=merge_options(defaults, options))
     outcome = run_pretrain(settings, context.host.datasets.builders, report=context.report, run=context.run, progress=False)
     context.results["contrastive-pretrain"] = outcome
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
 
 
 @hookimpl

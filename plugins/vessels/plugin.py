@@ -1,17 +1,119 @@
-"""The vessels plugin's hooks: the ``check-topology`` command."""
+"""The vessels plugin's hooks: segmentation networks, fundus datasets, ``vessels``/``check-topology``/``export-bundle`` commands, a demo step."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import click
+
 from workbench import hookimpl
+from workbench.config import config_options, load_settings
 
 PLUGIN_NAME = "vessels"
 
 
 @hookimpl
+def workbench_register_models(registry: Any) -> None:
+    """Register ``vessel-unet``, ``vessel-dynunet`` and ``vessel-attention-unet`` (MONAI networks, optional graph head)."""
+    from workbench_plugins.vessels.models import register_vessel_models
+
+    register_vessel_models(registry)
+
+
+@hookimpl
+def workbench_register_datasets(catalog: Any) -> None:
+    """Register the DRIVE, CHASE_DB1, STARE, HRF and phantom-fundus builders."""
+    from workbench_plugins.vessels.builders import register_vessel_datasets
+
+    register_vessel_datasets(catalog)
+
+
+def _builders() -> Any:
+    return click.get_current_context().find_root().obj["host"].datasets.builders
+
+
+@click.group("vessels")
+def vessels_group() -> None:
+    """Topology-aware vessel segmentation: train, predict, evaluate."""
+
+
+@vessels_group.command("train")
+@config_options
+@click.option("--resume", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="continue the run in this folder from its latest checkpoint")
+def train_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
+    """Train a vessel network on patches, then predict and score the held-out images."""
+    from workbench_plugins.vessels.run import run_train
+    from workbench_plugins.vessels.settings import VesselTrainSettings
+
+    if resume is not None and config is None:
+        config = resume / "config.yaml"
+    settings = load_settings(VesselTrainSettings, config, overrides)
+    outcome = run_train(settings, _builders(), resume=resume)
+    click.echo(str((outcome.run.path / "index.html").resolve()))
+
+
+def _predict(config: Path | None, overrides: tuple[str, ...], score: bool) -> None:
+    from workbench_plugins.vessels.run import run_predict
+    from workbench_plugins.vessels.settings import VesselPredictSettings
+
+    settings = load_settings(VesselPredictSettings, config, overrides)
+    outcome = run_predict(settings, _builders(), score=score)
+    click.echo(str((outcome.run.path / "index.html").resolve()))
+
+
+@vessels_group.command("predict")
+@config_options
+def predict_command(config: Path | None, overrides: tuple[str, ...]) -> None:
+    """Predict vessel masks (PNG, NIfTI, DICOM SEG) with connectivity overlays for files or a dataset split."""
+    _predict(config, overrides, score=False)
+
+
+@vessels_group.command("evaluate")
+@config_options
+def evaluate_command(config: Path | None, overrides: tuple[str, ...]) -> None:
+    """Predict a dataset split and score it against its references: metrics.json and index.html worst first."""
+    _predict(config, overrides, score=True)
+
+
+@hookimpl
 def workbench_add_commands(cli: Any) -> None:
-    """Add ``workbench check-topology``."""
+    """Add ``workbench vessels``, ``workbench check-topology`` and ``workbench export-bundle``."""
+    from workbench_plugins.vessels.bundle import export_bundle_command
     from workbench_plugins.vessels.check import check_topology_command
 
+    cli.add_command(vessels_group)
     cli.add_command(check_topology_command)
+    cli.add_command(export_bundle_command)
+
+
+def demo_vessels(context: Any) -> None:
+    """Demo step: train briefly on fundus phantoms and show predictions with their connectivity report."""
+    from workbench.jobs import merge_options
+    from workbench.report import RunFolder
+    from workbench_plugins.vessels.run import run_train
+    from workbench_plugins.vessels.settings import VesselTrainSettings
+
+    defaults = {
+        "run": {"seed": context.settings.run.seed, "device": str(context.device), "precision": context.settings.run.precision,
+                "output_root": str(context.run.path)},
+        "data": {"dataset": "phantom-fundus", "root": str(context.run.path / "data" / "fundus-vessels"),
+                 "options": {"n": max(6, context.settings.data.fundus_images), "size": context.settings.data.fundus_size,
+                             "seed": context.settings.run.seed},
+                 "patch_size": 64, "patches_per_image": 8},
+        "model": {"name": "vessel-unet", "options": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2]}},
+        "loss": {"name": "cldice"},
+        "train": {"steps": 60, "batch_size": 8, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 30, "log_every": 10},
+        "inference": {"roi_size": 128},
+        "save": {"name": "vessels-demo"},
+    }
+    settings = load_settings(VesselTrainSettings, None, [], defaults=merge_options(defaults, context.options("vessels")))
+    run = RunFolder(context.run.path / "vessels")  # its own checkpoints/ and figures/ inside the demo's folder
+    context.results["vessels"] = run_train(settings, context.host.datasets.builders, report=context.report, run=run, progress=False)
+
+
+@hookimpl
+def workbench_demo_steps(steps: Any) -> None:
+    """Add the ``vessels`` demo step."""
+    steps.add("vessels", demo_vessels)

@@ -1,0 +1,172 @@
+"""CHASE_DB1: Dice+CE, Dice+CE with small components removed, soft-clDice, Skeleton Recall and the graph head, at one CPU budget.
+
+Run: ``.venv/bin/python benchmarks/vessels_chase.py [--budget-steps 1500] [--variants dice_ce,cldice,...] [KEY=VALUE ...]``
+
+The protocol: the first 20 images train, the last 8 test, ``_1stHO`` is the
+reference and the FOV comes from a red-channel threshold (the chase-db1
+builder). Every variant is one ``workbench vessels train --config
+configs/vessels_chase.yaml loss.name=<loss>`` run in its own process (same
+network, data, seed, patches, batch size and schedule). "The same CPU budget":
+the training steps of each variant are ``budget_steps`` scaled down by its
+measured cost per step relative to Dice+CE (calibrated in this process on one
+batch before the runs, so a loss that costs 30 % more per step gets 30 % fewer
+steps). The small-component baseline re-scores the Dice+CE network with
+components under ``--min-area`` pixels removed (``workbench vessels
+evaluate``); no extra training. The second human observer (``_2ndHO``) is
+scored against the first inside the same FOVs as the last row.
+
+Results go to ``benchmarks/results/vessels_chase.json`` (rewritten after every
+row): per variant the mean Dice, clDice, Betti-0/1 errors, components, CAL,
+steps and wall seconds; and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "vessels_chase.json"
+CONFIG = REPO_ROOT / "configs" / "vessels_chase.yaml"
+VARIANTS = ("dice_ce", "cldice", "skeleton_recall", "graph")
+COLUMNS = ("dice", "cldice", "betti0_error", "betti1_error", "n_components", "reference_components", "cal")
+
+from tests.helpers.shared_data import CHASE_DB1  # noqa: E402
+from workbench.host import create_plugin_manager  # noqa: E402
+
+
+def workbench(arguments: list[str]) -> tuple[Path, float]:
+    """Run ``workbench ARGS``; returns (the printed index.html path, wall seconds)."""
+    executable = Path(sys.executable).with_name("workbench")
+    started = time.perf_counter()
+    completed = subprocess.run([str(executable), *arguments], cwd=REPO_ROOT, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"workbench {' '.join(arguments)} failed:\n{completed.stderr[-4000:]}")
+    return Path(completed.stdout.strip().splitlines()[-1]), time.perf_counter() - started
+
+
+def variant_options(variant: str) -> list[str]:
+    """The config overrides of one variant (the graph head needs its network option)."""
+    options = [f"loss.name={variant}"]
+    if variant == "graph":
+        options.append("model.options.graph_head={tile: 8}")
+    return options
+
+
+def step_seconds(variant: str, patch: int, batch: int, repeats: int = 6) -> float:
+    """Median seconds of one training step (forward, loss, backward, AdamW) of ``variant`` on a random batch."""
+    import yaml
+
+    from workbench.registry import create_model
+    from workbench_plugins.vessels.losses import build_vessel_loss
+    from workbench_plugins.vessels.run import SegmentationStep, has_graph_head
+
+    config = yaml.safe_load(CONFIG.read_text())
+    options = dict(config["model"]["options"] or {})
+    if variant == "graph":
+        options["graph_head"] = {"tile": 8}
+    torch.manual_seed(0)
+    model = create_model(config["model"]["name"], **options)
+    step = SegmentationStep(build_vessel_loss(variant), has_graph_head(model))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    label = (torch.rand(batch, 1, patch, patch) > 0.85).float()
+    batch_dict = {"image": torch.rand(batch, 3, patch, patch), "label": label, "tube": label, "fov": torch.ones_like(label)}
+    times = []
+    for index in range(repeats + 2):
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        step(model, batch_dict)["loss"].backward()
+        optimizer.step()
+        if index >= 2:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def human_row() -> dict[str, Any]:
+    """The second observer against the first on the 8 test images, inside the derived FOVs."""
+    from workbench_plugins.vessels.builders import build_chase_db1
+    from workbench_plugins.vessels.check import read_mask
+    from workbench_plugins.vessels.scoring import mean_metrics, score_image
+    from workbench_plugins.vessels.topology_masks import fov_from_fundus
+    from workbench.data.readers import read_image
+
+    rows = []
+    for record in [r for r in build_chase_db1(CHASE_DB1) if r["split"] == "test"]:
+        image, _ = read_image(record["image"], intensity="stored")
+        scored = score_image(record["id"], read_mask(Path(record["mask2"])), read_mask(Path(record["mask"])), fov_from_fundus(image), 10.0, 30)
+        rows.append(scored.row())
+    return mean_metrics(rows) | {"images": len(rows)}
+
+
+def markdown(rows: dict[str, dict[str, Any]]) -> str:
+    """The comparison as a Markdown table."""
+    lines = ["| variant | " + " | ".join(COLUMNS) + " | steps | train s |", "|" + "---|" * (len(COLUMNS) + 3)]
+    for name, row in rows.items():
+        cells = [f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row.get('steps', '')} | {row.get('train_seconds', '')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-steps", type=int, default=1500, help="Dice+CE's steps; the others get the same CPU time")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    parser.add_argument("--min-area", type=int, default=100, help="small-component removal baseline: smallest kept component (px)")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE passed to every run")
+    args = parser.parse_args(argv)
+    if not CHASE_DB1.is_dir():
+        print(f"CHASE_DB1 not found ({CHASE_DB1}); set WORKBENCH_SHARED_DATA", file=sys.stderr)
+        return 2
+    variants = [name for name in args.variants.split(",") if name]
+    create_plugin_manager()  # fills the model registry
+    import yaml
+
+    config = yaml.safe_load(CONFIG.read_text())
+    patch, batch = int(config["data"]["patch_size"]), int(config["train"]["batch_size"])
+    costs = {name: step_seconds(name, patch, batch) for name in dict.fromkeys(["dice_ce", *variants])}
+    steps = {name: max(1, round(args.budget_steps * costs["dice_ce"] / costs[name])) for name in variants}
+    results: dict[str, Any] = {
+        "config": str(CONFIG.relative_to(REPO_ROOT)), "budget_steps_dice_ce": args.budget_steps,
+        "step_seconds_calibration": {name: round(value, 4) for name, value in costs.items()},
+        "cost_ratio_vs_dice_ce": {name: round(costs[name] / costs["dice_ce"], 3) for name in costs},
+        "steps": steps, "overrides": args.overrides,
+        "machine": {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "platform": platform.platform(),
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+        "rows": {},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    common = ["--config", str(CONFIG), f"data.root={CHASE_DB1}"]
+    for variant in variants:
+        name = f"chase-{variant}-{int(time.time())}"
+        index, wall = workbench(["vessels", "train", *common, *variant_options(variant), f"train.steps={steps[variant]}",
+                                 f"run.name={name}", f"save.name=vessels-chase-{variant}", *args.overrides])
+        metrics = json.loads((index.parent / "metrics.json").read_text())
+        results["rows"][variant] = metrics["mean"] | {"steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
+                                                      "wall_s": round(wall, 1), "run": index.parent.name}
+        if variant == "dice_ce":
+            index, _ = workbench(["vessels", "evaluate", *common, "weights=vessels-chase-dice_ce:latest",
+                                  f"inference.min_component_area={args.min_area}", f"run.name={name}-cc{args.min_area}"])
+            metrics = json.loads((index.parent / "metrics.json").read_text())
+            results["rows"][f"dice_ce + remove components < {args.min_area} px"] = metrics["mean"] | {"steps": steps[variant]}
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"{variant}: {json.dumps(results['rows'][variant])}", flush=True)
+    results["rows"]["second observer (2ndHO vs 1stHO)"] = human_row()
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results["rows"]))
+    print(RESULTS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

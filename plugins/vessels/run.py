@@ -1,0 +1,301 @@
+"""The vessel jobs: ``workbench vessels train`` and ``workbench vessels predict|evaluate``.
+
+Training draws patches from the training images (MONAI pipeline in
+:mod:`.data`), trains a registered network with the chosen loss in the shared
+:class:`~workbench.train.Trainer` (resume, DDP, progress, TensorBoard), then
+rank 0 predicts the held-out images with sliding-window inference, scores
+them (Dice, clDice, Betti errors, CAL, breaks), stores the network in the
+model registry and writes ``metrics.json`` and ``index.html``. Prediction
+loads a stored network and writes, per image, the probability map, the mask
+(PNG, NIfTI with the source geometry, DICOM SEG for DICOM inputs) and the
+connectivity overlay.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from workbench.checkpoints import seed_everything
+from workbench.data.skipped import SkippedRecords
+from workbench.distributed import barrier, init_distributed, unwrap, wrap_ddp
+from workbench.errors import ConfigError, DataError, WorkbenchError
+from workbench.jobs import build_records, open_run_folder, split_records
+from workbench.model_records import parse_ref
+from workbench.model_store import ModelStore
+from workbench.registry import create_model
+from workbench.report import HtmlReport, RunFolder
+from workbench.train import Trainer
+from workbench_plugins.vessels.data import build_vessel_loader, inference_preprocessing, load_inference_item, vessel_training_dataset
+from workbench_plugins.vessels.inference import predict_probabilities, vessel_probability
+from workbench_plugins.vessels.losses import build_vessel_loss
+from workbench_plugins.vessels.outputs import write_mask_outputs
+from workbench_plugins.vessels.scoring import (mean_metrics, postprocess_mask, score_image, write_image_figure,
+                                               write_metrics_file, write_vessel_page)
+from workbench_plugins.vessels.settings import (CheckSettings, InferenceSettings, VesselDataSettings, VesselPredictSettings,
+                                                VesselTrainSettings)
+
+logger = logging.getLogger("workbench.vessels")
+
+
+@dataclass
+class VesselOutcome:
+    """What a vessel job produced.
+
+    Attributes:
+        run: the run folder.
+        metrics: mean metrics over the scored images (empty without references).
+        rows: per-image metric rows.
+        stored: ``name:vN`` of the stored network (training), or ``None``.
+        steps: optimizer steps taken (training).
+        skipped: records or files skipped as bad.
+        seconds: wall-clock seconds of the training loop (training).
+    """
+
+    run: RunFolder
+    metrics: dict[str, float] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    stored: str | None = None
+    steps: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+class SegmentationStep:
+    """The training step: the network's output (with the graph head's extras when it has one) into the loss.
+
+    Args:
+        loss: a module from :func:`~.losses.build_vessel_loss` (``forward(output, batch) -> {"loss", ...}``).
+        wants_aux: call the network with ``return_aux=True`` (the graph head's node logits).
+    """
+
+    def __init__(self, loss: nn.Module, wants_aux: bool):
+        self.loss, self.wants_aux = loss, wants_aux
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"loss": scalar, <terms>...}`` for one batch of patches (``image`` (B, C, P, P), ``label`` (B, 1, P, P), ...)."""
+        output = model(batch["image"], return_aux=True) if self.wants_aux else model(batch["image"])
+        return self.loss(output, batch)
+
+
+def split_vessel_records(data: VesselDataSettings, builders: Any, output_root: Path,
+                         skipped: SkippedRecords | None = None) -> tuple[list[dict], list[dict]]:
+    """The dataset's (training, held-out) records, capped by ``max_train`` / ``max_eval``.
+
+    Raises:
+        ConfigError: an unknown builder.
+    """
+    records = build_records(data.dataset, data.root, data.options, builders, output_root, skipped)
+    train = split_records(records, data.train_split, default="train")[: data.max_train or None]
+    held_out = split_records(records, data.eval_split)[: data.max_eval or None]
+    return train, held_out
+
+
+def has_graph_head(model: nn.Module) -> bool:
+    """True when the network carries the SCOPE-style graph head (it then returns node logits on request)."""
+    return bool(getattr(unwrap(model), "has_graph_head", False))
+
+
+def run_train(settings: VesselTrainSettings, builders: Any, *, resume: Path | None = None, report: HtmlReport | None = None,
+              run: RunFolder | None = None, progress: bool = True, after_optimizer_step: Callable[[int], None] | None = None) -> VesselOutcome:
+    """Train a vessel network, then predict, score and store it.
+
+    Args:
+        settings: the job's settings.
+        builders: the host's dataset-builder catalog.
+        resume: a run folder to continue from its latest checkpoint.
+        report: add sections to this page instead of writing the run's own ``index.html`` (the demo).
+        run: use this run folder (the demo's) instead of making one.
+        progress: show progress bars.
+        after_optimizer_step: an extra ``fn(step)`` after each optimizer step.
+
+    Returns:
+        The :class:`VesselOutcome`.
+
+    Raises:
+        ConfigError: no training records, an unknown network or loss, or a loss the network cannot feed.
+    """
+    context = init_distributed(settings.run.device)
+    own_run = run is None
+    run = run or open_run_folder(settings.run, context, resume, "vessels-train")
+    if context.is_main and own_run:
+        run.attach_log()
+        if resume is None:
+            run.save_settings(settings)
+    skipped = SkippedRecords(run.skipped_csv if context.is_main else None)
+    if context.is_main:
+        train_records, eval_records = split_vessel_records(settings.data, builders, Path(settings.run.output_root), skipped)
+    barrier(context)  # the phantom builder writes files once, on rank 0
+    if not context.is_main:
+        train_records, eval_records = split_vessel_records(settings.data, builders, Path(settings.run.output_root))
+    if not train_records:
+        raise ConfigError(f"data.train_split {settings.data.train_split}: no records of {settings.data.dataset} have these splits")
+
+    seed_everything(settings.run.seed)
+    model = create_model(settings.model.name, **settings.model.options).to(context.device)
+    loss = build_vessel_loss(settings.loss.name, **settings.loss.options).to(context.device)
+    if settings.loss.name == "graph" and not has_graph_head(model):
+        raise ConfigError(f"loss.name 'graph' needs a network with the graph head: set model.options.graph_head "
+                          f"(e.g. {{grid: 16}}) for {settings.model.name!r}")
+    dataset = vessel_training_dataset(train_records, settings.data, tube_radius=settings.loss.tube_radius if settings.loss.name == "skeleton_recall" else None,
+                                      skipped=skipped, cache_dir=run.path / "cache")
+    loader = build_vessel_loader(dataset, settings.train, settings.run.seed, context)
+    trained = wrap_ddp(model, context)
+    trainer = Trainer(trained, SegmentationStep(loss, has_graph_head(model)), loader, settings.train, context,
+                      seed=settings.run.seed, precision=settings.run.precision, checkpoint_dir=run.checkpoint_dir,
+                      tensorboard_dir=run.tensorboard_dir, after_optimizer_step=after_optimizer_step, progress=progress)
+    started = time.perf_counter()
+    result = trainer.fit()
+    outcome = VesselOutcome(run=run, steps=result.step, seconds=time.perf_counter() - started)
+    if context.is_main:
+        network = unwrap(trained).eval()
+        roi = settings.inference.roi_size or _default_roi(settings.data.patch_size)
+        inference = settings.inference.model_copy(update={"roi_size": roi})
+        rows, figures, failures = predict_records(network, eval_records, inference, settings.check, run.path, context.device,
+                                                  score=True, formats=(), progress=progress)
+        outcome.rows, outcome.metrics = rows, mean_metrics(rows)
+        outcome.stored = _store(settings, network, inference, outcome.metrics, run)
+        outcome.skipped = len(skipped) + len(failures)
+        history = [{key: round(value, 5) if isinstance(value, float) else value for key, value in entry.items()} for entry in result.history]
+        write_metrics_file(run.file("metrics.json"), rows, {"loss": settings.loss.name, "model": settings.model.name,
+                                                           "steps": result.step, "train_seconds": round(outcome.seconds, 2),
+                                                           "stored_model": outcome.stored, "history": history})
+        notes = [f"{settings.model.name} trained with {settings.loss.name} for {result.step} steps "
+                 f"({outcome.seconds:.0f} s) on {len(train_records)} images of {settings.data.dataset}; "
+                 f"{len(eval_records)} held-out images predicted with {roi}-pixel sliding windows, threshold {inference.threshold}"
+                 + (f", components under {inference.min_component_area} px removed" if inference.min_component_area else "") + "."]
+        if not eval_records:
+            notes.append(f"No record of {settings.data.dataset} has a split in data.eval_split {settings.data.eval_split}: nothing was scored.")
+        if outcome.stored:
+            notes.append(f"Stored as {outcome.stored}: `workbench vessels predict model={outcome.stored} inputs=[...]`, "
+                         f"`workbench export-bundle {outcome.stored} OUT_DIR`.")
+        write_vessel_page(run.path, "Vessel segmentation" if report is not None else f"Vessels: {settings.loss.name}", rows, figures,
+                          notes=notes, extra_tables=[("Training loss", history[-5:])] if history else [], skipped=failures, page=report)
+    barrier(context)
+    return outcome
+
+
+def _default_roi(patch_size: int) -> int:
+    """Sliding windows twice the training patch (fewer seams, same receptive field), a multiple of 16."""
+    return max(16, (2 * patch_size) // 16 * 16)
+
+
+def _store(settings: VesselTrainSettings, network: nn.Module, inference: InferenceSettings, metrics: dict[str, float],
+           run: RunFolder) -> str | None:
+    if not settings.save.name:
+        return None
+    store = ModelStore(settings.save.store) if settings.save.store else ModelStore()
+    record = store.save(network, name=settings.save.name, factory=settings.model.name, task="segmentation",
+                        config=dict(settings.model.options), preprocessing=inference_preprocessing(network),
+                        metrics=metrics, plugin="vessels",
+                        extra={"roi_size": inference.roi_size, "threshold": inference.threshold,
+                               "min_component_area": inference.min_component_area, "loss": settings.loss.name,
+                               "dataset": settings.data.dataset, "run": str(run.path)})
+    return f"{record.name}:v{record.version}"
+
+
+def predict_records(model: nn.Module, records: Sequence[dict], inference: InferenceSettings, check: CheckSettings,
+                    folder: Path, device: torch.device, *, score: bool, formats: Sequence[str] = (),
+                    progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Path], list[tuple[str, str]]]:
+    """Predict, post-process and check each record's image; write its figure (and mask files when ``formats`` ask).
+
+    Args:
+        model: the network in eval mode, on ``device``.
+        records: dicts with ``image`` and optionally ``id``, ``mask`` (reference) and ``fov``.
+        inference: sliding-window and post-processing settings (``roi_size`` set).
+        check: connectivity-check settings.
+        folder: the run folder (``figures/``, ``masks/`` go under it).
+        device: where the network runs.
+        score: compare with each record's ``mask`` (records without one are only checked).
+        formats: ``nifti`` and/or ``dicom-seg`` besides the PNGs (empty: figures only).
+        progress: show a progress bar.
+
+    Returns:
+        ``(rows, figures, failures)``: per-image metric rows, id -> figure path, ``(file, reason)`` for images skipped.
+    """
+    from rich.progress import Progress
+
+    rows: list[dict[str, Any]] = []
+    figures: dict[str, Path] = {}
+    failures: list[tuple[str, str]] = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("predicting", total=len(records))
+        for record in records:
+            image_id = str(record.get("id") or Path(str(record["image"])).stem)
+            try:
+                item = load_inference_item(record, with_reference=score)
+                probabilities = predict_probabilities(model, item["image"], inference.roi_size, inference.overlap,
+                                                      inference.sw_batch_size, device, source=str(record["image"]))
+                probability = vessel_probability(probabilities)[0].float().cpu().numpy()
+                mask = postprocess_mask(probability, inference.threshold, inference.min_component_area)
+                scored = score_image(image_id, mask, item.get("reference"), item.get("fov"), check.break_distance, check.fragment_area)
+                row = scored.row()
+                if formats or not score:
+                    written = write_mask_outputs(folder / "masks", image_id, probability, inference.threshold, Path(str(record["image"])),
+                                                 item.get("meta") or {}, formats=formats, mask=mask)
+                    row.update({f"{kind}_file": str(path.relative_to(folder)) for kind, path in written.items()})
+                if check.overlays is None or len(figures) < check.overlays:
+                    figures[image_id] = write_image_figure(folder, scored, item["display"], probability)
+                rows.append(row)
+            except (DataError, WorkbenchError) as error:
+                logger.warning("skipped %s: %s", record.get("image"), error)
+                failures.append((str(record.get("image")), str(error)))
+            bar.advance(task)
+    return rows, figures, failures
+
+
+def _inputs_as_records(inputs: Sequence[Path]) -> list[dict]:
+    from workbench_plugins.vessels.check import expand_inputs
+
+    return [{"id": path.stem, "image": str(path)} for path in expand_inputs(inputs)]
+
+
+def run_predict(settings: VesselPredictSettings, builders: Any, *, score: bool) -> VesselOutcome:
+    """Predict (and with ``score``, evaluate) a stored network on files or a dataset split.
+
+    Args:
+        settings: the job's settings.
+        builders: the host's dataset-builder catalog.
+        score: compare with the references (``evaluate``); without, each mask's own connectivity (``predict``).
+
+    Returns:
+        The :class:`VesselOutcome` (``metrics`` empty without references).
+
+    Raises:
+        ConfigError: an unknown stored model, or nothing to predict.
+    """
+    device = init_distributed(settings.run.device).device
+    run = RunFolder.create("vessels-evaluate" if score else "vessels-predict", settings.run.output_root, settings.run.name)
+    run.attach_log()
+    run.save_settings(settings)
+    store = ModelStore(settings.save.store) if settings.save.store else ModelStore()
+    try:
+        reference = settings.weights_ref()
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    model, record = store.load(*parse_ref(reference), device=str(device))
+    model.eval()
+    inference = settings.inference.model_copy(update={"roi_size": settings.inference.roi_size or int(record.extra.get("roi_size") or 128)})
+    skipped = SkippedRecords(run.skipped_csv)
+    if settings.inputs and not score:
+        records = _inputs_as_records(settings.inputs)
+    else:
+        _, records = split_vessel_records(settings.data, builders, Path(settings.run.output_root), skipped)
+    if not records:
+        raise ConfigError("nothing to predict: give inputs=[files or folders] or a dataset whose eval_split has records")
+    rows, figures, failures = predict_records(model, records, inference, settings.check, run.path, device, score=score,
+                                              formats=settings.formats)
+    for name, reason in failures:
+        skipped.add({"image": name}, reason, file=name)
+    metrics = mean_metrics(rows) if score else {}
+    write_metrics_file(run.file("metrics.json"), rows, {"model": f"{record.name}:v{record.version}"})
+    notes = [f"{record.name}:v{record.version} ({record.factory}) on {len(rows)} images, {inference.roi_size}-pixel sliding windows, "
+             f"threshold {inference.threshold}."]
+    write_vessel_page(run.path, "Vessel evaluation" if score else "Vessel prediction", rows, figures, notes=notes, skipped=failures)
+    return VesselOutcome(run=run, metrics=metrics, rows=rows, skipped=len(failures))

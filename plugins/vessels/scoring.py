@@ -1,0 +1,179 @@
+"""Scoring predicted vessel masks and showing them: per-image metrics, their mean, overlays and the run's page.
+
+The numbers are those of ``workbench check-topology`` (:func:`~.topology.check_mask`),
+so a mask scored here and one checked from disk agree. ``postprocess_mask`` is
+the cheap baseline every user tries first: threshold, then drop the small
+components.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from skimage.morphology import remove_small_objects
+
+from workbench.errors import DataError
+from workbench.fsutil import atomic_write_json
+from workbench.report import HtmlReport, heat_colours, image_strip, save_png, to_rgb_uint8
+from workbench_plugins.vessels.topology import TopologyReport, check_mask
+from workbench_plugins.vessels.topology_overlay import draw_topology_overlay
+
+SUMMARY_KEYS = ("dice", "cldice", "betti0_error", "betti1_error", "n_components", "reference_components", "cal",
+                "n_breaks", "n_spurious_fragments")
+TABLE_COLUMNS = ("id", "dice", "cldice", "betti0_error", "betti1_error", "n_components", "reference_components", "cal",
+                 "n_breaks", "n_spurious_fragments")
+
+
+def postprocess_mask(probability: np.ndarray, threshold: float = 0.5, min_component_area: int = 0) -> np.ndarray:
+    """Threshold a probability map and drop components smaller than ``min_component_area`` pixels.
+
+    Args:
+        probability: ``(H, W)`` vessel probabilities in [0, 1].
+        threshold: vessel where ``probability > threshold``.
+        min_component_area: 8-connected components with fewer pixels are removed (0 keeps all).
+
+    Returns:
+        ``(H, W)`` bool mask.
+
+    Raises:
+        DataError: the map holds NaN or infinite values.
+    """
+    if not np.all(np.isfinite(probability)):
+        raise DataError("probability map", f"{int(np.count_nonzero(~np.isfinite(probability)))} NaN/infinite values")
+    mask = probability > threshold
+    if min_component_area > 0 and mask.any():
+        mask = remove_small_objects(mask, max_size=min_component_area - 1, connectivity=2)
+    return mask
+
+
+@dataclass
+class ScoredImage:
+    """One image's prediction and its connectivity report.
+
+    Attributes:
+        id: the record's id.
+        mask: ``(H, W)`` bool predicted mask.
+        report: the :class:`TopologyReport` (against the reference when there was one).
+        reference: ``(H, W)`` bool reference or ``None``.
+        fov: ``(H, W)`` bool field of view or ``None``.
+    """
+
+    id: str
+    mask: np.ndarray
+    report: TopologyReport
+    reference: np.ndarray | None = None
+    fov: np.ndarray | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The per-image metrics row (JSON types), without the break and fragment lists."""
+        payload = self.report.to_dict()
+        payload.pop("breaks"), payload.pop("spurious_fragments")
+        return {"id": self.id, **payload}
+
+
+def score_image(image_id: str, mask: np.ndarray, reference: np.ndarray | None, fov: np.ndarray | None,
+                break_distance: float, fragment_area: int) -> ScoredImage:
+    """Check one predicted mask (against its reference when given, inside its FOV).
+
+    Args:
+        image_id: the record's id (for the table).
+        mask: ``(H, W)`` bool prediction.
+        reference: ``(H, W)`` bool reference or ``None``.
+        fov: ``(H, W)`` bool field of view or ``None``.
+        break_distance, fragment_area: as ``workbench check-topology``.
+
+    Returns:
+        The :class:`ScoredImage`.
+    """
+    report = check_mask(mask, reference, fov, break_distance=break_distance, fragment_area=fragment_area)
+    return ScoredImage(image_id, mask, report, reference, fov)
+
+
+def mean_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The mean of each summary metric over the rows that have it (``{}`` for no rows)."""
+    means = {}
+    for key in SUMMARY_KEYS:
+        values = [float(row[key]) for row in rows if row.get(key) is not None]
+        if values:
+            means[key] = float(np.mean(values))
+    return means
+
+
+def write_image_figure(folder: Path, scored: ScoredImage, image: np.ndarray, probability: np.ndarray) -> Path:
+    """Save ``figures/<id>.png``: the image, the probability map and the connectivity overlay side by side.
+
+    Args:
+        folder: the run folder.
+        scored: the scored prediction.
+        image: ``(C, H, W)`` or ``(H, W)`` image as read (any range).
+        probability: ``(H, W)`` probabilities in [0, 1].
+
+    Returns:
+        The PNG's path.
+    """
+    picture = to_rgb_uint8(np.moveaxis(image, 0, -1) if image.ndim == 3 else image)
+    heat = heat_colours(np.clip(probability, 0.0, 1.0))
+    overlay = draw_topology_overlay(scored.mask, scored.report, scored.reference, scored.fov)
+    safe = "".join(char if char.isalnum() or char in "-_." else "_" for char in scored.id)
+    return save_png(folder / "figures" / f"{safe}.png", image_strip([picture, heat, overlay], ["image", "vessel probability", "connectivity"]))
+
+
+def order_worst_first(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows sorted by Betti-0 error (or, without references, component count), worst first, then by id."""
+    key = "betti0_error" if any("betti0_error" in row for row in rows) else "n_components"
+    return sorted(rows, key=lambda row: (-(row.get(key) or 0), str(row["id"])))
+
+
+def write_vessel_page(folder: Path, title: str, rows: Sequence[dict[str, Any]], figures: dict[str, Path],
+                      notes: Sequence[str] = (), extra_tables: Sequence[tuple[str, list[dict[str, Any]]]] = (),
+                      skipped: Sequence[tuple[str, str]] = (), page: HtmlReport | None = None) -> HtmlReport:
+    """Write (or add to) the run's ``index.html``: notes, mean metrics, the per-image table worst first, overlays.
+
+    Args:
+        folder: the run folder.
+        title: the page (or section) title.
+        rows: per-image metric rows (:meth:`ScoredImage.row`, plus anything else to show).
+        figures: image id -> its figure PNG.
+        notes: paragraphs shown first.
+        extra_tables: ``(section title, rows)`` shown after the summary (e.g. training losses).
+        skipped: ``(file, reason)`` of the images that could not be predicted.
+        page: add sections to this page (the demo's) instead of writing a new one.
+
+    Returns:
+        The page (written when it is the run's own).
+    """
+    own = page is None
+    page = page or HtmlReport(title, folder)
+    page.section(title)
+    for note in notes:
+        page.text(note)
+    ranked = order_worst_first(rows)
+    if rows and any("dice" in row for row in rows):
+        page.table([{"images": len(rows), **mean_metrics(rows)}])
+    for section, table in extra_tables:
+        page.section(section).table(table)
+    page.section("Per image, worst Betti-0 error first" if any("betti0_error" in row for row in rows) else "Per image, most components first")
+    page.table(ranked, columns=[column for column in TABLE_COLUMNS if any(column in row for row in ranked)])
+    page.text("Overlay colours: white = predicted vessel (blue where the reference disagrees), red = reference vessel missed, "
+              "yellow = likely break (end points of different components), orange circle = spurious fragment, grey = outside the FOV.")
+    page.figures((figures[row["id"]], f"{row['id']}: Betti-0 error {row.get('betti0_error', '-')}, "
+                  f"{row['n_components']} components") for row in ranked if row["id"] in figures)
+    if skipped:
+        page.section("Skipped").table([{"file": name, "reason": reason} for name, reason in skipped])
+    if own:
+        page.write()
+    return page
+
+
+def write_metrics_file(path: Path, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None) -> Path:
+    """Write ``metrics.json``: ``{"mean": {...}, "images": [...], **extra}`` (NaN-free JSON), atomically."""
+    def clean(value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    payload = {"mean": mean_metrics(rows), "images": [{key: clean(value) for key, value in row.items()} for row in rows], **(extra or {})}
+    atomic_write_json(path, payload)
+    return path
