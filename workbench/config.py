@@ -46,6 +46,18 @@ class RunSettings(StrictModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
+class ModelSaveSettings(StrictModel):
+    """Where a job stores the model it trained (the ``save:`` section).
+
+    Attributes:
+        name: the stored model name in the registry (``null``: not stored).
+        store: the registry folder (``null``: ``$WORKBENCH_HOME/models`` or the user cache).
+    """
+
+    name: str | None = None
+    store: Path | None = None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``"a.b.c=value"`` into its key path and its YAML-typed value.
 

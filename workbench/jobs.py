@@ -10,15 +10,73 @@ split by each record's ``split`` value.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from workbench.checkpoints import latest_checkpoint
 from workbench.config import RunSettings
 from workbench.data.skipped import SkippedRecords
-from workbench.distributed import DistributedContext, broadcast_text
+from workbench.distributed import DistributedContext, barrier, broadcast_text, init_distributed
 from workbench.errors import ConfigError
 from workbench.report import RunFolder
+
+LoadedT = TypeVar("LoadedT")
+
+
+@dataclass
+class JobStart:
+    """What every training job has once it has started.
+
+    Attributes:
+        context: the distributed context (device, rank, world size).
+        run: the run folder (the same path on every rank).
+        skipped: the run's bad-record list (written by rank 0 to ``skipped.csv``).
+    """
+
+    context: DistributedContext
+    run: RunFolder
+    skipped: SkippedRecords
+
+
+def start_job(settings: Any, job: str, resume: Path | None = None, run: RunFolder | None = None) -> JobStart:
+    """Join the process group, open the run folder, log to it and save the resolved config (new runs).
+
+    Args:
+        settings: the job's settings (with a ``run`` section).
+        job: the job's name, the run folder's prefix.
+        resume: a run folder to continue, or ``None``.
+        run: a run folder given by the caller (the demo's): no log file or config is added to it.
+
+    Returns:
+        The :class:`JobStart`.
+    """
+    context = init_distributed(settings.run.device)
+    own_run = run is None
+    run = run or open_run_folder(settings.run, context, resume, job)
+    if context.is_main and own_run:
+        run.attach_log()
+        if resume is None:
+            run.save_settings(settings)
+    return JobStart(context, run, SkippedRecords(run.skipped_csv if context.is_main else None))
+
+
+def load_on_main_first(load: Callable[[SkippedRecords | None], LoadedT], start: JobStart) -> LoadedT:
+    """Run ``load`` on rank 0 first (a builder may write files once, e.g. phantoms), then on the other ranks.
+
+    Args:
+        load: ``fn(skipped)``: rank 0 gets the run's bad-record list, the others ``None``.
+        start: the job's start.
+
+    Returns:
+        What ``load`` returned on this rank.
+    """
+    if start.context.is_main:
+        loaded = load(start.skipped)
+    barrier(start.context)
+    if not start.context.is_main:
+        loaded = load(None)
+    return loaded
 
 
 def open_run_folder(run: RunSettings, context: DistributedContext, resume: Path | None, job: str) -> RunFolder:

@@ -20,9 +20,9 @@ from torch import nn
 
 from workbench.checkpoints import seed_everything
 from workbench.data.skipped import SkippedRecords
-from workbench.distributed import DistributedContext, barrier, init_distributed, unwrap, wrap_ddp
+from workbench.distributed import DistributedContext, barrier, unwrap, wrap_ddp
 from workbench.errors import ConfigError, DataError
-from workbench.jobs import build_records, open_run_folder, split_records
+from workbench.jobs import build_records, load_on_main_first, split_records, start_job
 from workbench.model_store import ModelStore
 from workbench.registry import create_model
 from workbench.report import HtmlReport, RunFolder
@@ -156,19 +156,10 @@ def run_pretrain(
     Returns:
         The :class:`PretrainOutcome`.
     """
-    context = init_distributed(settings.run.device)
-    own_run = run is None
-    run = run or open_run_folder(settings.run, context, resume, "pretrain")
-    if context.is_main and own_run:
-        run.attach_log()
-        if resume is None:
-            run.save_settings(settings)
-    skipped = SkippedRecords(run.skipped_csv if context.is_main else None)
-    if context.is_main:
-        train_records, eval_records = load_pair_records(settings.data, builders, Path(settings.run.output_root), skipped)
-    barrier(context)  # the builder may write files (phantoms) once, on rank 0
-    if not context.is_main:
-        train_records, eval_records = load_pair_records(settings.data, builders, Path(settings.run.output_root))
+    start = start_job(settings, "pretrain", resume, run)
+    context, run, skipped = start.context, start.run, start.skipped
+    train_records, eval_records = load_on_main_first(
+        lambda listed: load_pair_records(settings.data, builders, Path(settings.run.output_root), listed), start)
 
     seed_everything(settings.run.seed)
     encoder = build_encoder(settings).to(context.device)

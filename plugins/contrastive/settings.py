@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from workbench.config import RunSettings, StrictModel
+from workbench.config import ModelSaveSettings, RunSettings, StrictModel
 from workbench.train import TrainSettings
 
 OBJECTIVES = ("clip", "siglip", "convirt", "flair", "cosmos")
@@ -104,17 +104,10 @@ class EvalSettings(StrictModel):
     batch_size: int = Field(64, gt=0)
 
 
-class SaveSettings(StrictModel):
-    """Where the trained encoder goes.
-
-    Attributes:
-        name: the stored model name in the registry (``null``: not stored).
-        store: the registry folder (``null``: ``$WORKBENCH_HOME/models`` or the user cache).
-        alias_best: also point the ``best`` alias at the new version.
-    """
+class SaveSettings(ModelSaveSettings):
+    """Where the trained encoder goes (``name``, ``store``), and whether ``best`` points at it (``alias_best``)."""
 
     name: str | None = "contrastive-phantom"
-    store: Path | None = None
     alias_best: bool = False
 
 

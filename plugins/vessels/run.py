@@ -26,7 +26,7 @@ from workbench.checkpoints import seed_everything
 from workbench.data.skipped import SkippedRecords
 from workbench.distributed import barrier, init_distributed, unwrap, wrap_ddp
 from workbench.errors import ConfigError, DataError, WorkbenchError
-from workbench.jobs import build_records, open_run_folder, split_records
+from workbench.jobs import build_records, load_on_main_first, split_records, start_job
 from workbench.model_records import parse_ref
 from workbench.model_store import ModelStore
 from workbench.registry import create_model
@@ -121,19 +121,10 @@ def run_train(settings: VesselTrainSettings, builders: Any, *, resume: Path | No
     Raises:
         ConfigError: no training records, an unknown network or loss, or a loss the network cannot feed.
     """
-    context = init_distributed(settings.run.device)
-    own_run = run is None
-    run = run or open_run_folder(settings.run, context, resume, "vessels-train")
-    if context.is_main and own_run:
-        run.attach_log()
-        if resume is None:
-            run.save_settings(settings)
-    skipped = SkippedRecords(run.skipped_csv if context.is_main else None)
-    if context.is_main:
-        train_records, eval_records = split_vessel_records(settings.data, builders, Path(settings.run.output_root), skipped)
-    barrier(context)  # the phantom builder writes files once, on rank 0
-    if not context.is_main:
-        train_records, eval_records = split_vessel_records(settings.data, builders, Path(settings.run.output_root))
+    start = start_job(settings, "vessels-train", resume, run)
+    context, run, skipped = start.context, start.run, start.skipped
+    train_records, eval_records = load_on_main_first(
+        lambda listed: split_vessel_records(settings.data, builders, Path(settings.run.output_root), listed), start)
     if not train_records:
         raise ConfigError(f"data.train_split {settings.data.train_split}: no records of {settings.data.dataset} have these splits")
 

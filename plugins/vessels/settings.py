@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from workbench.config import RunSettings, StrictModel
+from workbench.config import ModelSaveSettings, RunSettings, StrictModel
 from workbench.train import TrainSettings
 
 LOSSES = ("dice_ce", "cldice", "skeleton_recall", "graph")
@@ -103,16 +103,10 @@ class CheckSettings(StrictModel):
     overlays: int | None = Field(None, ge=0)
 
 
-class VesselSaveSettings(StrictModel):
-    """Where the trained network goes.
-
-    Attributes:
-        name: the stored model name in the registry (``null``: not stored).
-        store: the registry folder (``null``: ``$WORKBENCH_HOME/models`` or the user cache).
-    """
+class VesselSaveSettings(ModelSaveSettings):
+    """Where the trained network goes (``name``, ``store``)."""
 
     name: str | None = "vessels-phantom"
-    store: Path | None = None
 
 
 class VesselTrainSettings(StrictModel):
