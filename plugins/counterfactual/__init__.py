@@ -1,0 +1,1 @@
+"""The counterfactual plugin (imported as `workbench_plugins.counterfactual`)."""

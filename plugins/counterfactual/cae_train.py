@@ -1,0 +1,168 @@
+"""``workbench cae train``: train a class-association embedding (CAE) model in the shared Trainer.
+
+A GAN needs two optimizer steps per batch. The :class:`~workbench.train.Trainer` owns one
+optimizer, so both networks share one ``torch.optim.Adam`` with two parameter groups
+(generator, discriminator): Adam keeps its moments per parameter, so this is exactly two Adam
+optimizers, and the Trainer checkpoints it whole. Inside the step the discriminator is updated
+first (only its parameters hold gradients then), then frozen while the generator's loss is built;
+the Trainer's own backward and step then move the generator alone. Resume is the Trainer's:
+model, optimizer, random states and data position, so a killed run resumes to the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from workbench.checkpoints import seed_everything
+from workbench.data.loaders import build_loader
+from workbench.devices import select_precision
+from workbench.errors import ConfigError
+from workbench.jobs import start_job
+from workbench.model_records import Preprocessing
+from workbench.registry import create_model
+from workbench.report import RunFolder
+from workbench.train import Trainer
+from workbench_plugins.counterfactual.cae_pages import cae_evaluation, write_cae_page
+from workbench_plugins.counterfactual.classify import open_store
+from workbench_plugins.counterfactual.data import labelled_dataset, labelled_records, pick_split
+from workbench_plugins.counterfactual.losses import CaeLossWeights, discriminator_loss, generator_forward, generator_loss, partner_indices
+from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
+from workbench_plugins.counterfactual.settings import CaeTrainSettings
+
+logger = logging.getLogger("workbench.counterfactual")
+
+TASK = "counterfactual"
+
+
+@dataclass
+class CaeOutcome:
+    """What a CAE training run produced.
+
+    Attributes:
+        run: the run folder.
+        model: the trained model (eval mode, centroids filled).
+        classes: the class names in label order.
+        metrics: k-NN accuracy of the class codes and reconstruction error on the held-out split.
+        stored: ``name:vN`` of the stored model, or ``None``.
+        steps: optimizer steps taken.
+        history: the logged training scalars.
+    """
+
+    run: RunFolder
+    model: ClassAssociationEmbedding
+    classes: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    stored: str | None = None
+    steps: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_cae_optimizer(model: ClassAssociationEmbedding, settings: CaeTrainSettings) -> torch.optim.Adam:
+    """One Adam with a generator group (index 0) and a discriminator group (index 1)."""
+    betas = (settings.optim.beta1, settings.optim.beta2)
+    groups = [{"params": model.generator_parameters()}, {"params": list(model.discriminator.parameters())}]
+    return torch.optim.Adam(groups, lr=settings.optim.lr, betas=betas)
+
+
+def cae_step_function(optimizer: torch.optim.Optimizer, weights: CaeLossWeights) -> Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]:
+    """The Trainer step: a discriminator update inside, the generator's loss returned for the Trainer's update.
+
+    Args:
+        optimizer: the optimizer from :func:`build_cae_optimizer` (the one given to the Trainer).
+        weights: the loss weights.
+
+    Returns:
+        ``step(model, batch) -> {"loss": generator loss, ...terms, "disc_loss", ...}``.
+    """
+
+    def step(model: ClassAssociationEmbedding, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        images, labels = batch["image"], batch["label"].long()
+        forward = generator_forward(model, images, labels, partner_indices(labels))
+        disc = discriminator_loss(model, images, labels, forward.cross, weights)
+        if not torch.isfinite(disc["disc_loss"].detach()):
+            raise FloatingPointError(f"the discriminator loss became {disc['disc_loss'].item()}; lower optim.lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        disc["disc_loss"].backward()
+        optimizer.step()  # only the discriminator holds gradients here
+        optimizer.zero_grad(set_to_none=True)
+        model.discriminator.requires_grad_(False)
+        try:
+            generator = generator_loss(model, forward, weights)
+        finally:
+            model.discriminator.requires_grad_(True)
+        return {**generator, **{key: value.detach() for key, value in disc.items()}}
+
+    return step
+
+
+def run_cae_train(settings: CaeTrainSettings, builders: Any, *, resume: Path | None = None,
+                  after_optimizer_step: Callable[[int], None] | None = None, progress: bool = True) -> CaeOutcome:
+    """Train a CAE model, fill its class centroids, evaluate its code space, store it, write the run folder.
+
+    Args:
+        settings: the job's settings.
+        builders: the host's dataset-builder catalog.
+        resume: a run folder to continue from its latest checkpoint.
+        after_optimizer_step: an extra ``fn(step)`` after each optimizer step (tests kill here).
+        progress: show the progress bar.
+
+    Returns:
+        The :class:`CaeOutcome`.
+
+    Raises:
+        ConfigError: under torchrun (CAE trains in one process), no training records, or grad accumulation.
+    """
+    if settings.train.grad_accum != 1:
+        raise ConfigError("train.grad_accum: a CAE step updates the discriminator per micro-batch; use 1")
+    start = start_job(settings, "cae", resume)
+    context, run, skipped = start.context, start.run, start.skipped
+    if context.enabled:
+        raise ConfigError("cae train runs in one process: its two optimizer steps per batch are not set up for DDP")
+    records, classes = labelled_records(settings.data, builders, Path(settings.run.output_root), skipped)
+    train_records = pick_split(records, settings.data.train_split, settings.data.max_train)
+    eval_records = pick_split(records, settings.data.eval_split, settings.data.max_eval)
+    if not train_records:
+        raise ConfigError(f"data.train_split {settings.data.train_split}: no records in {settings.data.root or settings.data.source}")
+    seed_everything(settings.run.seed)
+    config = {"in_channels": settings.data.channels, "num_classes": len(classes), "image_size": settings.data.image_size,
+              **settings.model.model_dump()}
+    model = create_model("cae", **config).to(context.device)
+    assert isinstance(model, ClassAssociationEmbedding)
+    precision = select_precision(context.device, settings.run.precision)
+    if precision == "fp16":
+        # The inner discriminator step cannot share the Trainer's loss scaler; bf16 and fp32 need none.
+        logger.warning("cae train: fp16 needs loss scaling for two optimizer steps per batch; training in fp32")
+        precision = "fp32"
+    optimizer = build_cae_optimizer(model, settings)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    train_set = labelled_dataset(train_records, settings.data, augment=True, skipped=skipped, cache_dir=run.path / "cache")
+    loader = build_loader(train_set, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed,
+                          num_workers=settings.train.num_workers, drop_last=len(train_set) > settings.train.batch_size)
+    weights = CaeLossWeights(**settings.loss.model_dump())
+    trainer = Trainer(model, cae_step_function(optimizer, weights), loader, settings.train, context, seed=settings.run.seed,
+                      precision=precision, checkpoint_dir=run.checkpoint_dir, tensorboard_dir=run.tensorboard_dir,
+                      optimizer=optimizer, scheduler=scheduler, after_optimizer_step=after_optimizer_step, progress=progress)
+    result = trainer.fit()
+    outcome = CaeOutcome(run=run, model=model, classes=classes, steps=result.step, history=result.history)
+    plain_train = labelled_dataset(train_records, settings.data, augment=False, skipped=skipped, cache="none")
+    eval_set = labelled_dataset(eval_records, settings.data, augment=False, skipped=skipped, cache="none")
+    outcome.metrics = cae_evaluation(model, plain_train, eval_set, classes, context.device)
+    outcome.metrics.update(steps=result.step, train_images=len(train_records), skipped_records=len(skipped))
+    if settings.save.name:
+        preprocessing = Preprocessing(image_size=settings.data.image_size, channels=settings.data.channels, intensity="none",
+                                      extra={"input_range": [0.0, 1.0], "read_intensity": settings.data.intensity, "classes": classes})
+        record = open_store(settings.save.store).save(
+            model, name=settings.save.name, factory="cae", task=TASK, config=config, preprocessing=preprocessing,
+            metrics={key: outcome.metrics[key] for key in ("knn_accuracy", "reconstruction_l1") if key in outcome.metrics},
+            aliases=("best",) if settings.save.alias_best else (), plugin="counterfactual",
+            extra={"classes": classes, "run": run.path.name, "data": {"source": settings.data.source, "finding": settings.data.finding}})
+        outcome.stored = record.ref
+        outcome.metrics["stored_model"] = record.ref
+    run.write_metrics({"cae": outcome.metrics, "history": outcome.history})
+    write_cae_page(run, f"CAE ({' vs '.join(classes)})", model, eval_set, classes, outcome.metrics, outcome.history, settings.examples, context.device)
+    return outcome

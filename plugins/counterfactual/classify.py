@@ -1,0 +1,221 @@
+"""``workbench classify train``: train the classifier that the counterfactual jobs explain.
+
+MONAI networks train in the shared :class:`~workbench.train.Trainer` (resume, progress,
+TensorBoard, checkpoints). A head on a stored encoder is fitted with scikit-learn on the frozen
+encoder's features (logistic regression, or an MLP), the standard linear-probe recipe, then
+written into a torch module so it is stored, loaded and explained like any other classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.checkpoints import seed_everything
+from workbench.data.loaders import build_loader
+from workbench.distributed import barrier, unwrap, wrap_ddp
+from workbench.errors import ConfigError
+from workbench.jobs import load_on_main_first, start_job
+from workbench.model_records import Preprocessing, parse_ref
+from workbench.model_store import ModelStore
+from workbench.registry import create_model
+from workbench.report import RunFolder
+from workbench.train import Trainer
+from workbench_plugins.counterfactual.classifiers import EncoderHeadClassifier
+from workbench_plugins.counterfactual.classify_pages import write_classifier_page
+from workbench_plugins.counterfactual.data import labelled_dataset, labelled_records, pick_split
+from workbench_plugins.counterfactual.metrics import classification_metrics, predict
+from workbench_plugins.counterfactual.settings import ClassifyTrainSettings
+
+logger = logging.getLogger("workbench.counterfactual")
+
+TASK = "classification"
+
+
+@dataclass
+class ClassifyOutcome:
+    """What a classifier training run produced.
+
+    Attributes:
+        run: the run folder.
+        metrics: held-out metrics (see :func:`classification_metrics`).
+        classes: the class names in label order.
+        stored: ``name:vN`` of the stored classifier, or ``None``.
+        steps: optimizer steps taken (0 for a scikit-learn head).
+        history: the logged training scalars.
+    """
+
+    run: RunFolder
+    metrics: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    stored: str | None = None
+    steps: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def open_store(path: Path | None) -> ModelStore:
+    """The model store at ``path`` (``None``: the default store)."""
+    return ModelStore(path) if path is not None else ModelStore()
+
+
+def class_weights(labels: list[int], count: int) -> torch.Tensor:
+    """Inverse-frequency weights ``(K,)`` (``N / (K * n_k)``; 1 for a class with no image)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=count).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / (count * np.maximum(counts, 1)), 1.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def classifier_preprocessing(settings: ClassifyTrainSettings, classes: list[str]) -> Preprocessing:
+    """What inputs the stored classifier takes: ``(B, C, S, S)`` in [0, 1], as the plugin's pipeline makes them."""
+    return Preprocessing(image_size=settings.data.image_size, channels=settings.data.channels, intensity="none",
+                         extra={"input_range": [0.0, 1.0], "read_intensity": settings.data.intensity, "classes": list(classes)})
+
+
+def recalibrate_batch_norm(model: nn.Module, dataset: Any, device: torch.device, batch_size: int) -> None:
+    """Recompute batch-norm running statistics as exact averages over ``dataset`` (no augmentation).
+
+    The running averages a short run leaves (momentum 0.1) trail weights that moved quickly, so
+    eval-mode predictions can be far off the training-mode ones; ``torch.optim.swa_utils.update_bn``
+    replaces them with one cumulative pass. Models without batch norm are left as they are.
+    """
+    if not any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+        return
+    images = (batch["image"] for batch in build_loader(dataset, batch_size=batch_size, shuffle=False) if batch is not None)
+    torch.optim.swa_utils.update_bn(images, model, device=device)
+    model.eval()
+
+
+def _fit_head(settings: ClassifyTrainSettings, classes: list[str], train_set: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any], str]:
+    """Fit a scikit-learn head on a frozen stored encoder; returns (classifier, factory config, encoder ref)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    if not settings.model.encoder:
+        raise ConfigError("model.encoder: classifier-encoder-head needs a stored encoder name[:version]")
+    store = open_store(settings.model.encoder_store or settings.save.store)
+    name, version = parse_ref(settings.model.encoder)
+    encoder, record = store.load(name, version)
+    if not callable(getattr(encoder, "encode_image", None)):
+        raise ConfigError(f"model.encoder: {record.ref} ({record.factory}) has no encode_image(images) method")
+    size = record.preprocessing.image_size
+    size = int(size if isinstance(size, int) else size[-1])
+    with torch.no_grad():
+        encoder.eval()
+        embed_dim = int(encoder.encode_image(torch.zeros(1, record.preprocessing.channels, size, size)).shape[-1])
+    config = {"encoder_factory": record.factory, "encoder_config": record.config, "embed_dim": embed_dim, "num_classes": len(classes),
+              "head": settings.model.head, "hidden": settings.model.hidden, "in_channels": settings.data.channels,
+              "encoder_channels": record.preprocessing.channels, "encoder_image_size": size,
+              "encoder_mean": record.preprocessing.mean, "encoder_std": record.preprocessing.std}
+    classifier = create_model("classifier-encoder-head", **config)
+    assert isinstance(classifier, EncoderHeadClassifier)
+    classifier.encoder.load_state_dict(encoder.state_dict())
+    classifier = classifier.to(device).eval()
+    features, labels = [], []
+    with torch.no_grad():
+        for batch in build_loader(train_set, batch_size=settings.train.batch_size, shuffle=False):
+            if batch is not None:
+                features.append(classifier.features(batch["image"].to(device)).float().cpu().numpy())
+                labels.append(batch["label"].numpy())
+    if not features:
+        raise ConfigError("no usable training image for the head (see skipped.csv)")
+    x, y = np.concatenate(features), np.concatenate(labels)
+    if len(np.unique(y)) < len(classes):
+        missing = [name for index, name in enumerate(classes) if index not in set(y.tolist())]
+        raise ConfigError(f"the training split has no {', '.join(missing)} image; a head needs every class")
+    if settings.model.head == "linear":
+        fitted = LogisticRegression(max_iter=2000, class_weight="balanced" if settings.model.balanced else None).fit(x, y)
+        weights, bias = [fitted.coef_], [fitted.intercept_]
+    else:
+        fitted = MLPClassifier(hidden_layer_sizes=(settings.model.hidden,), max_iter=2000, random_state=settings.run.seed).fit(x, y)
+        weights, bias = [coef.T for coef in fitted.coefs_], list(fitted.intercepts_)
+    layers = [classifier.head] if isinstance(classifier.head, nn.Linear) else [classifier.head[0], classifier.head[2]]
+    with torch.no_grad():
+        for layer, weight, offset in zip(layers, weights, bias):
+            weight, offset = np.asarray(weight), np.asarray(offset)
+            if weight.shape[0] == 1 and layer.out_features == 2:
+                # scikit-learn keeps one logit for two classes: logits (0, z) give the same softmax as its sigmoid(z).
+                weight, offset = np.concatenate([np.zeros_like(weight), weight]), np.concatenate([np.zeros_like(offset), offset])
+            layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            layer.bias.copy_(torch.as_tensor(offset, dtype=torch.float32))
+    return classifier, config, record.ref
+
+
+def run_classify_train(settings: ClassifyTrainSettings, builders: Any, *, resume: Path | None = None,
+                       after_optimizer_step: Callable[[int], None] | None = None, progress: bool = True) -> ClassifyOutcome:
+    """Train a classifier, evaluate it on the held-out split, store it, and write the run folder.
+
+    Args:
+        settings: the job's settings.
+        builders: the host's dataset-builder catalog (for the phantoms).
+        resume: a run folder to continue from its latest checkpoint.
+        after_optimizer_step: an extra ``fn(step)`` after each optimizer step (tests kill here).
+        progress: show the progress bar.
+
+    Returns:
+        The :class:`ClassifyOutcome`.
+
+    Raises:
+        ConfigError: no training records, one class only, or a bad encoder reference.
+    """
+    start = start_job(settings, "classify", resume)
+    context, run, skipped = start.context, start.run, start.skipped
+    records, classes = load_on_main_first(lambda listed: labelled_records(settings.data, builders, Path(settings.run.output_root), listed), start)
+    train_records = pick_split(records, settings.data.train_split, settings.data.max_train)
+    eval_records = pick_split(records, settings.data.eval_split, settings.data.max_eval)
+    if not train_records:
+        raise ConfigError(f"data.train_split {settings.data.train_split}: no records in {settings.data.root or settings.data.source}")
+    seed_everything(settings.run.seed)
+    network = settings.model.network
+    outcome = ClassifyOutcome(run=run, classes=classes)
+    if network == "classifier-encoder-head":
+        plain = labelled_dataset(train_records, settings.data, augment=False, skipped=skipped, cache="none")
+        model, config, parent = _fit_head(settings, classes, plain, context.device)
+    else:
+        config = {"in_channels": settings.data.channels, "num_classes": len(classes), "dropout": settings.model.dropout}
+        parent = None
+        model = create_model(network, **config).to(context.device)
+        train_set = labelled_dataset(train_records, settings.data, augment=True, skipped=skipped, cache_dir=run.path / "cache")
+        loader = build_loader(train_set, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed,
+                              num_workers=settings.train.num_workers, distributed=context.enabled, rank=context.rank, world_size=context.world_size)
+        weights = class_weights([record["label"] for record in train_records], len(classes)).to(context.device) if settings.model.balanced else None
+
+        def step(module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            logits = module(batch["image"])
+            labels = batch["label"].long()
+            loss = nn.functional.cross_entropy(logits.float(), labels, weight=weights)
+            return {"loss": loss, "accuracy": (logits.argmax(dim=1) == labels).float().mean()}
+
+        trainer = Trainer(wrap_ddp(model, context), step, loader, settings.train, context, seed=settings.run.seed,
+                          precision=settings.run.precision, checkpoint_dir=run.checkpoint_dir, tensorboard_dir=run.tensorboard_dir,
+                          after_optimizer_step=after_optimizer_step, progress=progress)
+        result = trainer.fit()
+        outcome.steps, outcome.history = result.step, result.history
+        model = unwrap(model)
+        plain = labelled_dataset(train_records, settings.data, augment=False, skipped=skipped, cache="none")
+        recalibrate_batch_norm(model, plain, context.device, settings.train.batch_size)
+    if context.is_main:
+        eval_set = labelled_dataset(eval_records, settings.data, augment=False, skipped=skipped, cache="none")
+        ids, labels, probabilities = predict(model, eval_set, context.device)
+        outcome.metrics = classification_metrics(labels, probabilities, classes)
+        outcome.metrics.update(steps=outcome.steps, train_images=len(train_records), skipped_records=len(skipped))
+        if settings.save.name:
+            store = open_store(settings.save.store)
+            record = store.save(model, name=settings.save.name, factory=network, task=TASK, config=config,
+                                preprocessing=classifier_preprocessing(settings, classes),
+                                metrics={key: outcome.metrics[key] for key in ("accuracy", "auroc", "n")}, parent=parent,
+                                aliases=("best",) if settings.save.alias_best else (), plugin="counterfactual",
+                                extra={"classes": classes, "gradcam_layer": getattr(model, "gradcam_layer", None), "run": run.path.name,
+                                       "data": {"source": settings.data.source, "finding": settings.data.finding}})
+            outcome.stored = record.ref
+            outcome.metrics["stored_model"] = record.ref
+        run.write_metrics({"classify": outcome.metrics, "history": outcome.history})
+        write_classifier_page(run, f"Classifier ({network}, {' vs '.join(classes)})", outcome.metrics, eval_set, ids, probabilities,
+                              settings.examples, outcome.history)
+    barrier(context)
+    return outcome

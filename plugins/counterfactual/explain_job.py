@@ -1,0 +1,189 @@
+"""``workbench explain``: explain a stored classifier with a stored CAE, one image or a batch, with baselines and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workbench.data.readers import read_image
+from workbench.data.skipped import SkippedRecords
+from workbench.devices import select_device
+from workbench.errors import ConfigError
+from workbench.model_records import parse_ref
+from workbench.report import RunFolder
+from workbench_plugins.counterfactual.baselines import baseline_maps
+from workbench_plugins.counterfactual.classify import open_store
+from workbench_plugins.counterfactual.classify_eval import load_classifier
+from workbench_plugins.counterfactual.data import convert_channels, labelled_dataset, labelled_records, pick_split, read_lesion_mask
+from workbench_plugins.counterfactual.explain import check_compatible, explain_linear, fit_to
+from workbench_plugins.counterfactual.explain_metrics import localisation, mean_of, proximity
+from workbench_plugins.counterfactual.explain_pages import write_explain_page
+from workbench_plugins.counterfactual.guided_path import CodeGraph, build_code_graph, guided_waypoints
+from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
+from workbench_plugins.counterfactual.settings import ExplainSettings
+
+logger = logging.getLogger("workbench.counterfactual")
+
+
+@dataclass
+class Case:
+    """One image to explain: ``image`` ``(C, S, S)`` in [0, 1] at the CAE's size, its label and lesion mask when known."""
+
+    id: str
+    image: torch.Tensor
+    label: int | None = None
+    mask: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_cae(reference: str, store_path: Path | None, device: torch.device) -> tuple[ClassAssociationEmbedding, Any, list[str]]:
+    """A stored CAE in eval mode, its record and its class names.
+
+    Raises:
+        ConfigError: the stored model is not a CAE.
+    """
+    name, version = parse_ref(reference)
+    model, record = open_store(store_path).load(name, version, device=str(device))
+    if record.task != "counterfactual" or not isinstance(model, ClassAssociationEmbedding):
+        raise ConfigError(f"{record.ref} is a {record.task!r} model ({record.factory}), not a CAE")
+    return model.eval(), record, list(record.extra.get("classes") or [])
+
+
+def single_case(path: Path, channels: int, size: int) -> Case:
+    """Read one image file and fit it to the CAE (channels converted and size resampled, each with a note)."""
+    array, meta = read_image(path)
+    notes = []
+    if array.shape[0] != channels:
+        notes.append(f"{path.name}: {array.shape[0]}-channel image converted to {channels} channel(s)")
+        array = convert_channels(array, channels, str(path))
+    if array.shape[1:] != (size, size):
+        notes.append(f"{path.name}: {array.shape[1]}x{array.shape[2]} image resampled to {size}x{size}")
+    image = F.interpolate(torch.as_tensor(array)[None], size=(size, size), mode="area")[0] if array.shape[1:] != (size, size) else torch.as_tensor(array)
+    for note in notes:
+        logger.info(note)
+    return Case(id=path.stem, image=image.clamp(0, 1).float(), notes=notes)
+
+
+def batch_cases(settings: ExplainSettings, builders: Any, channels: int, size: int, skipped: SkippedRecords) -> tuple[list[Case], list[str]]:
+    """The batch form's cases from ``data.eval_split`` (at most ``max_cases``), with lesion masks where known, and the data's classes."""
+    records, classes = labelled_records(settings.data, builders, Path(settings.run.output_root), skipped)
+    chosen = pick_split(records, settings.data.eval_split, settings.max_cases)
+    if not chosen:
+        raise ConfigError(f"data.eval_split {settings.data.eval_split}: no records in {settings.data.root or settings.data.source}")
+    dataset = labelled_dataset(chosen, settings.data, augment=False, skipped=skipped, cache="none", image_size=size, channels=channels)
+    cases = []
+    for index, record in enumerate(chosen):
+        item = dataset[index]
+        if item is not None:
+            cases.append(Case(id=str(record["id"]), image=item["image"], label=int(record["label"]), mask=read_lesion_mask(record["lesion_masks"], size)))
+    return cases, classes
+
+
+def reference_graph(settings: ExplainSettings, builders: Any, cae: ClassAssociationEmbedding, channels: int, size: int,
+                    device: torch.device, skipped: SkippedRecords) -> CodeGraph:
+    """The guided path's Kepler Mapper graph over the class codes of up to ``reference_cases`` training images."""
+    from workbench_plugins.counterfactual.cae_pages import class_codes_of
+
+    records, _ = labelled_records(settings.data, builders, Path(settings.run.output_root), skipped)
+    reference = pick_split(records, settings.data.train_split, settings.reference_cases)
+    dataset = labelled_dataset(reference, settings.data, augment=False, skipped=skipped, cache="none", image_size=size, channels=channels)
+    codes, labels, _ = class_codes_of(cae, dataset, device)
+    return build_code_graph(codes, labels, settings.guided_cubes, settings.guided_overlap, settings.run.seed)
+
+
+def _resized(saliency: np.ndarray, size: int) -> np.ndarray:
+    if saliency.shape == (size, size):
+        return saliency
+    return F.interpolate(torch.as_tensor(saliency)[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, dict[str, Any]]:
+    """Explain one image (``settings.image``) or a batch; write per-case figures, ``metrics.json`` and ``index.html``.
+
+    Returns:
+        ``(run folder, summary)``; the summary holds ``cases`` (one row per case) and, with
+        ``evaluate``, ``flip_rate``, ``seconds_per_explanation``, ``queries_per_explanation``,
+        proximity means and ``energy_in_mask`` / ``pointing`` / ``dice_topk`` per method.
+
+    Raises:
+        ConfigError: a CAE for other classes, a bad target, or no images.
+    """
+    device = select_device(settings.run.device)
+    run = RunFolder.create("explain", settings.run.output_root, settings.run.name)
+    run.attach_log()
+    run.save_settings(settings)
+    classifier, classifier_record, classes = load_classifier(settings.classifier, settings.store, device)
+    cae, cae_record, cae_classes = load_cae(settings.cae, settings.store, device)
+    check_compatible(classes, cae_classes, classifier_record.ref, cae_record.ref)
+    size, channels = int(cae_record.config["image_size"]), int(cae_record.config["in_channels"])
+    classifier_size = classifier_record.preprocessing.image_size
+    classifier_size = int(classifier_size if isinstance(classifier_size, int) else classifier_size[-1])
+    classifier_channels = classifier_record.preprocessing.channels
+    skipped = SkippedRecords(run.skipped_csv)
+    if settings.image is not None:
+        cases = [single_case(Path(settings.image), channels, size)]
+    else:
+        cases, data_classes = batch_cases(settings, builders, channels, size, skipped)
+        if data_classes != classes:
+            raise ConfigError(f"{classifier_record.ref} predicts {classes} but the data has classes {data_classes}")
+    if (classifier_channels, classifier_size) != (channels, size):
+        cases[0].notes.append(f"decoded {channels}-channel {size}x{size} images are converted to the classifier's "
+                              f"{classifier_channels}-channel {classifier_size}x{classifier_size} input")
+    baselines = baseline_maps(classifier, settings.baselines, classifier_record.extra.get("gradcam_layer"), settings.occlusion_mask)
+    waypoints_for = None
+    if settings.path == "guided":
+        code_graph = reference_graph(settings, builders, cae, channels, size, device, skipped)
+        waypoints_for = lambda code, target: guided_waypoints(code_graph, code, target)  # noqa: E731
+    rows, shown = [], []
+    for case in cases:
+        explanation = explain_linear(classifier, cae, case.image, classes, target=settings.target, steps=settings.steps,
+                                     classifier_size=classifier_size, classifier_channels=classifier_channels,
+                                     smoothing_sigma=settings.smoothing_sigma, keep_path=len(shown) < settings.shown, waypoints_for=waypoints_for)
+        maps = {"cae": explanation.saliency}
+        classifier_input = fit_to(case.image[None].to(device), classifier_channels, classifier_size)
+        for name, saliency_of in baselines.items():
+            started = time.perf_counter()
+            maps[name] = _resized(saliency_of(classifier_input, explanation.source), size)
+            logger.debug("%s on %s: %.3fs", name, case.id, time.perf_counter() - started)
+        row: dict[str, Any] = {"id": case.id, "label": None if case.label is None else classes[case.label], "predicted": classes[explanation.source],
+                               "p": explanation.source_probability, "target": classes[explanation.target], "valid": explanation.valid,
+                               "flipped_step": explanation.flipped_step, "steps": explanation.steps, "path": explanation.path_kind,
+                               "queries": explanation.queries, "seconds": explanation.seconds,
+                               "correct": None if case.label is None else case.label == explanation.source,
+                               **proximity(explanation.counterfactual, explanation.image, explanation.reconstruction)}
+        if case.mask is not None and case.mask.any():
+            for name, saliency in maps.items():
+                for key, value in localisation(saliency, case.mask, settings.topk_percent).items():
+                    row[f"{key}.{name}"] = value
+        rows.append(row)
+        if len(shown) < settings.shown:
+            shown.append((case, explanation, maps))
+    summary = summarise(rows, ["cae", *baselines], cae_record.metrics.get("knn_accuracy")) if settings.evaluate else {}
+    summary.update(classifier=classifier_record.ref, cae=cae_record.ref, classes=classes, cases=rows)
+    run.write_metrics(summary)
+    write_explain_page(run, f"Counterfactual explanations of {classifier_record.ref} with {cae_record.ref}", classes, shown, summary,
+                       [note for case in cases for note in case.notes])
+    return run, summary
+
+
+def summarise(rows: list[dict[str, Any]], methods: list[str], knn_accuracy: float | None) -> dict[str, Any]:
+    """The metrics table: flip rate over correctly classified cases (all cases when labels are unknown) and the means."""
+    counted = [row for row in rows if row["correct"] is not False]
+    summary: dict[str, Any] = {
+        "explained": len(rows), "flip_rate_cases": len(counted),
+        "flip_rate": float(np.mean([row["valid"] for row in counted])) if counted else None,
+        "seconds_per_explanation": mean_of(rows, "seconds"), "queries_per_explanation": mean_of(rows, "queries"),
+        "proximity_l1": mean_of(rows, "l1"), "proximity_ssim": mean_of(rows, "ssim"), "sparsity": mean_of(rows, "sparsity"),
+        "knn_accuracy": knn_accuracy,
+    }
+    for key in ("energy_in_mask", "pointing", "dice_topk"):
+        summary[key] = {method: mean_of(rows, f"{key}.{method}") for method in methods}
+    summary["localised_cases"] = sum(1 for row in rows if "pointing.cae" in row)
+    return summary

@@ -1,0 +1,88 @@
+"""The explanation run's ``index.html``: per case the original, reconstruction, path strip, counterfactual and saliency overlays."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from workbench.report import HtmlReport, RunFolder, image_strip, overlay_heatmap, save_png
+
+CASE_COLUMNS = ("id", "label", "predicted", "p", "target", "path", "valid", "flipped_step", "steps", "queries", "seconds", "l1", "ssim", "sparsity")
+
+
+MIN_SIDE = 160  # small images are enlarged (nearest neighbour) so the captions under them stay readable
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` in [0, 1] -> ``(H, W)`` or ``(H, W, 3)`` uint8, without per-image contrast stretching."""
+    pixels = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+
+
+def enlarged(tile: np.ndarray) -> np.ndarray:
+    """Repeat pixels by the smallest integer factor that makes the tile at least :data:`MIN_SIDE` high."""
+    factor = -(-MIN_SIDE // tile.shape[0])
+    return tile if factor <= 1 else np.repeat(np.repeat(tile, factor, axis=0), factor, axis=1)
+
+
+def method_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One table row per saliency method: energy-in-mask, pointing game and top-k Dice."""
+    methods = list((summary.get("energy_in_mask") or {}).keys())
+    return [{"method": method, **{key: summary[key].get(method) for key in ("energy_in_mask", "pointing", "dice_topk")}} for method in methods]
+
+
+def write_explain_page(run: RunFolder, title: str, classes: Sequence[str], shown: Sequence[tuple[Any, Any, dict[str, np.ndarray]]],
+                       summary: dict[str, Any], notes: Sequence[str] = (), report: HtmlReport | None = None) -> HtmlReport:
+    """Write (or add to) the explanations' page.
+
+    Args:
+        run: the run folder (figures go to ``cases/``).
+        title: the page title.
+        classes: the class names.
+        shown: ``(case, explanation, {method: saliency (S, S)})`` for each case drawn.
+        summary: from ``run_explain`` (the metrics table appears when it holds ``flip_rate``).
+        notes: conversions applied to inputs (channels, size), said plainly.
+        report: an existing page (the demo); ``None`` writes ``run/index.html``.
+
+    Returns:
+        The page.
+    """
+    page = report or HtmlReport(title, run.path)
+    page.section(title)
+    for note in notes:
+        page.text(f"Note: {note}.")
+    if "flip_rate" in summary:
+        page.text(f"{summary['explained']} images explained; flip rate {summary['flip_rate']} over {summary['flip_rate_cases']} correctly "
+                  f"classified images; {summary['seconds_per_explanation']:.3f} s and {summary['queries_per_explanation']:.1f} classifier "
+                  f"queries per explanation; k-NN accuracy of the class codes {summary.get('knn_accuracy')}.")
+        page.table([{key: summary[key] for key in ("flip_rate", "seconds_per_explanation", "queries_per_explanation", "proximity_l1",
+                                                   "proximity_ssim", "sparsity", "localised_cases")}])
+        page.table(method_rows(summary))
+    for index, (case, explanation, maps) in enumerate(shown):
+        page.section(f"Case {case.id}")
+        page.text(explanation.sentence(classes))
+        original = to_display(explanation.image)
+        tiles = [original, to_display(explanation.reconstruction), to_display(explanation.counterfactual)]
+        captions = ["original", "reconstruction", "counterfactual" if explanation.valid else "last step (INVALID)"]
+        for name, saliency in maps.items():
+            tiles.append(overlay_heatmap(original, saliency))
+            captions.append("CAE saliency" if name == "cae" else name)
+        main = save_png(run.file(f"cases/{index:02d}-{_safe(case.id)}.png"), image_strip([enlarged(tile) for tile in tiles], captions))
+        figures = [(main, f"{case.id}: original, reconstruction, counterfactual, saliency overlays")]
+        if explanation.path:
+            path_captions = [f"{step + 1}: p={probability:.2f}" for step, probability in enumerate(explanation.probabilities)]
+            strip = image_strip([enlarged(to_display(image)) for image in explanation.path], path_captions)
+            figures.append((save_png(run.file(f"cases/{index:02d}-{_safe(case.id)}-path.png"), strip),
+                            f"path to {classes[explanation.target]}: p({classes[explanation.target]}) under each step"))
+        page.figures(figures)
+    if summary.get("cases"):
+        page.section("All cases")
+        page.table([{key: row.get(key) for key in CASE_COLUMNS} for row in summary["cases"]])
+    if report is None:
+        page.write()
+    return page
+
+
+def _safe(text: str) -> str:
+    return "".join(character if character.isalnum() or character in "-_" else "_" for character in str(text))

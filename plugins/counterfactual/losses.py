@@ -1,0 +1,116 @@
+"""CAE training losses (arXiv 2406.07961): the generator's six terms and the discriminator's two.
+
+An image ``a`` of class A is paired with an image ``b`` of another class B. With ``(k, z)`` the
+class and individual codes, the cross image ``x_ab = dec(k_b, z_a)`` keeps a's individual code
+and takes b's class code, so it should look like class B.
+
+Generator: reconstruction ``|dec(k_a, z_a) - a|`` (x10), class-code and individual-code
+reconstruction after re-encoding ``x_ab`` (x1 each), cycle ``|dec(k_a, z(x_ab)) - a|`` (x10),
+adversarial (``x_ab`` judged real, x1) and class (``x_ab`` classified B by the discriminator, x1).
+Discriminator: real/fake on real images and ``x_ab`` (x1), class of real images (x2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
+
+REAL, FAKE = 1, 0
+
+
+@dataclass(frozen=True)
+class CaeLossWeights:
+    """The loss weights; the defaults are the papers'."""
+
+    reconstruction: float = 10.0
+    class_code: float = 1.0
+    individual_code: float = 1.0
+    cycle: float = 10.0
+    adversarial: float = 1.0
+    classification: float = 1.0
+    disc_classification: float = 2.0
+
+
+def partner_indices(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each sample, a random partner of another class (any sample when the batch has one class).
+
+    Args:
+        labels: ``(B,)`` class indices.
+        generator: the random source (default: torch's global one, which training checkpoints restore).
+
+    Returns:
+        ``(B,)`` long indices into the batch.
+    """
+    count = labels.shape[0]
+    scores = torch.rand(count, count, generator=generator, device="cpu").to(labels.device)
+    different = labels[None, :] != labels[:, None]
+    has_other = different.any(dim=1, keepdim=True)
+    allowed = torch.where(has_other, different, torch.ones_like(different))
+    return torch.where(allowed, scores, torch.full_like(scores, -1.0)).argmax(dim=1)
+
+
+@dataclass
+class CaeForward:
+    """The generator pass of one batch (every tensor keeps its graph)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    partners: torch.Tensor
+    class_codes: torch.Tensor
+    individual: torch.Tensor
+    reconstruction: torch.Tensor
+    cross: torch.Tensor
+
+
+def generator_forward(model: ClassAssociationEmbedding, images: torch.Tensor, labels: torch.Tensor, partners: torch.Tensor) -> CaeForward:
+    """Encode ``images`` ``(B, C, S, S)`` once, reconstruct them and make the cross images ``x_ab``."""
+    class_codes, individual = model.encode(images)
+    reconstruction = model.decode(class_codes, individual)
+    cross = model.decode(class_codes[partners], individual)
+    return CaeForward(images, labels, partners, class_codes, individual, reconstruction, cross)
+
+
+def discriminator_loss(model: ClassAssociationEmbedding, images: torch.Tensor, labels: torch.Tensor, fakes: torch.Tensor,
+                       weights: CaeLossWeights) -> dict[str, torch.Tensor]:
+    """Discriminator terms on real ``images`` and detached ``fakes``.
+
+    Returns:
+        ``disc_loss`` (the weighted sum), ``disc_real_fake``, ``disc_class``; scalars.
+    """
+    real_logits, real_class = model.discriminator(images)
+    fake_logits, _ = model.discriminator(fakes.detach())
+    real_target = torch.full((images.shape[0],), REAL, dtype=torch.long, device=images.device)
+    fake_target = torch.full((fakes.shape[0],), FAKE, dtype=torch.long, device=images.device)
+    real_fake = 0.5 * (F.cross_entropy(real_logits.float(), real_target) + F.cross_entropy(fake_logits.float(), fake_target))
+    class_term = F.cross_entropy(real_class.float(), labels)
+    return {"disc_loss": real_fake + weights.disc_classification * class_term, "disc_real_fake": real_fake, "disc_class": class_term}
+
+
+def generator_loss(model: ClassAssociationEmbedding, forward: CaeForward, weights: CaeLossWeights) -> dict[str, torch.Tensor]:
+    """The generator's six terms; the discriminator must not collect gradients (freeze it first).
+
+    Returns:
+        ``loss`` (the weighted sum) and each term: ``reconstruction``, ``class_code``,
+        ``individual_code``, ``cycle``, ``adversarial``, ``classification``; scalars.
+    """
+    images, partners = forward.images, forward.partners
+    cross_class, cross_individual = model.encode(forward.cross)
+    cycle = model.decode(forward.class_codes, cross_individual)
+    fake_logits, fake_class = model.discriminator(forward.cross)
+    real_target = torch.full((images.shape[0],), REAL, dtype=torch.long, device=images.device)
+    # The code targets are detached: the re-encoded codes move towards the codes, not the codes towards a
+    # generated image's (which would let both encoders shrink their codes together).
+    terms = {
+        "reconstruction": F.l1_loss(forward.reconstruction.float(), images.float()),
+        "class_code": F.l1_loss(cross_class.float(), forward.class_codes[partners].detach().float()),
+        "individual_code": F.l1_loss(cross_individual.float(), forward.individual.detach().float()),
+        "cycle": F.l1_loss(cycle.float(), images.float()),
+        "adversarial": F.cross_entropy(fake_logits.float(), real_target),
+        "classification": F.cross_entropy(fake_class.float(), forward.labels[partners]),
+    }
+    total = sum(getattr(weights, name) * value for name, value in terms.items())
+    return {"loss": total, **terms}

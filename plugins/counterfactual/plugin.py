@@ -1,0 +1,120 @@
+"""The counterfactual plugin's hooks: classifiers and CAE models, ``classify``, ``cae`` and ``explain`` commands, a demo step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from workbench import hookimpl
+from workbench.config import config_options, load_settings
+
+PLUGIN_NAME = "counterfactual"
+
+
+@hookimpl
+def workbench_register_models(registry: Any) -> None:
+    """Register the classifiers (``classifier-densenet121``, ``-resnet18``, ``-resnet50``, ``-encoder-head``) and ``cae``."""
+    from workbench_plugins.counterfactual.classifiers import CLASSIFIER_FACTORIES
+    from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
+
+    for name, factory in CLASSIFIER_FACTORIES.items():
+        registry.register(name, factory, task="classification")
+    registry.register("cae", ClassAssociationEmbedding, task="counterfactual",
+                      description="class-association embedding: class-code and individual encoders, AdaIN decoder, discriminator")
+
+
+def _builders() -> Any:
+    return click.get_current_context().find_root().obj["host"].datasets.builders
+
+
+def _resume_config(config: Path | None, resume: Path | None) -> Path | None:
+    return resume / "config.yaml" if resume is not None and config is None else config
+
+
+@click.group("classify")
+def classify_group() -> None:
+    """Train and evaluate the classifiers that counterfactual explanations explain."""
+
+
+@classify_group.command("train")
+@config_options
+@click.option("--resume", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="continue the run in this folder from its latest checkpoint")
+def classify_train_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
+    """Train a MONAI DenseNet121/ResNet classifier or a head on a stored encoder; store it in the registry."""
+    from workbench_plugins.counterfactual.classify import run_classify_train
+    from workbench_plugins.counterfactual.settings import ClassifyTrainSettings
+
+    settings = load_settings(ClassifyTrainSettings, _resume_config(config, resume), overrides)
+    outcome = run_classify_train(settings, _builders(), resume=resume)
+    click.echo(str((outcome.run.path / "index.html").resolve()))
+
+
+@classify_group.command("evaluate")
+@config_options
+def classify_evaluate_command(config: Path | None, overrides: tuple[str, ...]) -> None:
+    """Evaluate a stored classifier: AUROC, accuracy, confusion matrix."""
+    from workbench_plugins.counterfactual.classify_eval import run_classify_evaluate
+    from workbench_plugins.counterfactual.settings import ClassifyEvaluateSettings
+
+    settings = load_settings(ClassifyEvaluateSettings, config, overrides)
+    run, _ = run_classify_evaluate(settings, _builders())
+    click.echo(str((run.path / "index.html").resolve()))
+
+
+@click.group("cae")
+def cae_group() -> None:
+    """Class-association embedding (CAE) models for counterfactual explanations."""
+
+
+@cae_group.command("train")
+@config_options
+@click.option("--resume", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="continue the run in this folder from its latest checkpoint")
+def cae_train_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
+    """Train a CAE model (class-code encoder, individual encoder, AdaIN decoder, discriminator); store it."""
+    from workbench_plugins.counterfactual.cae_train import run_cae_train
+    from workbench_plugins.counterfactual.settings import CaeTrainSettings
+
+    settings = load_settings(CaeTrainSettings, _resume_config(config, resume), overrides)
+    outcome = run_cae_train(settings, _builders(), resume=resume)
+    click.echo(str((outcome.run.path / "index.html").resolve()))
+
+
+@click.command("explain")
+@config_options
+@click.option("--classifier", default=None, help="stored classifier name[:version] to explain")
+@click.option("--cae", default=None, help="stored CAE name[:version] trained on the classifier's classes")
+@click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="one image to explain (DICOM, PNG, JPEG, NIfTI...); without it, the config's data (batch form)")
+@click.option("--target", default=None, help="target class name or index (required for more than two classes)")
+@click.option("--evaluate", is_flag=True, help="compute flip rate, proximity, sparsity, localisation, queries and seconds")
+def explain_command(config: Path | None, overrides: tuple[str, ...], classifier: str | None, cae: str | None, image: Path | None,
+                    target: str | None, evaluate: bool) -> None:
+    """Counterfactual explanations (CAE linear path, stop at first flip) next to Grad-CAM; per-case index.html."""
+    from workbench_plugins.counterfactual.explain_job import run_explain
+    from workbench_plugins.counterfactual.settings import ExplainSettings
+
+    flags = {"classifier": classifier, "cae": cae, "image": image, "target": target, "evaluate": True if evaluate else None}
+    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    settings = load_settings(ExplainSettings, config, [*overrides, *extra])
+    run, _ = run_explain(settings, _builders())
+    click.echo(str((run.path / "index.html").resolve()))
+
+
+@hookimpl
+def workbench_add_commands(cli: Any) -> None:
+    """Add ``workbench classify train|evaluate``, ``workbench cae train`` and ``workbench explain``."""
+    cli.add_command(classify_group)
+    cli.add_command(cae_group)
+    cli.add_command(explain_command)
+
+
+@hookimpl
+def workbench_demo_steps(steps: Any) -> None:
+    """Add the ``counterfactual`` demo step (classifier, CAE, explained phantom cases)."""
+    from workbench_plugins.counterfactual.demo import demo_counterfactual
+
+    steps.add("counterfactual", demo_counterfactual)

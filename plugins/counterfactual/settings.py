@@ -1,0 +1,234 @@
+"""Config of the counterfactual plugin's jobs: ``workbench classify train|evaluate`` and ``workbench cae train``.
+
+One YAML file per job (``configs/classify_phantom.yaml``, ``configs/cae_phantom.yaml``);
+every section forbids unknown keys, so a typo names the key and the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from workbench.config import RunSettings, StrictModel
+from workbench.train import TrainSettings
+
+CLASSIFIER_NETWORKS = ("classifier-densenet121", "classifier-resnet18", "classifier-resnet50", "classifier-encoder-head")
+
+
+class LabelledDataSettings(StrictModel):
+    """Where labelled images come from and how they are prepared.
+
+    Attributes:
+        source: ``phantoms`` (chest phantoms: finding present / absent), ``manifest``
+            (CSV/JSONL with ``image`` and ``label``) or ``folder`` (``root/<class>/*.png|*.jpg|*.dcm``).
+        root: the phantom folder (written there when missing; default ``<output_root>/data/phantom-cxr``),
+            the manifest file, or the class-folder root.
+        phantoms: ``n``, ``size``, ``seed`` for the phantom builder.
+        finding: phantoms only: ``any`` (any finding vs none) or one finding name (that finding vs not).
+        exclusive: phantoms only: keep only studies with no finding or with the named finding alone,
+            so "absent" images carry no other finding.
+        classes: class names in label order (``null``: from the data: sorted folder names, or the
+            manifest's labels).
+        image_size: network input side in pixels (images are resized to ``image_size`` squared).
+        channels: network input channels (1 grey, 3 RGB); other images are converted.
+        intensity: ``unit`` (as read: DICOM and 8/16-bit images in [0, 1], clipped) or ``minmax`` (per image).
+        train_split / eval_split: record ``split`` values used for training / evaluation; records
+            without one get a split from a hash of their id (80/10/10).
+        cache: ``memory`` (decode once), ``disk`` or ``none``.
+        augment: mild random affine augmentation while training (no flips: laterality matters).
+        max_train / max_eval: caps on record counts (``null``: all).
+    """
+
+    source: Literal["phantoms", "manifest", "folder"] = "phantoms"
+    root: Path | None = None
+    phantoms: dict[str, int] = {"n": 300, "size": 128, "seed": 0}
+    finding: str = "any"
+    exclusive: bool = False
+    classes: list[str] | None = None
+    image_size: int = Field(128, ge=16, le=1024)
+    channels: Literal[1, 3] = 1
+    intensity: Literal["unit", "minmax"] = "unit"
+    train_split: list[str] = ["train", "val"]
+    eval_split: list[str] = ["test"]
+    cache: Literal["memory", "disk", "none"] = "memory"
+    augment: bool = True
+    max_train: int | None = Field(None, gt=0)
+    max_eval: int | None = Field(None, gt=0)
+
+
+class ClassifierModelSettings(StrictModel):
+    """Which classifier to train.
+
+    Attributes:
+        network: a registered classifier (``classifier-densenet121``, ``classifier-resnet18``,
+            ``classifier-resnet50``, or ``classifier-encoder-head`` for a head on a stored encoder).
+        encoder: for ``classifier-encoder-head``: the stored encoder ``name[:version]`` (any model
+            with ``encode_image(images) -> (B, D)``); it stays frozen.
+        encoder_store: the registry folder holding the encoder (``null``: ``save.store``).
+        head: ``linear`` (logistic regression) or ``mlp`` (one hidden layer), fitted with scikit-learn
+            on the frozen encoder's features.
+        hidden: the MLP head's hidden width.
+        balanced: weight the loss by inverse class frequency.
+        dropout: dropout before the last layer of the MONAI networks (DenseNet only).
+    """
+
+    network: Literal["classifier-densenet121", "classifier-resnet18", "classifier-resnet50", "classifier-encoder-head"] = "classifier-resnet18"
+    encoder: str | None = None
+    encoder_store: Path | None = None
+    head: Literal["linear", "mlp"] = "linear"
+    hidden: int = Field(256, gt=0)
+    balanced: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class StoreSettings(StrictModel):
+    """Where a trained model goes in the registry.
+
+    Attributes:
+        name: the stored model name (``null``: not stored).
+        store: the registry folder (``null``: ``$WORKBENCH_HOME/models`` or the user cache).
+        alias_best: also point ``best`` at the new version.
+    """
+
+    name: str | None = "classifier-phantom"
+    store: Path | None = None
+    alias_best: bool = False
+
+
+class ClassifyTrainSettings(StrictModel):
+    """``workbench classify train``: the whole job in one file."""
+
+    run: RunSettings = RunSettings()
+    data: LabelledDataSettings = LabelledDataSettings()
+    model: ClassifierModelSettings = ClassifierModelSettings()
+    train: TrainSettings = TrainSettings(steps=200, batch_size=16, lr=1e-3, weight_decay=1e-4, warmup_steps=10,
+                                         checkpoint_every=50, log_every=10)
+    save: StoreSettings = StoreSettings()
+    examples: int = Field(6, ge=0)
+
+
+class ClassifyEvaluateSettings(StrictModel):
+    """``workbench classify evaluate``: a stored classifier on held-out images.
+
+    Attributes:
+        model: the stored classifier ``name[:version]``.
+        store: the registry folder (``null``: default).
+        batch_size: images per forward pass.
+        examples: example images shown in index.html.
+    """
+
+    run: RunSettings = RunSettings()
+    data: LabelledDataSettings = LabelledDataSettings()
+    model: str = "classifier-phantom:latest"
+    store: Path | None = None
+    batch_size: int = Field(32, gt=0)
+    examples: int = Field(6, ge=0)
+
+
+class CaeModelSettings(StrictModel):
+    """The CAE networks' sizes (arXiv 2406.07961: dim 64, class code 8, 4 residual blocks, MLP 256).
+
+    Attributes:
+        class_dim: length of the class-associated code.
+        dim: channels of the first convolution (doubled at each downsampling).
+        n_downsample: downsamplings of the individual encoder (the spatial code is ``size / 2**n``).
+        n_res: residual blocks in the individual encoder and in the AdaIN decoder.
+        mlp_dim: width of the MLP that turns the class code into AdaIN parameters.
+        disc_dim: channels of the discriminator's first convolution.
+        disc_layers: strided convolutions in the discriminator.
+    """
+
+    class_dim: int = Field(8, gt=0)
+    dim: int = Field(16, gt=0)
+    n_downsample: int = Field(2, ge=1, le=4)
+    n_res: int = Field(4, ge=1)
+    mlp_dim: int = Field(128, gt=0)
+    disc_dim: int = Field(16, gt=0)
+    disc_layers: int = Field(4, ge=2, le=6)
+
+
+class CaeLossSettings(StrictModel):
+    """Loss weights (arXiv 2406.07961): generator terms and the discriminator's class term."""
+
+    reconstruction: float = Field(10.0, ge=0)
+    class_code: float = Field(1.0, ge=0)
+    individual_code: float = Field(1.0, ge=0)
+    cycle: float = Field(10.0, ge=0)
+    adversarial: float = Field(1.0, ge=0)
+    classification: float = Field(1.0, ge=0)
+    disc_classification: float = Field(2.0, ge=0)
+
+
+class CaeOptimSettings(StrictModel):
+    """Adam for both networks (the papers: lr 1e-4, betas (0.5, 0.999))."""
+
+    lr: float = Field(1e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+
+
+class CaeTrainSettings(StrictModel):
+    """``workbench cae train``: the whole job in one file.
+
+    ``train.lr``, ``train.weight_decay``, ``train.schedule`` and ``train.grad_accum`` are not used:
+    the optimizer is ``optim`` (Adam, constant rate) and each micro-batch takes one
+    discriminator and one generator step.
+    """
+
+    run: RunSettings = RunSettings()
+    data: LabelledDataSettings = LabelledDataSettings(augment=False)
+    model: CaeModelSettings = CaeModelSettings()
+    loss: CaeLossSettings = CaeLossSettings()
+    optim: CaeOptimSettings = CaeOptimSettings()
+    train: TrainSettings = TrainSettings(steps=300, batch_size=8, lr=1e-4, weight_decay=0.0, schedule="constant",
+                                         checkpoint_every=50, log_every=10)
+    save: StoreSettings = StoreSettings(name="cae-phantom")
+    examples: int = Field(4, ge=0)
+
+
+class ExplainSettings(StrictModel):
+    """``workbench explain``: counterfactual explanations of a stored classifier with a stored CAE.
+
+    Attributes:
+        classifier: the stored classifier ``name[:version]``.
+        cae: the stored CAE ``name[:version]`` (trained on the classifier's classes).
+        store: the registry folder (``null``: default).
+        image: one image file to explain; ``null`` explains ``data.eval_split`` (the batch form).
+        target: the target class (name or index); ``null`` for the other class of a binary classifier.
+        data: the batch form's images (and lesion masks, where the layout has them).
+        max_cases: how many images the batch form explains.
+        path: ``linear`` (K steps to the target's centroid code) or ``guided`` (a Kepler Mapper graph
+            over the class codes of ``data.train_split``, shortest route to a target-class node).
+        steps: K, steps of the linear class-code path.
+        guided_cubes / guided_overlap: the Kepler Mapper cover (cubes per lens axis, their overlap).
+        reference_cases: at most this many ``data.train_split`` images make the guided path's graph.
+        smoothing_sigma: Gaussian sigma (pixels) of the saliency smoothing.
+        baselines: saliency baselines on the same classifier: ``gradcam``, ``gradcampp``, ``occlusion``.
+        occlusion_mask: occlusion patch side in pixels.
+        evaluate: compute the metrics table (flip rate on correctly classified images, proximity,
+            sparsity, localisation, queries and seconds per explanation).
+        topk_percent: the k of the top-k% Dice.
+        shown: cases drawn in index.html.
+    """
+
+    run: RunSettings = RunSettings()
+    classifier: str = "classifier-phantom"
+    cae: str = "cae-phantom"
+    store: Path | None = None
+    image: Path | None = None
+    target: str | int | None = None
+    data: LabelledDataSettings = LabelledDataSettings(augment=False)
+    max_cases: int = Field(20, gt=0)
+    path: Literal["linear", "guided"] = "linear"
+    steps: int = Field(10, gt=0)
+    guided_cubes: int = Field(8, gt=0)
+    guided_overlap: float = Field(0.4, gt=0, lt=1)
+    reference_cases: int = Field(300, ge=10)
+    smoothing_sigma: float = Field(1.5, ge=0)
+    baselines: list[Literal["gradcam", "gradcampp", "occlusion"]] = ["gradcam"]
+    occlusion_mask: int = Field(16, gt=0)
+    evaluate: bool = False
+    topk_percent: float = Field(5.0, gt=0, le=100)
+    shown: int = Field(8, ge=0)

@@ -1,0 +1,123 @@
+"""CAE networks and losses: shapes, the two-optimizer step, losses falling on a tiny batch, and the train job."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.counterfactual.cf_images import blob_image, write_blob_folder
+from workbench.config import load_settings
+from workbench.errors import ConfigError
+from workbench.host import create_plugin_manager
+from workbench.model_store import ModelStore
+from workbench_plugins.counterfactual.cae_train import build_cae_optimizer, cae_step_function, run_cae_train
+from workbench_plugins.counterfactual.losses import CaeLossWeights, partner_indices
+from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
+from workbench_plugins.counterfactual.settings import CaeTrainSettings
+
+TINY = {"class_dim": 8, "dim": 8, "n_downsample": 2, "n_res": 2, "mlp_dim": 32, "disc_dim": 8, "disc_layers": 3}
+
+
+def tiny_batch(count: int = 8, size: int = 32) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(0)
+    images = [blob_image(rng, size, index % 2 == 1)[0] for index in range(count)]
+    return {"image": torch.tensor(np.stack(images)[:, None] / 255.0, dtype=torch.float32), "label": torch.arange(count) % 2}
+
+
+@pytest.mark.parametrize("channels,size,n_downsample", [(1, 32, 2), (3, 64, 3), (1, 48, 1)])
+@torch.no_grad()
+def test_shapes_and_range(channels, size, n_downsample):
+    torch.manual_seed(0)
+    model = ClassAssociationEmbedding(in_channels=channels, num_classes=3, image_size=size, **{**TINY, "n_downsample": n_downsample})
+    images = torch.rand(2, channels, size, size)
+    class_code, individual = model.encode(images)
+    assert class_code.shape == (2, 8)
+    assert individual.shape == (2, 8 * 2**n_downsample, size // 2**n_downsample, size // 2**n_downsample)
+    decoded = model.decode(class_code, individual)
+    assert decoded.shape == images.shape and 0.0 <= float(decoded.min()) and float(decoded.max()) <= 1.0
+    real_fake, classes = model.discriminator(images)
+    assert real_fake.shape == (2, 2) and classes.shape == (2, 3)
+    assert model.class_centroids.shape == (3, 8) and "class_centroids" in model.state_dict()
+    # another class code changes the image: the decoder listens to the code
+    assert not torch.allclose(model.decode(class_code.flip(0), individual), decoded)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ClassAssociationEmbedding(image_size=30, **TINY)
+
+
+def test_partners_come_from_the_other_class():
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    partners = partner_indices(labels)
+    assert partners.shape == (6,) and bool((labels[partners] != labels).all())
+    same = torch.zeros(4, dtype=torch.long)
+    assert set(partner_indices(same).tolist()) <= {0, 1, 2, 3}
+
+
+def test_step_updates_discriminator_inside_and_generator_after():
+    torch.manual_seed(0)
+    model = ClassAssociationEmbedding(image_size=32, **TINY)
+    optimizer = build_cae_optimizer(model, load_settings(CaeTrainSettings))
+    assert optimizer.defaults["betas"] == (0.5, 0.999) and optimizer.defaults["lr"] == 1e-4
+    step = cae_step_function(optimizer, CaeLossWeights())
+    generator_before = [p.detach().clone() for p in model.generator_parameters()]
+    disc_before = [p.detach().clone() for p in model.discriminator.parameters()]
+    outputs = step(model, tiny_batch())
+    assert all(torch.equal(a, b) for a, b in zip(generator_before, model.generator_parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(disc_before, model.discriminator.parameters()))
+    assert all(p.grad is None for p in model.parameters()) and all(p.requires_grad for p in model.discriminator.parameters())
+    expected = (10 * outputs["reconstruction"] + outputs["class_code"] + outputs["individual_code"] + 10 * outputs["cycle"]
+                + outputs["adversarial"] + outputs["classification"])
+    assert float(outputs["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(outputs["disc_loss"]) == pytest.approx(float(outputs["disc_real_fake"] + 2 * outputs["disc_class"]), rel=1e-5)
+    disc_after = [p.detach().clone() for p in model.discriminator.parameters()]
+    outputs["loss"].backward()
+    assert all(p.grad is None for p in model.discriminator.parameters())
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(disc_after, model.discriminator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(generator_before, model.generator_parameters()))
+
+
+def test_losses_finite_and_falling_on_a_tiny_batch():
+    torch.manual_seed(0)
+    model = ClassAssociationEmbedding(image_size=32, **TINY)
+    settings = load_settings(CaeTrainSettings, None, ["optim.lr=0.001"])
+    optimizer = build_cae_optimizer(model, settings)
+    step = cae_step_function(optimizer, CaeLossWeights())
+    batch = tiny_batch()
+    history = []
+    for _ in range(25):
+        outputs = step(model, batch)
+        outputs["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.append({key: float(value) for key, value in outputs.items()})
+    assert all(np.isfinite(list(row.values())).all() for row in history)
+    first, last = history[0], history[-1]
+    assert last["reconstruction"] < 0.6 * first["reconstruction"]
+    assert last["cycle"] < 0.6 * first["cycle"]
+    assert last["loss"] < first["loss"]
+    assert last["disc_class"] < first["disc_class"]  # the discriminator learns the classes of real images
+
+
+def test_cae_train_job_stores_model_with_centroids(tmp_path):
+    host = create_plugin_manager()
+    root = write_blob_folder(tmp_path / "blobs", per_class=16, size=32, seed=3)
+    settings = load_settings(CaeTrainSettings, None, [
+        f"run.output_root={tmp_path / 'runs'}", "run.device=cpu", "data.source=folder", f"data.root={root}", "data.image_size=32",
+        "data.eval_split=[test, val]", "train.steps=4", "train.batch_size=8", "train.log_every=2", "train.checkpoint_every=2",
+        *[f"model.{key}={value}" for key, value in TINY.items()], "save.name=tiny-cae", f"save.store={tmp_path / 'store'}", "examples=2"])
+    outcome = run_cae_train(settings, host.datasets.builders, progress=False)
+    assert outcome.steps == 4 and [row["step"] for row in outcome.history] == [2.0, 4.0]
+    assert outcome.classes == ["lesion", "normal"]
+    assert 0.0 <= outcome.metrics["knn_accuracy"] <= 1.0 and outcome.metrics["reconstruction_l1"] > 0
+    model, record = ModelStore(tmp_path / "store").load("tiny-cae")
+    assert record.task == "counterfactual" and record.extra["classes"] == ["lesion", "normal"]
+    assert torch.allclose(model.class_centroids, torch.tensor(outcome.metrics["centroids"], dtype=torch.float32))
+    assert not torch.equal(model.class_centroids[0], model.class_centroids[1])
+    metrics = json.loads((outcome.run.path / "metrics.json").read_text())
+    assert metrics["cae"]["stored_model"] == "tiny-cae:v1" and (outcome.run.path / "examples" / "01.png").is_file()
+    with pytest.raises(ConfigError, match="grad_accum"):
+        run_cae_train(settings.model_copy(update={"train": settings.train.model_copy(update={"grad_accum": 2})}), host.datasets.builders)
