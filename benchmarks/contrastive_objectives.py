@@ -23,29 +23,18 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench_util import run_workbench
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "contrastive_objectives.json"
 CONFIG = REPO_ROOT / "configs" / "pretrain_phantom.yaml"
 OBJECTIVES = ("clip", "siglip", "convirt", "flair", "cosmos")
-
-
-def workbench(arguments: list[str]) -> tuple[Path, float]:
-    """Run ``workbench ARGS``; returns (the printed index.html path, wall seconds)."""
-    executable = Path(sys.executable).with_name("workbench")
-    started = time.perf_counter()
-    completed = subprocess.run([str(executable), *arguments], cwd=REPO_ROOT, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if completed.returncode != 0:
-        raise RuntimeError(f"workbench {' '.join(arguments)} failed:\n{completed.stderr[-4000:]}")
-    return Path(completed.stdout.strip().splitlines()[-1]), elapsed
 
 
 def summary(metrics: dict[str, Any], wall_s: float) -> dict[str, Any]:
@@ -90,7 +79,7 @@ def main(argv: list[str]) -> int:
         stale = REPO_ROOT / "runs" / f"pretrain-objectives-{objective}"
         if stale.exists():  # the benchmark's own folder from an earlier, stopped attempt: start afresh
             shutil.rmtree(stale)
-        index, wall = workbench(["pretrain", "--config", str(CONFIG), f"objective.name={objective}", f"run.name=objectives-{objective}",
+        index, wall = run_workbench(["pretrain", "--config", str(CONFIG), f"objective.name={objective}", f"run.name=objectives-{objective}",
                                  f"save.name=contrastive-phantom-{objective}", *args.overrides])
         metrics = json.loads((index.parent / "metrics.json").read_text())["pretrain"]
         results["methods"][objective] = summary(metrics, wall) | {"run": index.parent.name, "steps": metrics.get("steps"), "overrides": args.overrides}
@@ -106,7 +95,7 @@ def main(argv: list[str]) -> int:
         pretrain = yaml.safe_load(CONFIG.read_text())
         eval_config.write_text(yaml.safe_dump({"run": pretrain["run"], "data": pretrain["data"], "model": pretrain["model"]["preset"],
                                                "random": True, "model_options": pretrain["model"]["options"], "eval": pretrain["eval"]}))
-        index, wall = workbench(["eval", "all", "--config", str(eval_config), "run.name=objectives-floor", *data_overrides])
+        index, wall = run_workbench(["eval", "all", "--config", str(eval_config), "run.name=objectives-floor", *data_overrides])
         metrics = json.loads((index.parent / "metrics.json").read_text())["eval"]
         results["methods"]["random-floor"] = summary(metrics, wall) | {"run": index.parent.name, "steps": 0}
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -9,6 +9,8 @@ the file. The resolved settings are saved in the run folder.
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, TypeVar
 
@@ -193,7 +195,26 @@ def config_options(command: Callable) -> Callable:
     return command
 
 
+def resumable_config_options(command: Callable) -> Callable:
+    """Click decorator for training jobs: :func:`config_options` plus ``--resume RUN_DIR``.
+
+    The decorated command receives ``config``, ``overrides`` and ``resume``; with
+    ``--resume`` and no ``--config``, ``config`` is the run folder's saved ``config.yaml``.
+    """
+
+    @functools.wraps(command)
+    def with_run_config(*args: Any, config: Path | None = None, resume: Path | None = None, **kwargs: Any) -> Any:
+        if resume is not None and config is None:
+            config = Path(resume) / "config.yaml"
+        return command(*args, config=config, resume=resume, **kwargs)
+
+    with_run_config = click.option("--resume", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+                                   help="continue the run in this folder from its latest checkpoint")(with_run_config)
+    return config_options(with_run_config)
+
+
 __all__ = [
+    "resumable_config_options",
     "StrictModel",
     "RunSettings",
     "Field",

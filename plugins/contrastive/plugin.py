@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from workbench import hookimpl
-from workbench.config import config_options, load_settings
+from workbench.config import config_options, load_settings, resumable_config_options
 
 PLUGIN_NAME = "contrastive"
 
@@ -38,16 +38,12 @@ def _builders() -> Any:
 
 
 @click.command("pretrain")
-@config_options
-@click.option("--resume", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
-              help="continue the run in this folder from its latest checkpoint")
+@resumable_config_options
 def pretrain_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
     """Report-paired contrastive pretraining (CLIP, SigLIP, ConVIRT, FLAIR, COSMOS); torchrun-ready."""
     from workbench_plugins.contrastive.pretrain import run_pretrain
     from workbench_plugins.contrastive.settings import PretrainSettings
 
-    if resume is not None and config is None:
-        config = resume / "config.yaml"
     settings = load_settings(PretrainSettings, config, overrides)
     outcome = run_pretrain(settings, _builders(), resume=resume)
     click.echo(str((outcome.run.path / "index.html").resolve()))

@@ -29,20 +29,24 @@ class ImageClassifier(nn.Module):
         in_channels: input channels C.
         num_classes: K.
         dropout: DenseNet's dropout before the classifier.
+        max_pool: ResNets only: keep the max-pool after the stem (feature stride 32). ``False`` halves the
+            stride to 16, so Grad-CAM's map is 8x8 rather than 4x4 at 128x128 (about 2.5x the compute).
 
     Shapes:
         ``(B, C, H, W)`` in [0, 1] -> logits ``(B, K)``.
     """
 
-    def __init__(self, architecture: str, in_channels: int = 1, num_classes: int = 2, dropout: float = 0.0):
+    def __init__(self, architecture: str, in_channels: int = 1, num_classes: int = 2, dropout: float = 0.0, max_pool: bool = True):
         super().__init__()
         if architecture == "densenet121":
+            if not max_pool:
+                raise ValueError("max_pool=False is a ResNet option; DenseNet121 keeps its stem pooling")
             self.backbone: nn.Module = DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, dropout_prob=dropout)
         elif architecture in ("resnet18", "resnet50"):
             # MONAI's default first stride is 1 (for 3-D volumes); 2 is the usual 2-D ResNet and 4x cheaper.
             factory = resnet18 if architecture == "resnet18" else resnet50
             self.backbone = factory(spatial_dims=2, n_input_channels=in_channels, num_classes=num_classes, conv1_t_stride=2,
-                                    act=("relu", {"inplace": False}))
+                                    no_max_pool=not max_pool, act=("relu", {"inplace": False}))
         else:
             raise ValueError(f"unknown architecture {architecture!r}; use densenet121, resnet18 or resnet50")
         self.architecture = architecture
@@ -60,14 +64,14 @@ def densenet121_classifier(in_channels: int = 1, num_classes: int = 2, dropout: 
     return ImageClassifier("densenet121", in_channels, num_classes, dropout)
 
 
-def resnet18_classifier(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.0) -> ImageClassifier:
-    """MONAI ResNet-18 classifier on [0, 1] images."""
-    return ImageClassifier("resnet18", in_channels, num_classes)
+def resnet18_classifier(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.0, max_pool: bool = True) -> ImageClassifier:
+    """MONAI ResNet-18 classifier on [0, 1] images (``max_pool=False``: feature stride 16, finer Grad-CAM)."""
+    return ImageClassifier("resnet18", in_channels, num_classes, max_pool=max_pool)
 
 
-def resnet50_classifier(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.0) -> ImageClassifier:
-    """MONAI ResNet-50 classifier on [0, 1] images."""
-    return ImageClassifier("resnet50", in_channels, num_classes)
+def resnet50_classifier(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.0, max_pool: bool = True) -> ImageClassifier:
+    """MONAI ResNet-50 classifier on [0, 1] images (``max_pool=False``: feature stride 16, finer Grad-CAM)."""
+    return ImageClassifier("resnet50", in_channels, num_classes, max_pool=max_pool)
 
 
 class EncoderHeadClassifier(nn.Module):

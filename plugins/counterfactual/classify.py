@@ -178,6 +178,10 @@ def run_classify_train(settings: ClassifyTrainSettings, builders: Any, *, resume
         model, config, parent = _fit_head(settings, classes, plain, context.device)
     else:
         config = {"in_channels": settings.data.channels, "num_classes": len(classes), "dropout": settings.model.dropout}
+        if not settings.model.max_pool:
+            if network == "classifier-densenet121":
+                raise ConfigError("model.max_pool: false is a ResNet option; DenseNet121 keeps its stem pooling")
+            config["max_pool"] = False
         parent = None
         model = create_model(network, **config).to(context.device)
         train_set = labelled_dataset(train_records, settings.data, augment=True, skipped=skipped, cache_dir=run.path / "cache")

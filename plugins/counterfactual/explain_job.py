@@ -147,16 +147,17 @@ def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, di
                                      classifier_size=classifier_size, classifier_channels=classifier_channels,
                                      smoothing_sigma=settings.smoothing_sigma, keep_path=len(shown) < settings.shown, waypoints_for=waypoints_for)
         maps = {"cae": explanation.saliency}
+        timings = {"seconds.cae": explanation.seconds}
         classifier_input = fit_to(case.image[None].to(device), classifier_channels, classifier_size)
         for name, saliency_of in baselines.items():
             started = time.perf_counter()
             maps[name] = _resized(saliency_of(classifier_input, explanation.source), size)
-            logger.debug("%s on %s: %.3fs", name, case.id, time.perf_counter() - started)
+            timings[f"seconds.{name}"] = time.perf_counter() - started
         row: dict[str, Any] = {"id": case.id, "label": None if case.label is None else classes[case.label], "predicted": classes[explanation.source],
                                "p": explanation.source_probability, "target": classes[explanation.target], "valid": explanation.valid,
                                "flipped_step": explanation.flipped_step, "steps": explanation.steps, "path": explanation.path_kind,
                                "queries": explanation.queries, "seconds": explanation.seconds,
-                               "correct": None if case.label is None else case.label == explanation.source,
+                               "correct": None if case.label is None else case.label == explanation.source, **timings,
                                **proximity(explanation.counterfactual, explanation.image, explanation.reconstruction)}
         if case.mask is not None and case.mask.any():
             for name, saliency in maps.items():
@@ -185,5 +186,6 @@ def summarise(rows: list[dict[str, Any]], methods: list[str], knn_accuracy: floa
     }
     for key in ("energy_in_mask", "pointing", "dice_topk"):
         summary[key] = {method: mean_of(rows, f"{key}.{method}") for method in methods}
+    summary["seconds_per_method"] = {method: mean_of(rows, f"seconds.{method}") for method in methods}
     summary["localised_cases"] = sum(1 for row in rows if "pointing.cae" in row)
     return summary

@@ -27,9 +27,10 @@ def enlarged(tile: np.ndarray) -> np.ndarray:
 
 
 def method_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One table row per saliency method: energy-in-mask, pointing game and top-k Dice."""
+    """One table row per saliency method: energy-in-mask, pointing game, top-k Dice and seconds per image."""
     methods = list((summary.get("energy_in_mask") or {}).keys())
-    return [{"method": method, **{key: summary[key].get(method) for key in ("energy_in_mask", "pointing", "dice_topk")}} for method in methods]
+    keys = [key for key in ("energy_in_mask", "pointing", "dice_topk", "seconds_per_method") if key in summary]
+    return [{"method": method, **{key: (summary[key] or {}).get(method) for key in keys}} for method in methods]
 
 
 def write_explain_page(run: RunFolder, title: str, classes: Sequence[str], shown: Sequence[tuple[Any, Any, dict[str, np.ndarray]]],

@@ -172,9 +172,9 @@ class ClassAssociationEmbedding(nn.Module):
         num_classes: K.
         image_size: the side S it is trained at (a multiple of ``2**n_downsample``).
         class_dim: class-code length (8 in the papers).
-        dim: first convolution's channels (64 in the papers).
+        dim: first convolution's channels (64 in the papers at 256x256; 8 here: a 32 x 32 x 32 code at 128x128).
         n_downsample: downsamplings of the individual code (2 in the papers).
-        n_res: residual blocks in encoder and decoder (4 in the papers).
+        n_res: residual blocks in encoder and decoder (4 in the papers, 2 here: half the CPU cost per step).
         mlp_dim: AdaIN MLP width (256 in the papers).
         disc_dim: discriminator's first channels.
         disc_layers: discriminator's strided convolutions.
@@ -183,8 +183,8 @@ class ClassAssociationEmbedding(nn.Module):
     (filled after training; the explanations' default target codes).
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, image_size: int = 128, class_dim: int = 8, dim: int = 16,
-                 n_downsample: int = 2, n_res: int = 4, mlp_dim: int = 128, disc_dim: int = 16, disc_layers: int = 4):
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, image_size: int = 128, class_dim: int = 8, dim: int = 8,
+                 n_downsample: int = 2, n_res: int = 2, mlp_dim: int = 128, disc_dim: int = 16, disc_layers: int = 4):
         super().__init__()
         if image_size % (2**n_downsample) != 0 or image_size < 16:
             raise ValueError(f"image_size {image_size} must be at least 16 and a multiple of {2**n_downsample}")

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from workbench import hookimpl
-from workbench.config import config_options, load_settings
+from workbench.config import config_options, load_settings, resumable_config_options
 
 PLUGIN_NAME = "counterfactual"
 
@@ -39,9 +39,7 @@ def classify_group() -> None:
 
 
 @classify_group.command("train")
-@config_options
-@click.option("--resume", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
-              help="continue the run in this folder from its latest checkpoint")
+@resumable_config_options
 def classify_train_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
     """Train a MONAI DenseNet121/ResNet classifier or a head on a stored encoder; store it in the registry."""
     from workbench_plugins.counterfactual.classify import run_classify_train
@@ -70,9 +68,7 @@ def cae_group() -> None:
 
 
 @cae_group.command("train")
-@config_options
-@click.option("--resume", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
-              help="continue the run in this folder from its latest checkpoint")
+@resumable_config_options
 def cae_train_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
     """Train a CAE model (class-code encoder, individual encoder, AdaIN decoder, discriminator); store it."""
     from workbench_plugins.counterfactual.cae_train import run_cae_train

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from workbench import hookimpl
-from workbench.config import config_options, load_settings
+from workbench.config import config_options, load_settings, resumable_config_options
 
 PLUGIN_NAME = "vessels"
 
@@ -39,16 +39,12 @@ def vessels_group() -> None:
 
 
 @vessels_group.command("train")
-@config_options
-@click.option("--resume", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
-              help="continue the run in this folder from its latest checkpoint")
+@resumable_config_options
 def train_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
     """Train a vessel network on patches, then predict and score the held-out images."""
     from workbench_plugins.vessels.run import run_train
     from workbench_plugins.vessels.settings import VesselTrainSettings
 
-    if resume is not None and config is None:
-        config = resume / "config.yaml"
     settings = load_settings(VesselTrainSettings, config, overrides)
     outcome = run_train(settings, _builders(), resume=resume)
     click.echo(str((outcome.run.path / "index.html").resolve()))

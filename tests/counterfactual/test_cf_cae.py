@@ -121,3 +121,13 @@ def test_cae_train_job_stores_model_with_centroids(tmp_path):
     assert metrics["cae"]["stored_model"] == "tiny-cae:v1" and (outcome.run.path / "examples" / "01.png").is_file()
     with pytest.raises(ConfigError, match="grad_accum"):
         run_cae_train(settings.model_copy(update={"train": settings.train.model_copy(update={"grad_accum": 2})}), host.datasets.builders)
+
+
+@torch.no_grad()
+def test_default_model_is_the_lean_cpu_size_at_128():
+    settings = load_settings(CaeTrainSettings)
+    model = ClassAssociationEmbedding(image_size=128, **settings.model.model_dump())
+    class_code, individual = model.encode(torch.rand(1, 1, 128, 128))
+    assert class_code.shape == (1, 8) and individual.shape == (1, 32, 32, 32)
+    assert len(model.decoder.blocks) == 2 and sum(p.numel() for p in model.parameters()) < 500_000
+    assert (settings.train.batch_size, settings.train.steps) == (4, 4000)

@@ -204,3 +204,24 @@ def test_head_needs_an_encoder_with_encode_image(host, tmp_path, blob_folder):
 
     with pytest.raises(ConfigError, match="model.encoder"):
         run_classify_train(settings, host.datasets.builders, progress=False)
+
+
+@torch.no_grad()
+def test_resnet_without_max_pool_gives_a_finer_gradcam_layer():
+    from workbench_plugins.counterfactual.classifiers import ImageClassifier, resnet18_classifier
+
+    sizes = {}
+    for max_pool in (True, False):
+        torch.manual_seed(0)
+        model = resnet18_classifier(max_pool=max_pool).eval()
+        layer = dict(model.named_modules())[model.gradcam_layer]
+        seen = []
+        handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(tuple(output.shape[-2:])))
+        assert model(torch.rand(1, 1, 128, 128)).shape == (1, 2)
+        handle.remove()
+        sizes[max_pool] = seen[0]
+    assert sizes == {True: (4, 4), False: (8, 8)}
+    with pytest.raises(ValueError, match="ResNet option"):
+        ImageClassifier("densenet121", max_pool=False)
+    settings = load_settings(ClassifyTrainSettings, None, ["model.max_pool=false"])
+    assert settings.model.max_pool is False and load_settings(ClassifyTrainSettings).model.max_pool is True

@@ -1,0 +1,1 @@
+"""The grounding plugin (imported as `workbench_plugins.grounding`)."""

@@ -1,0 +1,120 @@
+"""Grounders: one image and its phrases in, heatmaps and boxes out (zero-shot or with a trained head).
+
+Both kinds answer :meth:`ground` the same way, so the evaluate job, the
+single-image command and the demo treat them alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.errors import ConfigError
+from workbench.model_records import parse_ref
+from workbench.model_store import ModelStore
+from workbench_plugins.grounding.boxes import cxcywh_to_pixel_box, heatmap_to_boxes
+from workbench_plugins.grounding.encoder import GroundingEncoder, check_phrases
+from workbench_plugins.grounding.zero_shot import ground_phrases
+
+HEAD_TASK = "grounding"
+
+
+@dataclass
+class Grounding:
+    """What a grounder gives for one image.
+
+    Attributes:
+        heatmaps: ``(T, H, W)`` float32, one per phrase, at the image's size.
+        boxes: per phrase, predicted pixel boxes best first (each with ``score``).
+    """
+
+    heatmaps: np.ndarray
+    boxes: list[list[dict[str, Any]]]
+
+
+class ZeroShotGrounder:
+    """Zero-shot heatmaps (see :mod:`~workbench_plugins.grounding.zero_shot`) and boxes from their connected components.
+
+    Args:
+        encoder: the stored encoder.
+        method: ``similarity``, ``occlusion`` or ``flair-attention``.
+        window, overlap, fill: occlusion settings.
+        threshold: heatmap fraction above which pixels form boxes.
+        max_boxes: boxes kept per phrase.
+    """
+
+    def __init__(self, encoder: GroundingEncoder, method: str = "occlusion", window: float = 0.25, overlap: float = 0.5,
+                 threshold: float = 0.5, max_boxes: int = 3, fill: str = "mean_img"):
+        self.encoder, self.method, self.window, self.overlap, self.fill = encoder, method, window, overlap, fill
+        self.threshold, self.max_boxes = threshold, max_boxes
+        self.label = f"zero-shot {method} on {encoder.record.ref}"
+
+    def ground(self, image: np.ndarray, phrases: Sequence[str]) -> Grounding:
+        """Heatmaps ``(T, H, W)`` and boxes for ``phrases`` on ``image`` (``(C, H, W)`` or ``(H, W)``)."""
+        maps = ground_phrases(self.encoder, image, phrases, method=self.method, window=self.window, overlap=self.overlap, fill=self.fill)
+        return Grounding(maps, [heatmap_to_boxes(heatmap, self.threshold, self.max_boxes) for heatmap in maps])
+
+
+class HeadGrounder:
+    """A trained :class:`~workbench_plugins.grounding.models.PhraseGroundingHead` on its frozen encoder.
+
+    Args:
+        encoder: the encoder the head was trained on.
+        head: the head (eval mode, on the encoder's device).
+        label: how pages name it.
+    """
+
+    def __init__(self, encoder: GroundingEncoder, head: nn.Module, label: str = "grounding head"):
+        self.encoder, self.head, self.label = encoder, head.eval(), label
+
+    @classmethod
+    def from_store(cls, reference: str, store: ModelStore, device: str = "auto") -> "HeadGrounder":
+        """Load a stored head and the encoder named in its record (``extra.encoder``).
+
+        Raises:
+            RegistryError: unknown head or encoder.
+            ConfigError: the stored model is not a grounding head.
+        """
+        name, version = parse_ref(reference)
+        record = store.resolve(name, version)
+        if record.task != HEAD_TASK or "encoder" not in record.extra:
+            raise ConfigError(f"{record.ref} is a {record.task!r} model, not a grounding head (task {HEAD_TASK!r} with extra.encoder)")
+        encoder = GroundingEncoder.from_store(record.extra["encoder"], store, device=device)
+        head = store.get(name, version, device=str(encoder.device))
+        return cls(encoder, head, f"head {record.ref} on {encoder.record.ref}")
+
+    @torch.no_grad()
+    def predict(self, tokens: torch.Tensor, phrases: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The head's outputs for ``tokens`` ``(B, N, Dv)`` and ``phrases`` ``(B, D)``."""
+        return self.head(tokens.to(self.encoder.device), phrases.to(self.encoder.device))
+
+    def ground(self, image: np.ndarray, phrases: Sequence[str]) -> Grounding:
+        """Heatmaps (sigmoid of the patch logits, upsampled) and the regressed box per phrase."""
+        phrases = check_phrases(phrases)
+        height, width = np.shape(image)[-2:]
+        prepared = self.encoder.prepare_images([image])
+        tokens, _ = self.encoder.patch_tokens(prepared)
+        embeddings = self.encoder.encode_phrases(phrases)
+        outputs = self.predict(tokens.expand(len(phrases), -1, -1), embeddings)
+        heat = torch.sigmoid(outputs["heatmap_logits"].float())
+        maps = F.interpolate(heat[:, None], size=(int(height), int(width)), mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+        boxes = []
+        for index, box in enumerate(outputs["boxes"].float().cpu().numpy()):
+            pixel_box = cxcywh_to_pixel_box(box, int(height), int(width))
+            pixel_box["score"] = float(maps[index].max())
+            boxes.append([pixel_box])
+        return Grounding(maps, boxes)
+
+
+def build_grounder(encoder_ref: str, store: ModelStore, device: str, head: str | None, method: str, window: float,
+                   overlap: float, threshold: float, max_boxes: int, fill: str = "mean_img") -> ZeroShotGrounder | HeadGrounder:
+    """A head grounder when ``head`` names a stored head, else a zero-shot grounder on ``encoder_ref``."""
+    if head:
+        return HeadGrounder.from_store(head, store, device)
+    encoder = GroundingEncoder.from_store(encoder_ref, store, device)
+    return ZeroShotGrounder(encoder, method, window, overlap, threshold, max_boxes, fill)

@@ -1,0 +1,151 @@
+"""The grounding plugin's hooks: the grounding head, MS-CXR and box-manifest builders, metrics, ``workbench ground``, a demo step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from workbench import hookimpl
+from workbench.config import RunSettings, config_options, load_settings, resumable_config_options
+
+PLUGIN_NAME = "grounding"
+
+
+@hookimpl
+def workbench_register_models(registry: Any) -> None:
+    """Register ``grounding-head`` (task ``grounding``)."""
+    from workbench_plugins.grounding.models import grounding_head
+
+    registry.register("grounding-head", grounding_head, task="grounding")
+
+
+@hookimpl
+def workbench_register_datasets(catalog: Any) -> None:
+    """Register the ``ms-cxr`` and ``box-manifest`` builders."""
+    from workbench_plugins.grounding.builders import build_box_manifest, build_ms_cxr
+
+    catalog.add_builder("ms-cxr", build_ms_cxr, description="MS-CXR phrase boxes (release CSV) over MIMIC-CXR-JPG images")
+    catalog.add_builder("box-manifest", build_box_manifest, description="a CSV/JSONL manifest with image and boxes (phrase, x, y, w, h)")
+
+
+@hookimpl
+def workbench_register_metrics(metrics: Any) -> None:
+    """Register ``grounding-cnr``, ``pointing-game``, ``mask-iou`` and ``grounding-scores``."""
+    from workbench_plugins.grounding import metrics as grounding_metrics
+
+    metrics.add("grounding-cnr", lambda: grounding_metrics.contrast_to_noise, description="MS-CXR contrast-to-noise ratio of a heatmap for a box")
+    metrics.add("pointing-game", lambda: grounding_metrics.pointing_hit, description="the heatmap's peak lies in the box")
+    metrics.add("mask-iou", lambda: grounding_metrics.mask_iou, description="IoU of two masks")
+    metrics.add("grounding-scores", grounding_metrics.GroundingScores, description="CNR, pointing, mIoU sweep, box acc@0.5 per category")
+
+
+def _builders() -> Any:
+    return click.get_current_context().find_root().obj["host"].datasets.builders
+
+
+@click.group("ground", invoke_without_command=True)
+@click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None, help="ground phrases on this image")
+@click.option("--phrase", "phrases", multiple=True, help="a phrase to ground (repeatable)")
+@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="batch form: ground every box phrase of this manifest and score it")
+@click.option("--encoder", default="contrastive-phantom:latest", show_default=True, help="stored dual encoder name[:version]")
+@click.option("--head", default=None, help="stored grounding head name[:version] (instead of zero-shot)")
+@click.option("--store", type=click.Path(path_type=Path, file_okay=False), default=None, help="model store folder")
+@click.option("--method", type=click.Choice(["similarity", "occlusion", "flair-attention"]), default="occlusion", show_default=True)
+@click.option("--saliency", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="a saliency map of the same image (.npy/.png/.nii.gz) to compare each heatmap with")
+@click.option("--output-root", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.pass_context
+def ground_group(ctx: click.Context, image: Path | None, phrases: tuple[str, ...], manifest: Path | None, encoder: str, head: str | None,
+                 store: Path | None, method: str, saliency: Path | None, output_root: Path, device: str) -> None:
+    """Phrase grounding: heatmaps and boxes for report phrases (zero-shot from a stored encoder, or a trained head)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from workbench_plugins.grounding.run import run_ground_evaluate, run_ground_image
+    from workbench_plugins.grounding.settings import GroundSettings
+
+    run_settings = RunSettings(output_root=output_root, device=device)
+    if image is not None:
+        if not phrases:
+            raise click.UsageError("give at least one --phrase to ground on --image")
+        index = run_ground_image(image, list(phrases), encoder=encoder, store=store, head=head, method=method, saliency=saliency,
+                                 run_settings=run_settings)
+        click.echo(str(index.resolve()))
+        return
+    if manifest is not None:
+        settings = GroundSettings(run=run_settings, head=head,
+                                  data={"dataset": "box-manifest", "root": manifest, "eval_split": ["train", "val", "test"]},
+                                  encoder={"name": encoder, "store": store}, zero_shot={"method": method})
+        outcome = run_ground_evaluate(settings, _builders())
+        click.echo(str((outcome.run.path / "index.html").resolve()))
+        return
+    click.echo(ctx.get_help())
+
+
+@ground_group.command("evaluate")
+@config_options
+def evaluate_command(config: Path | None, overrides: tuple[str, ...]) -> None:
+    """Ground and score every held-out phrase: CNR, pointing game, mIoU sweep, box acc@0.5, per category."""
+    from workbench_plugins.grounding.run import run_ground_evaluate
+    from workbench_plugins.grounding.settings import GroundSettings
+
+    outcome = run_ground_evaluate(load_settings(GroundSettings, config, overrides), _builders())
+    click.echo(str((outcome.run.path / "index.html").resolve()))
+
+
+@ground_group.command("train")
+@resumable_config_options
+def train_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
+    """Train a grounding head (box L1 + GIoU, heatmap BCE + Dice) on a frozen stored encoder; store it with task 'grounding'."""
+    from workbench_plugins.grounding.settings import GroundTrainSettings
+    from workbench_plugins.grounding.train_job import run_ground_train
+
+    outcome = run_ground_train(load_settings(GroundTrainSettings, config, overrides), _builders(), resume=resume)
+    click.echo(str((outcome.run.path / "index.html").resolve()))
+
+
+@hookimpl
+def workbench_add_commands(cli: Any) -> None:
+    """Add ``workbench ground`` (with ``evaluate`` and ``train``)."""
+    cli.add_command(ground_group)
+
+
+def demo_grounding(context: Any) -> None:
+    """Demo step: ground the phantoms' phrases zero-shot with the encoder the contrastive step stored."""
+    from workbench_plugins.grounding.run import run_ground_evaluate
+    from workbench_plugins.grounding.settings import GroundSettings
+
+    pretrained = context.results.get("contrastive-pretrain")
+    stored = getattr(pretrained, "stored", None)
+    if not stored:
+        context.report.section("Phrase grounding").text("skipped: the contrastive step stored no encoder")
+        return
+    options = context.options("grounding")
+    defaults = {
+        "run": {"seed": context.settings.run.seed, "device": str(context.device), "output_root": str(context.run.path)},
+        "data": {"dataset": "box-manifest", "root": str(context.cxr_manifest), "eval_split": ["train", "val", "test"], "max_eval": 12},
+        # the contrastive step's own store (its ``save.store`` option), where it put the encoder
+        "encoder": {"name": stored, "store": (context.options("contrastive-pretrain").get("save") or {}).get("store")},
+        "zero_shot": {"method": "occlusion"},
+        "examples": 6,
+    }
+    settings = load_settings(GroundSettings, None, [], defaults=_merge(defaults, options))
+    outcome = run_ground_evaluate(settings, context.host.datasets.builders, report=context.report, run=context.run, progress=False)
+    context.results["grounding"] = outcome
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in, section by section."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+@hookimpl
+def workbench_demo_steps(steps: Any) -> None:
+    """Add the ``grounding`` demo step (after ``contrastive-pretrain``)."""
+    steps.add("grounding", demo_grounding, after=("contrastive-pretrain",))
