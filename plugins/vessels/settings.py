@@ -122,7 +122,7 @@ class VesselTrainSettings(StrictModel):
     save: VesselSaveSettings = VesselSaveSettings()
 
 
-class VesselPredictSettings(StrictModel):
+class VesselPredictSettings(VesselTrainSettings):
     """``workbench vessels predict|evaluate``: a stored network on a dataset split or on files.
 
     The training config works as it is (``--config configs/vessels_phantom.yaml``): its
@@ -135,17 +135,9 @@ class VesselPredictSettings(StrictModel):
         formats: mask files to write besides PNG: ``nifti`` and ``dicom-seg`` (the latter for DICOM inputs).
     """
 
-    run: RunSettings = RunSettings()
-    data: VesselDataSettings = VesselDataSettings()
     weights: str | None = None
     inputs: list[Path] = []
     formats: list[Literal["nifti", "dicom-seg"]] = ["nifti", "dicom-seg"]
-    inference: InferenceSettings = InferenceSettings()
-    check: CheckSettings = CheckSettings()
-    save: VesselSaveSettings = VesselSaveSettings()
-    model: VesselModelSettings = VesselModelSettings()
-    loss: VesselLossSettings = VesselLossSettings()
-    train: TrainSettings = TrainSettings()
 
     def weights_ref(self) -> str:
         """The stored network to load: ``weights``, else ``<save.name>:latest``."""
