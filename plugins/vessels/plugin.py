@@ -99,8 +99,8 @@ def demo_vessels(context: Any) -> None:
                              "seed": context.settings.run.seed},
                  "patch_size": 64, "patches_per_image": 8},
         "model": {"name": "vessel-unet", "options": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2]}},
-        "loss": {"name": "cldice"},
-        "train": {"steps": 60, "batch_size": 8, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 30, "log_every": 10},
+        "loss": {"name": "skeleton_recall"},  # as cheap as Dice+CE per step, best clDice on CHASE_DB1 at one budget
+        "train": {"steps": 300, "batch_size": 16, "lr": 2e-3, "warmup_steps": 20, "checkpoint_every": 100, "log_every": 50},
         "inference": {"roi_size": 128},
         "save": {"name": "vessels-demo"},
     }
