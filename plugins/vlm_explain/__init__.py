@@ -1,0 +1,1 @@
+"""The vision-language explanation plugin (imported as `workbench_plugins.vlm_explain`)."""
