@@ -56,6 +56,7 @@ from workbench.errors import ConfigError, DataError
 from workbench.fsutil import atomic_path, atomic_write_text
 from workbench.model_records import ModelRecord, Preprocessing, parse_ref
 from workbench.model_store import ModelStore
+from workbench_plugins.vessels.data_reading import NORMALISATIONS, field_of_view, normalise_image
 
 BUNDLE_SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm")
@@ -133,12 +134,12 @@ def bundle_preprocessing(preprocessing: Preprocessing) -> list[dict[str, Any]]:
          "func": f"$lambda x: x / 255.0 if str(x.meta.get('filename_or_obj', '')).lower().endswith({PIL_SUFFIXES!r}) else x"},
     ]
     normalisation = preprocessing.extra.get("normalisation", "image")
-    if normalisation not in ("image", "fov"):
-        raise ConfigError(f"the bundle cannot repeat the image normalisation {normalisation!r}; it knows 'image' and 'fov'")
+    if normalisation not in NORMALISATIONS:
+        raise ConfigError(f"the bundle cannot repeat the image normalisation {normalisation!r}; it knows {', '.join(NORMALISATIONS)}")
     if preprocessing.intensity == "minmax":
         transforms.append({"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0, "channel_wise": channel_wise})
-    elif preprocessing.intensity == "zscore" and normalisation == "fov":
-        transforms.append({"_target_": FOV_NORMALISATION_TARGET, "keys": "image"})
+    elif preprocessing.intensity == "zscore" and normalisation in ("fov", "fov-extend"):
+        transforms.append({"_target_": FOV_NORMALISATION_TARGET, "keys": "image", "mode": normalisation})
     elif preprocessing.intensity == "zscore" and not preprocessing.mean:
         transforms.append({"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": channel_wise})
     elif preprocessing.intensity == "window":
@@ -158,7 +159,7 @@ def bundle_preprocessing(preprocessing: Preprocessing) -> list[dict[str, Any]]:
 
 
 class FieldOfViewNormalised(MapTransform):
-    """Bundle transform: the vessels plugin's ``"fov"`` normalisation of a ``(3, H, W)`` image in [0, 1].
+    """Bundle transform: the vessels plugin's ``"fov"``/``"fov-extend"`` normalisation of a ``(3, H, W)`` image in [0, 1].
 
     Per channel, zero mean and unit variance over the fundus field of view
     derived from the image, 0 outside it; no FOV found: the whole image. It
@@ -168,15 +169,16 @@ class FieldOfViewNormalised(MapTransform):
 
     Args:
         keys: the image key(s).
+        mode: ``"fov"`` (0 outside the FOV) or ``"fov-extend"`` (nearest FOV value outside).
         allow_missing_keys: skip absent keys.
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, mode: str = "fov", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.mode = mode
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Return a copy of ``data`` with each key's ``(3, H, W)`` image normalised (meta kept)."""
-        from workbench_plugins.vessels.data_reading import field_of_view, normalise_image
 
         record = dict(data)
         for key in self.key_iterator(record):
@@ -186,7 +188,7 @@ class FieldOfViewNormalised(MapTransform):
             if array.ndim != 3 or array.shape[0] != 3:
                 raise DataError(source, f"field-of-view normalisation needs a (3, H, W) image, got {tuple(array.shape)}")
             fov = field_of_view(array, None, source, fallback=True)
-            record[key] = convert_to_dst_type(normalise_image(array, fov, "fov"), image, dtype=torch.float32)[0]
+            record[key] = convert_to_dst_type(normalise_image(array, fov, self.mode), image, dtype=torch.float32)[0]
         return record
 
 

@@ -60,8 +60,9 @@ class VesselPipelineSettings:
         pad_multiple: full images are padded (bottom, right) to a multiple of this (the network's stride).
         augment: flips, 90 degree rotations and intensity jitter on training patches.
         intensity_jitter: the jitter's range: scale by ``1 +- j`` and shift by ``+- j`` (normalised units).
-        normalisation: ``"fov"`` (statistics inside the field of view, 0 outside) or ``"image"`` (MONAI
-            ``NormalizeIntensity`` channel-wise over the whole image); see :mod:`.data_reading`.
+        normalisation: ``"fov"`` (statistics inside the field of view, 0 outside), ``"fov-extend"`` (the same,
+            nearest FOV value outside) or ``"image"`` (MONAI ``NormalizeIntensity`` channel-wise over the whole
+            image); see :mod:`.data_reading`.
     """
 
     patch_size: int = 96

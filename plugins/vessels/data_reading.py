@@ -10,7 +10,10 @@ stored network always sees inputs made the same way:
 - ``fov``: read from the record's file, or derived from the image
   (red-channel threshold, :func:`~.topology_masks.fov_from_fundus`);
 - normalisation ``"fov"`` (default): per channel, zero mean and unit variance
-  over the FOV, 0 outside it; ``"image"``: MONAI ``NormalizeIntensity``
+  over the FOV, 0 outside it; ``"fov-extend"``: the same statistics, and
+  outside the FOV each pixel takes the value of the nearest FOV pixel, so the
+  network never sees the bright-to-dark step at the FOV rim (the border
+  extension of Soares et al., IEEE TMI 2006); ``"image"``: MONAI ``NormalizeIntensity``
   channel-wise over the whole image (what a MONAI bundle can repeat without
   the workbench).
 """
@@ -31,7 +34,7 @@ from workbench_plugins.vessels.topology_masks import MAX_LABEL_VALUES, binarise_
 
 logger = logging.getLogger("workbench.vessels")
 
-NORMALISATIONS = ("fov", "image")
+NORMALISATIONS = ("fov", "fov-extend", "image")
 
 
 def label_from_mask_file(values: np.ndarray, source: str) -> np.ndarray:
@@ -116,7 +119,8 @@ def normalise_image(image: np.ndarray, fov: np.ndarray, mode: str = "fov", eps: 
     Args:
         image: ``(C, H, W)`` float.
         fov: ``(H, W)`` bool.
-        mode: ``"fov"`` (statistics over the FOV, 0 outside it) or ``"image"`` (whole image).
+        mode: ``"fov"`` (statistics over the FOV, 0 outside it), ``"fov-extend"`` (statistics over the FOV,
+            the nearest FOV pixel's value outside it) or ``"image"`` (whole image).
         eps: the smallest standard deviation divided by.
 
     Returns:
@@ -127,12 +131,30 @@ def normalise_image(image: np.ndarray, fov: np.ndarray, mode: str = "fov", eps: 
     """
     if mode == "image":
         return np.asarray(NormalizeIntensity(channel_wise=True)(np.asarray(image, dtype=np.float32)), dtype=np.float32)
-    if mode != "fov":
+    if mode not in ("fov", "fov-extend"):
         raise ConfigError(f"vessel image normalisation must be one of {NORMALISATIONS}, got {mode!r}")
     values = np.asarray(image, dtype=np.float32)[:, fov]
     mean, std = values.mean(axis=1), values.std(axis=1)
-    normalised = (image - mean[:, None, None]) / np.maximum(std, eps)[:, None, None]
-    return np.where(fov[None], normalised, 0.0).astype(np.float32)
+    normalised = ((image - mean[:, None, None]) / np.maximum(std, eps)[:, None, None]).astype(np.float32)
+    if mode == "fov" or fov.all():
+        return np.where(fov[None], normalised, 0.0).astype(np.float32)
+    return extend_beyond_fov(normalised, fov)
+
+
+def extend_beyond_fov(image: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """Give every pixel outside the field of view the value of its nearest FOV pixel.
+
+    Args:
+        image: ``(C, H, W)`` float.
+        fov: ``(H, W)`` bool, not empty.
+
+    Returns:
+        ``(C, H, W)`` float32, equal to ``image`` inside the FOV.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    rows, columns = distance_transform_edt(~fov, return_distances=False, return_indices=True)
+    return np.ascontiguousarray(image[:, rows, columns], dtype=np.float32)
 
 
 def read_vessel_record(record: Mapping[str, Any], with_reference: bool = True, fov_fallback: bool = False) -> dict[str, Any]:
@@ -172,7 +194,7 @@ class LoadVesselRecordd(MapTransform):
     ``spatial_shape`` ``(H, W)``.
 
     Args:
-        normalisation: ``"fov"`` or ``"image"``.
+        normalisation: one of :data:`NORMALISATIONS`.
     """
 
     def __init__(self, normalisation: str = "fov"):
@@ -204,7 +226,7 @@ def load_inference_item(record: Mapping[str, Any], with_reference: bool = True, 
     Args:
         record: ``image`` path; optional ``mask`` (reference) and ``fov`` paths.
         with_reference: read the reference mask when the record has one.
-        normalisation: ``"fov"`` or ``"image"``, as the network was trained.
+        normalisation: one of :data:`NORMALISATIONS`, as the network was trained.
 
     Returns:
         ``{"image": (3, H, W) float32 tensor (normalised), "display": (3, H, W) float32 picture in [0, 1] (as read),
@@ -225,7 +247,7 @@ def inference_preprocessing(network: torch.nn.Module | None = None, roi_size: in
     Args:
         network: the network (its ``size_divisor`` attribute, when it has one, is recorded).
         roi_size: the sliding-window side the network is run with (``image_size``; default 96).
-        normalisation: ``"fov"`` or ``"image"`` (see the module docstring).
+        normalisation: one of :data:`NORMALISATIONS` (see the module docstring).
 
     Returns:
         ``Preprocessing(image_size=roi_size, channels=3, intensity="zscore", extra={"channel_wise": True,
@@ -235,8 +257,9 @@ def inference_preprocessing(network: torch.nn.Module | None = None, roi_size: in
     if normalisation not in NORMALISATIONS:
         raise ConfigError(f"vessel image normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     extra: dict[str, Any] = {"channel_wise": True, "normalisation": normalisation, "reads": "RGB in [0, 1], grey repeated"}
-    if normalisation == "fov":
-        extra["fov"] = {"source": "the record's fov file, else derived", "red_threshold": 0.06, "erosion": 3, "outside": 0.0}
+    if normalisation in ("fov", "fov-extend"):
+        outside = 0.0 if normalisation == "fov" else "nearest FOV pixel"
+        extra["fov"] = {"source": "the record's fov file, else derived", "red_threshold": 0.06, "erosion": 3, "outside": outside}
     divisor = getattr(network, "size_divisor", None)
     if isinstance(divisor, int):
         extra["size_divisor"] = divisor

@@ -149,7 +149,7 @@ def run_train(settings: VesselTrainSettings, builders: Any, *, resume: Path | No
         roi = settings.inference.roi_size or _default_roi(settings.data.patch_size)
         inference = settings.inference.model_copy(update={"roi_size": roi})
         rows, figures, failures = predict_records(network, eval_records, inference, settings.check, run.path, context.device,
-                                                  score=True, formats=(), progress=progress)
+                                                  score=True, formats=(), normalisation=settings.data.normalisation, progress=progress)
         outcome.rows, outcome.metrics = rows, mean_metrics(rows)
         outcome.stored = _store(settings, network, inference, outcome.metrics, run)
         outcome.skipped = len(skipped) + len(failures)
@@ -183,7 +183,8 @@ def _store(settings: VesselTrainSettings, network: nn.Module, inference: Inferen
         return None
     store = ModelStore(settings.save.store) if settings.save.store else ModelStore()
     record = store.save(network, name=settings.save.name, factory=settings.model.name, task="segmentation",
-                        config=dict(settings.model.options), preprocessing=inference_preprocessing(network),
+                        config=dict(settings.model.options),
+                        preprocessing=inference_preprocessing(network, normalisation=settings.data.normalisation),
                         metrics=metrics, plugin="vessels",
                         extra={"roi_size": inference.roi_size, "threshold": inference.threshold,
                                "min_component_area": inference.min_component_area, "loss": settings.loss.name,
@@ -193,7 +194,7 @@ def _store(settings: VesselTrainSettings, network: nn.Module, inference: Inferen
 
 def predict_records(model: nn.Module, records: Sequence[dict], inference: InferenceSettings, check: CheckSettings,
                     folder: Path, device: torch.device, *, score: bool, formats: Sequence[str] = (),
-                    progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Path], list[tuple[str, str]]]:
+                    normalisation: str = "fov", progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Path], list[tuple[str, str]]]:
     """Predict, post-process and check each record's image; write its figure (and mask files when ``formats`` ask).
 
     Args:
@@ -205,6 +206,7 @@ def predict_records(model: nn.Module, records: Sequence[dict], inference: Infere
         device: where the network runs.
         score: compare with each record's ``mask`` (records without one are only checked).
         formats: ``nifti`` and/or ``dicom-seg`` besides the PNGs (empty: figures only).
+        normalisation: the image normalisation the network was trained with (see :mod:`.data_reading`).
         progress: show a progress bar.
 
     Returns:
@@ -220,7 +222,7 @@ def predict_records(model: nn.Module, records: Sequence[dict], inference: Infere
         for record in records:
             image_id = str(record.get("id") or Path(str(record["image"])).stem)
             try:
-                item = load_inference_item(record, with_reference=score)
+                item = load_inference_item(record, with_reference=score, normalisation=normalisation)
                 probabilities = predict_probabilities(model, item["image"], inference.roi_size, inference.overlap,
                                                       inference.sw_batch_size, device, source=str(record["image"]))
                 probability = vessel_probability(probabilities)[0].float().cpu().numpy()
@@ -281,7 +283,8 @@ def run_predict(settings: VesselPredictSettings, builders: Any, *, score: bool) 
     if not records:
         raise ConfigError("nothing to predict: give inputs=[files or folders] or a dataset whose eval_split has records")
     rows, figures, failures = predict_records(model, records, inference, settings.check, run.path, device, score=score,
-                                              formats=settings.formats)
+                                              formats=settings.formats,
+                                              normalisation=str(record.preprocessing.extra.get("normalisation", "fov")))
     for name, reason in failures:
         skipped.add({"image": name}, reason, file=name)
     metrics = mean_metrics(rows) if score else {}

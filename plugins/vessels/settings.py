@@ -31,6 +31,8 @@ class VesselDataSettings(StrictModel):
         patch_size: side of the square training patches.
         patches_per_image: patches drawn from one image per visit.
         positive_fraction: share of patches centred on a vessel pixel.
+        normalisation: image intensity normalisation, ``fov``, ``fov-extend`` or ``image`` (see
+            :mod:`.data_reading`); stored with the network, so prediction repeats it.
     """
 
     dataset: str = "phantom-fundus"
@@ -43,6 +45,7 @@ class VesselDataSettings(StrictModel):
     patch_size: int = Field(96, gt=0)
     patches_per_image: int = Field(8, gt=0)
     positive_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    normalisation: Literal["fov", "fov-extend", "image"] = "fov"
 
 
 class VesselModelSettings(StrictModel):

@@ -118,7 +118,7 @@ def test_bundle_layout_metadata_and_weights(fov_bundle):
     assert not workflow.check_properties()  # every property MONAI requires of an inference bundle is there
 
 
-@pytest.mark.parametrize("normalisation", ["fov", "image"])
+@pytest.mark.parametrize("normalisation", ["fov", "fov-extend", "image"])
 def test_bundle_preprocessing_equals_ours(fov_bundle, normalisation):
     preprocessing = inference_preprocessing(None, normalisation=normalisation)
     transform = ConfigParser({"pre": {"_target_": "Compose", "transforms": bundle_preprocessing(preprocessing)}}).get_parsed_content("pre")

@@ -232,6 +232,18 @@ def test_whole_image_normalisation_is_monais():
     assert preprocessing.channels == 3 and preprocessing.image_size == 128 and preprocessing.extra["normalisation"] == "image"
 
 
+def test_fov_extension_copies_the_nearest_fov_pixel_outward():
+    image = np.random.default_rng(1).random((3, 12, 12)).astype(np.float32)
+    fov = np.zeros((12, 12), bool)
+    fov[3:9, 2:10] = True
+    zeroed, extended = normalise_image(image, fov, "fov"), normalise_image(image, fov, "fov-extend")
+    assert np.array_equal(extended[:, fov], zeroed[:, fov]) and bool((zeroed[:, ~fov] == 0).all())
+    assert np.array_equal(extended[:, 0, 5], zeroed[:, 3, 5])     # above the FOV: its top row, same column
+    assert np.array_equal(extended[:, 11, 11], zeroed[:, 8, 9])   # the far corner: the FOV's nearest corner
+    assert np.array_equal(extended[:, 5, 0], zeroed[:, 5, 2])     # left of it: its left column, same row
+    assert inference_preprocessing(None, normalisation="fov-extend").extra["fov"]["outside"] == "nearest FOV pixel"
+
+
 def test_settings_are_checked():
     with pytest.raises(ConfigError, match="positive_fraction"):
         VesselPipelineSettings(positive_fraction=1.5)

@@ -35,7 +35,7 @@ def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("vessels")
     common = [f"run.output_root={root / 'runs'}", f"data.root={root / 'data'}", f"save.store={root / 'store'}", *TINY]
     index = invoke(["vessels", "train", "--config", "configs/vessels_phantom.yaml", "train.steps=4", "train.checkpoint_every=2",
-                    "run.name=first", *common])
+                    "run.name=first", "data.normalisation=fov-extend", *common])
     return {"root": root, "common": common, "index": index, "metrics": json.loads((index.parent / "metrics.json").read_text())}
 
 
@@ -54,6 +54,7 @@ def test_train_scores_held_out_images_stores_the_network_and_writes_the_page(tra
     record = store.resolve("vessels-phantom")
     assert metrics["stored_model"] == f"vessels-phantom:v{record.version}"
     assert record.task == "segmentation" and record.extra["roi_size"] == 64 and record.preprocessing.channels == 3
+    assert record.preprocessing.extra["normalisation"] == "fov-extend"
 
 
 def test_ctrl_c_then_resume_reaches_the_same_weights_as_an_uninterrupted_run(trained):
@@ -94,6 +95,9 @@ def test_evaluate_and_small_component_removal_lower_the_component_count(trained)
     plain_rows = json.loads((plain.parent / "metrics.json").read_text())["images"]
     clean_rows = json.loads((cleaned.parent / "metrics.json").read_text())["images"]
     assert [row["id"] for row in plain_rows] == [row["id"] for row in clean_rows]
+    # evaluate reads the stored normalisation (not given again here): the same scores as the training job's
+    trained_dice = {row["id"]: row["dice"] for row in trained["metrics"]["images"]}
+    assert {row["id"]: row["dice"] for row in plain_rows} == pytest.approx(trained_dice, abs=1e-6)
     for before, after in zip(plain_rows, clean_rows):
         assert after["n_components"] <= before["n_components"]
 
