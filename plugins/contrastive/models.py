@@ -106,6 +106,10 @@ class ReportImageDualEncoder(nn.Module):
         pretrained_text: ``"bundled"`` (MiniLM's shipped weights), a local HF
             folder, or ``None`` for random initialisation.
         init_logit_bias: set (e.g. -10) for sigmoid losses (SigLIP, FLAIR).
+        image_pool: ViT pooling, ``"tok"`` (class token) or ``"avg"`` (mean of the patch
+            tokens: the pooled embedding is then the mean of the projected patch tokens, so
+            each patch token lives in the joint space, which grounding and region maps use);
+            ``None`` keeps the tower config's.
     """
 
     def __init__(
@@ -118,10 +122,17 @@ class ReportImageDualEncoder(nn.Module):
         pretrained_image: str | None = None,
         pretrained_text: str | None = BUNDLED_TEXT,
         init_logit_bias: float | None = None,
+        image_pool: str | None = None,
     ):
         super().__init__()
         vision_cfg = vision_config(image_tower, image_size)
         self.patch_tokens_available = _is_vit(vision_cfg)
+        if image_pool is not None:
+            if not self.patch_tokens_available:
+                raise ConfigError(f"image_pool applies to ViT towers; {image_tower!r} is not one")
+            if image_pool not in ("tok", "avg"):
+                raise ConfigError(f"image_pool must be 'tok' or 'avg', got {image_pool!r}")
+            vision_cfg["pool_type"] = image_pool
         if self.patch_tokens_available:
             vision_cfg["output_tokens"] = True
         self.image_tower_name, self.text_tower_name = image_tower, text_tower
