@@ -120,8 +120,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--budget-steps", type=int, default=1500, help="Dice+CE's steps; the others get the same CPU time")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     parser.add_argument("--min-area", type=int, default=100, help="small-component removal baseline: smallest kept component (px)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes (another file keeps the main table)")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE passed to every run")
     args = parser.parse_args(argv)
+    output = args.output
     if not CHASE_DB1.is_dir():
         print(f"CHASE_DB1 not found ({CHASE_DB1}); set WORKBENCH_SHARED_DATA", file=sys.stderr)
         return 2
@@ -142,7 +144,7 @@ def main(argv: list[str]) -> int:
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
         "rows": {},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
     common = ["--config", str(CONFIG), f"data.root={CHASE_DB1}"]
     for variant in variants:
         name = f"chase-{variant}-{int(time.time())}"
@@ -153,15 +155,15 @@ def main(argv: list[str]) -> int:
                                                       "wall_s": round(wall, 1), "run": index.parent.name}
         # The cheap baseline for every variant: the same network, components under --min-area pixels removed.
         index, _ = run_workbench(["vessels", "evaluate", *common, f"weights=vessels-chase-{variant}:latest",
-                                  f"inference.min_component_area={args.min_area}", f"run.name={name}-cc{args.min_area}"])
+                                  f"inference.min_component_area={args.min_area}", f"run.name={name}-cc{args.min_area}", *args.overrides])
         metrics = json.loads((index.parent / "metrics.json").read_text())
         results["rows"][f"{variant} + remove components < {args.min_area} px"] = metrics["mean"] | {"steps": steps[variant]}
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        output.write_text(json.dumps(results, indent=2) + "\n")
         print(f"{variant}: {json.dumps(results['rows'][variant])}", flush=True)
     results["rows"]["second observer (2ndHO vs 1stHO)"] = human_row()
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    output.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results["rows"]))
-    print(RESULTS)
+    print(output)
     return 0
 
 

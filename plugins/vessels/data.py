@@ -35,7 +35,7 @@ from monai.transforms import (Compose, DeleteItemsd, DivisiblePadd, EnsureTyped,
 
 from workbench.data.loaders import EpochDataLoader, SafeDataset, SkippedRecords, build_dataset, build_loader
 from workbench.errors import ConfigError
-from workbench_plugins.vessels.data_reading import NORMALISATIONS, LoadVesselRecordd, inference_preprocessing, load_inference_item
+from workbench_plugins.vessels.data_reading import DEFAULT_NORMALISATION, NORMALISATIONS, LoadVesselRecordd, inference_preprocessing, load_inference_item
 from workbench_plugins.vessels.skeleton_tube import SkeletonTubed
 
 logger = logging.getLogger("workbench.vessels")
@@ -72,7 +72,7 @@ class VesselPipelineSettings:
     pad_multiple: int = 16
     augment: bool = True
     intensity_jitter: float = 0.1
-    normalisation: str = "fov"
+    normalisation: str = DEFAULT_NORMALISATION
 
     def __post_init__(self) -> None:
         problems = [text for bad, text in (

@@ -9,8 +9,8 @@ stored network always sees inputs made the same way:
   thresholded at half its maximum, with a warning);
 - ``fov``: read from the record's file, or derived from the image
   (red-channel threshold, :func:`~.topology_masks.fov_from_fundus`);
-- normalisation ``"fov"`` (default): per channel, zero mean and unit variance
-  over the FOV, 0 outside it; ``"fov-extend"``: the same statistics, and
+- normalisation ``"fov"``: per channel, zero mean and unit variance
+  over the FOV, 0 outside it; ``"fov-extend"`` (the training default): the same statistics, and
   outside the FOV each pixel takes the value of the nearest FOV pixel, so the
   network never sees the bright-to-dark step at the FOV rim (the border
   extension of Soares et al., IEEE TMI 2006); ``"image"``: MONAI ``NormalizeIntensity``
@@ -35,6 +35,7 @@ from workbench_plugins.vessels.topology_masks import MAX_LABEL_VALUES, binarise_
 logger = logging.getLogger("workbench.vessels")
 
 NORMALISATIONS = ("fov", "fov-extend", "image")
+DEFAULT_NORMALISATION = "fov-extend"
 
 
 def label_from_mask_file(values: np.ndarray, source: str) -> np.ndarray:
@@ -197,7 +198,7 @@ class LoadVesselRecordd(MapTransform):
         normalisation: one of :data:`NORMALISATIONS`.
     """
 
-    def __init__(self, normalisation: str = "fov"):
+    def __init__(self, normalisation: str = DEFAULT_NORMALISATION):
         super().__init__(keys=("image",))
         if normalisation not in NORMALISATIONS:
             raise ConfigError(f"vessel image normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
@@ -217,7 +218,7 @@ class LoadVesselRecordd(MapTransform):
         return record
 
 
-def load_inference_item(record: Mapping[str, Any], with_reference: bool = True, normalisation: str = "fov") -> dict[str, Any]:
+def load_inference_item(record: Mapping[str, Any], with_reference: bool = True, normalisation: str = DEFAULT_NORMALISATION) -> dict[str, Any]:
     """One full image prepared for :func:`~.inference.predict_probabilities`, with what scoring and outputs need.
 
     A record without a FOV file gets the derived FOV; an image where none can be derived (not a fundus
@@ -241,7 +242,7 @@ def load_inference_item(record: Mapping[str, Any], with_reference: bool = True, 
             "reference": read["label"][0] > 0.5 if "label" in read else None, "fov": fov, "meta": read["meta"]}
 
 
-def inference_preprocessing(network: torch.nn.Module | None = None, roi_size: int | None = None, normalisation: str = "fov") -> Preprocessing:
+def inference_preprocessing(network: torch.nn.Module | None = None, roi_size: int | None = None, normalisation: str = DEFAULT_NORMALISATION) -> Preprocessing:
     """The stored description of how a vessel network's inputs are made (for the model registry and bundles).
 
     Args:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,7 +33,7 @@ from workbench.model_store import ModelStore
 from workbench.registry import create_model
 from workbench.report import HtmlReport, RunFolder
 from workbench.train import Trainer
-from workbench_plugins.vessels.data import build_vessel_loader, inference_preprocessing, load_inference_item, vessel_training_dataset
+from workbench_plugins.vessels.data import DEFAULT_NORMALISATION, build_vessel_loader, inference_preprocessing, load_inference_item, vessel_training_dataset
 from workbench_plugins.vessels.inference import predict_probabilities, vessel_probability
 from workbench_plugins.vessels.losses import build_vessel_loss
 from workbench_plugins.vessels.outputs import write_mask_outputs
@@ -194,7 +195,7 @@ def _store(settings: VesselTrainSettings, network: nn.Module, inference: Inferen
 
 def predict_records(model: nn.Module, records: Sequence[dict], inference: InferenceSettings, check: CheckSettings,
                     folder: Path, device: torch.device, *, score: bool, formats: Sequence[str] = (),
-                    normalisation: str = "fov", progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Path], list[tuple[str, str]]]:
+                    normalisation: str = DEFAULT_NORMALISATION, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Path], list[tuple[str, str]]]:
     """Predict, post-process and check each record's image; write its figure (and mask files when ``formats`` ask).
 
     Args:
@@ -226,6 +227,8 @@ def predict_records(model: nn.Module, records: Sequence[dict], inference: Infere
                 probabilities = predict_probabilities(model, item["image"], inference.roi_size, inference.overlap,
                                                       inference.sw_batch_size, device, source=str(record["image"]))
                 probability = vessel_probability(probabilities)[0].float().cpu().numpy()
+                if item.get("fov") is not None:  # nothing is a vessel outside the field of view (the mask files say so too)
+                    probability = np.where(item["fov"], probability, 0.0).astype(np.float32)
                 mask = postprocess_mask(probability, inference.threshold, inference.min_component_area)
                 scored = score_image(image_id, mask, item.get("reference"), item.get("fov"), check.break_distance, check.fragment_area)
                 row = scored.row()

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from workbench.config import ModelSaveSettings, RunSettings, StrictModel
 from workbench.train import TrainSettings
+from workbench_plugins.vessels.data_reading import DEFAULT_NORMALISATION
 
 LOSSES = ("dice_ce", "cldice", "skeleton_recall", "graph")
 
@@ -31,7 +32,7 @@ class VesselDataSettings(StrictModel):
         patch_size: side of the square training patches.
         patches_per_image: patches drawn from one image per visit.
         positive_fraction: share of patches centred on a vessel pixel.
-        normalisation: image intensity normalisation, ``fov``, ``fov-extend`` or ``image`` (see
+        normalisation: image intensity normalisation, ``fov-extend`` (default), ``fov`` or ``image`` (see
             :mod:`.data_reading`); stored with the network, so prediction repeats it.
     """
 
@@ -45,7 +46,7 @@ class VesselDataSettings(StrictModel):
     patch_size: int = Field(96, gt=0)
     patches_per_image: int = Field(8, gt=0)
     positive_fraction: float = Field(0.5, ge=0.0, le=1.0)
-    normalisation: Literal["fov", "fov-extend", "image"] = "fov"
+    normalisation: Literal["fov", "fov-extend", "image"] = DEFAULT_NORMALISATION
 
 
 class VesselModelSettings(StrictModel):

@@ -119,7 +119,7 @@ def test_same_seed_same_patches(phantoms):
 
 
 def test_full_images_normalised_inside_fov_and_padded(phantoms):
-    settings = VesselPipelineSettings(pad_multiple=48, tube_radius=1)
+    settings = VesselPipelineSettings(pad_multiple=48, tube_radius=1, normalisation="fov")
     datasets = build_vessel_datasets(phantoms, settings, train_splits=("train", "val", "test"), eval_splits=("train", "val", "test"))
     item = datasets.eval[0]
     assert item["image"].shape == (3, 96, 96) and item["label"].shape == item["fov"].shape == item["tube"].shape == (1, 96, 96)

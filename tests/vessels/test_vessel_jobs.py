@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from workbench.cli import build_cli
 from workbench.host import create_plugin_manager
 from tests.helpers.kill_resume import assert_same_tensors
 from workbench.model_store import ModelStore
+from workbench_plugins.vessels.topology_masks import fov_from_fundus
 
 TINY = ["data.options={n: 6, size: 64, seed: 2}", "data.patch_size=32", "data.patches_per_image=4",
         "model.options={channels: [8, 16, 32], strides: [2, 2]}", "train.batch_size=8", "train.warmup_steps=0",
@@ -115,7 +117,9 @@ def test_predict_writes_png_nifti_and_dicom_seg_and_skips_a_bad_file(trained, tm
     rows = {row["id"]: row for row in metrics["images"]}
     assert set(rows) == {phantom_image.stem, dicom.stem}
     assert "dice" not in rows[phantom_image.stem] and rows[phantom_image.stem]["n_components"] >= 0
-    assert (index.parent / rows[phantom_image.stem]["mask_png_file"]).is_file()
+    mask_png = index.parent / rows[phantom_image.stem]["mask_png_file"]
+    outside = ~fov_from_fundus(np.asarray(Image.open(phantom_image).convert("RGB")))
+    assert outside.any() and not np.asarray(Image.open(mask_png))[outside].any()  # no vessel outside the field of view
     assert (index.parent / rows[phantom_image.stem]["mask_nifti_file"]).is_file()
     assert (index.parent / rows[dicom.stem]["dicom_seg_file"]).is_file()
     skipped = (index.parent / "skipped.csv").read_text()
