@@ -1,0 +1,203 @@
+"""Explaining a dual encoder on the chest phantoms' held-out split: concepts behind its decisions, similarity maps.
+
+Run: ``.venv/bin/python benchmarks/vlm_explain_phantom.py --model NAME[:VERSION] [--store DIR] [KEY=VALUE ...]``
+
+1. Decisions (every held-out image with findings; the classes are the five findings): the zero-shot decision, its
+   concepts from the concept bank (``configs/concepts_cxr.txt``; mined from the training reports first when missing),
+   and whether the top concept of a correct decision names the finding that is there (``top_concept_correct``; the
+   issue's target is >= 0.8), with two references: the top concept by image weight alone, and a null that ranks
+   each decision's concepts with another image's weights (how much of the score the image carries). The deletion test: the chosen class's probability as the top-k concepts' directions
+   are projected out of the image embedding, against k random concepts (areas under the curves, lower = bigger
+   effect). Run for the configured decomposition and, as ablations, ``nnls`` and image centring (SpLiCE).
+2. Similarity maps (the first ``data.max_map_images`` held-out images): for the report sentence holding each box's
+   phrase, the share of each map's positive mass inside the box: pairwise occlusion and Interaction-CAM (this
+   plugin) against the grounding plugin's zero-shot heatmaps of the same sentence (occlusion and patch similarity),
+   and the box's share of the image (a uniform map's score).
+
+Extra ``KEY=VALUE`` arguments override ``configs/vlm_explain_phantom.yaml`` (e.g. ``data.max_images=60``).
+Results: ``benchmarks/results/vlm_explain_phantom.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "vlm_explain_phantom.json"
+CONFIG = REPO_ROOT / "configs" / "vlm_explain_phantom.yaml"
+
+
+def decision_variants(settings: Any) -> dict[str, Any]:
+    """The configured decomposition plus the ablations: name -> ConceptSettings."""
+    base = settings.concepts
+    variants = {f"{base.method}{'+centred' if base.centre_images else ''} (configured)": base}
+    variants.setdefault("nnls", base.model_copy(update={"method": "nnls", "centre_images": False}))
+    variants.setdefault(f"{base.method}+centred", base.model_copy(update={"centre_images": True}))
+    return variants
+
+
+def shuffled_image_null(explained: list[Any], rows: list[dict[str, Any]], explainer: Any, settings: Any, seed: int = 0) -> float | None:
+    """``top_concept_correct`` when each correct decision's concepts are ranked with another (random) image's weights.
+
+    The contribution is weight x class margin; a bank that holds the class names gives those a large margin, so the
+    top concept may name the chosen class whatever the image. This null says how much of the score the image carries.
+    """
+    from workbench_plugins.vlm_explain.decomposition import class_margins
+    from workbench_plugins.vlm_explain.scoring import names_class
+
+    rng = np.random.default_rng(seed)
+    hits = []
+    for index, (decision, row) in enumerate(zip(explained, rows)):
+        if not row.get("correct"):
+            continue
+        other = int(rng.choice([j for j in range(len(explained)) if j != index]))
+        margins = class_margins(explainer.space.directions, explainer.class_vectors, decision.chosen)
+        contributions = explained[other].image_weights * margins
+        top = int(np.argmax(contributions))
+        hits.append(contributions[top] > 0 and names_class(decision.concepts[top], decision.chosen_class, settings.finding_keywords))
+    return float(np.mean(hits)) if hits else None
+
+
+def main() -> None:
+    from workbench.config import load_settings
+    from workbench.data.readers import read_image
+    from workbench.data.skipped import SkippedRecords
+    from workbench.fsutil import atomic_write_json
+    from workbench.host import create_plugin_manager
+    from workbench_plugins.grounding.encoder import GroundingEncoder
+    from workbench_plugins.grounding.zero_shot import ground_phrases
+    from workbench_plugins.vlm_explain.explain import Explainer, ImageExplanation
+    from workbench_plugins.vlm_explain.run import build_explainer, load_records, reference_images, run_build_concepts
+    from workbench_plugins.vlm_explain.scoring import aggregate_rows, report_sentence_for, score_record
+    from workbench_plugins.vlm_explain.settings import ExplainSettings
+    from workbench_plugins.vlm_explain.similarity_maps import box_area_fraction, energy_in_box
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="stored dual encoder name[:version] (default: the config's)")
+    parser.add_argument("--store", default=None, help="model store folder (default: the config's, else the default store)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the results JSON (default benchmarks/results/vlm_explain_phantom.json)")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of configs/vlm_explain_phantom.yaml")
+    arguments = parser.parse_args()
+    overrides = list(arguments.overrides)
+    if arguments.model:
+        overrides.append(f"model.name={arguments.model}")
+    if arguments.store:
+        overrides.append(f"model.store={arguments.store}")
+    create_plugin_manager()  # the registry needs the plugins' model factories
+    settings = load_settings(ExplainSettings, CONFIG, overrides)
+    bank = settings.concepts.bank if settings.concepts.bank.is_absolute() else REPO_ROOT / settings.concepts.bank
+    if settings.data.manifest is not None and not settings.data.manifest.is_absolute():
+        settings.data.manifest = REPO_ROOT / settings.data.manifest
+    if not bank.is_file():
+        run_build_concepts(settings.data.manifest, bank, splits=["train"])
+    settings.concepts.bank = bank
+    skipped = SkippedRecords()
+    chosen, records = load_records(settings)
+    references = reference_images(settings.model_copy(update={"concepts": settings.concepts.model_copy(update={"centre_images": True})}),
+                                  records, skipped)
+    started = time.perf_counter()
+
+    # 1. decisions, for each decomposition variant (the image embeddings are computed once)
+    variants = decision_variants(settings)
+    explainers: dict[str, Explainer] = {
+        name: build_explainer(settings.model.name, settings.model.store, bank, settings.classes, concepts, settings.deletion,
+                              settings.maps.model_copy(update={"regions": 0}), settings.run.device, settings.run.seed,
+                              references if concepts.centre_images else ())
+        for name, concepts in variants.items()}
+    first = next(iter(explainers.values()))
+    encoder = first.encoder
+    images: list[tuple[dict[str, Any], np.ndarray]] = []
+    for record in chosen:
+        try:
+            images.append((record, read_image(record.get(settings.data.image_key) or record["image"])[0]))
+        except Exception as error:  # noqa: BLE001 - a bad record is reported and skipped, never fatal
+            skipped.add(record, error)
+    batches = [[image for _, image in images[start:start + 64]] for start in range(0, len(images), 64)]
+    embeddings = np.concatenate([encoder.encode_images(encoder.prepare_images(batch)).cpu().numpy() for batch in batches])
+    decisions: dict[str, Any] = {}
+    for name, explainer in explainers.items():
+        explained = [explainer.decide(embedding) for embedding in embeddings]
+        rows = [score_record(record, ImageExplanation(decision), settings.classes, settings.finding_keywords, [], image.shape[-2:])
+                for (record, image), decision in zip(images, explained)]
+        decisions[name] = dict(aggregate_rows(rows), top_concept_correct_shuffled_image_null=shuffled_image_null(explained, rows, explainer,
+                                                                                                               settings))
+    decision_seconds = time.perf_counter() - started
+
+    # 2. similarity maps for the sentence of each finding box, against the grounding plugin's heatmaps
+    grounding = GroundingEncoder(encoder.model, encoder.record, encoder.device)
+    map_rows: list[dict[str, Any]] = []
+    map_started = time.perf_counter()
+    budget = settings.data.max_map_images if settings.data.max_map_images is not None else len(images)
+    for record, image in images[:budget]:
+        if not record.get("boxes"):
+            continue
+        texts = [report_sentence_for(str(record.get("report") or ""), box["phrase"]) for box in record["boxes"]]
+        size = tuple(int(s) for s in image.shape[-2:])
+        maps = first.similarity_maps(encoder.prepare_images([image]), texts, size)
+        grounded = {method: ground_phrases(grounding, image, texts, method=method, window=settings.maps.window,
+                                           overlap=settings.maps.overlap) for method in ("occlusion", "similarity")}
+        for index, (box, item) in enumerate(zip(record["boxes"], maps)):
+            map_rows.append({"id": record["id"], "category": box["category"], "text": item.text,
+                             "box_area": box_area_fraction(box, size), "occlusion": energy_in_box(item.occlusion, box),
+                             "interaction_cam": energy_in_box(item.cam, box),
+                             "grounding_occlusion": energy_in_box(grounded["occlusion"][index], box),
+                             "grounding_similarity": energy_in_box(grounded["similarity"][index], box)})
+    map_seconds = time.perf_counter() - map_started
+    keys = ("occlusion", "interaction_cam", "grounding_occlusion", "grounding_similarity", "box_area")
+
+    def energy_means(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**{key: (float(np.mean([row[key] for row in rows])) if rows else None) for key in keys}, "boxes": len(rows)}
+
+    configured = decisions[next(iter(decisions))]
+    decision_keys = ("images", "decision_recall", "correct_decisions", "top_concept_correct", "top_weight_concept_correct")
+    per_finding = {name: {key: values.get(key) for key in decision_keys} for name, values in configured["per_finding"].items()}
+    for name in {row["category"] for row in map_rows}:
+        per_finding.setdefault(name, {})["similarity_energy_in_box"] = energy_means([row for row in map_rows if row["category"] == name])
+    command = " ".join([".venv/bin/python", "benchmarks/vlm_explain_phantom.py", *sys.argv[1:]])
+    results = {
+        "command": command,
+        "model": encoder.describe(),
+        "top_concept_correct": configured["top_concept_correct"],
+        "top_concept_names_present": configured["top_concept_names_present"],
+        "top_weight_concept_correct": configured["top_weight_concept_correct"],
+        "chance_concept_correct": configured["chance_concept_correct"],
+        "top_concept_correct_shuffled_image_null": configured["top_concept_correct_shuffled_image_null"],
+        "decision_accuracy": configured["decision_accuracy"],
+        "deletion_auc_topk": configured["deletion_auc_topk"],
+        "deletion_auc_random": configured["deletion_auc_random"],
+        "deletion_topk_below_random": configured["deletion_topk_below_random"],
+        "mutual_knowledge": configured["mutual_knowledge"],
+        "similarity_energy_in_box": energy_means(map_rows),
+        "images": configured["images"], "images_with_findings": configured["images_with_findings"],
+        "correct_decisions": configured["correct_decisions"],
+        "per_finding": per_finding,
+        "decomposition_variants": {name: {key: values[key] for key in (
+            "top_concept_correct", "top_concept_correct_shuffled_image_null", "top_concept_names_present", "top_weight_concept_correct",
+            "deletion_auc_topk", "deletion_auc_random", "deletion_topk_below_random",
+            "mutual_knowledge", "top_k_overlap")} for name, values in decisions.items()},
+        "settings": {"config": str(CONFIG.relative_to(REPO_ROOT)), "overrides": overrides, "classes": settings.classes,
+                     "concept_bank": str(bank.relative_to(REPO_ROOT)) if bank.is_relative_to(REPO_ROOT) else str(bank),
+                     "concepts": len(first.space.concepts), "decomposition": settings.concepts.model_dump(mode="json"),
+                     "deletion": settings.deletion.model_dump(mode="json"), "maps": settings.maps.model_dump(mode="json"),
+                     "splits": settings.data.splits, "map_images": min(budget, len(images)),
+                     "reference_images_for_centring": len(references)},
+        "skipped_records": len(skipped),
+        "seconds": {"decisions": round(decision_seconds, 1), "maps": round(map_seconds, 1)},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "device": str(encoder.device),
+                    "threads": torch.get_num_threads()},
+    }
+    atomic_write_json(arguments.out, results)
+    print(f"top_concept_correct {results['top_concept_correct']}, deletion AUC top-k {results['deletion_auc_topk']} vs random "
+          f"{results['deletion_auc_random']}, energy in box {results['similarity_energy_in_box']} -> {arguments.out}")
+
+
+if __name__ == "__main__":
+    main()

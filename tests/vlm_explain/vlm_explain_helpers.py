@@ -1,0 +1,31 @@
+"""Fixtures for the vlm_explain tests: a random-init dual encoder saved into a temporary model store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from workbench.host import create_plugin_manager
+from workbench.model_store import ModelStore
+from workbench.registry import create_model
+
+OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def store_random_encoder(store_root: Path, name: str = "explain-tiny", preset: str = "dual-vit-tiny-minilm", image_size: int = 64,
+                         seed: int = 0) -> str:
+    """Build a random-init dual encoder through the registry and save it into ``ModelStore(store_root)``.
+
+    Returns:
+        ``"name:vN"`` of the stored version.
+    """
+    create_plugin_manager()  # fills the process-wide registry with the plugins' factories
+    torch.manual_seed(seed)
+    config = {"image_size": image_size, "context_length": 16, "pretrained_text": None}
+    model = create_model(preset, **config)
+    record = ModelStore(store_root).save(model, name=name, factory=preset, task="contrastive", config=config, plugin="contrastive",
+                                         preprocessing={"image_size": image_size, "channels": 3, "intensity": "zscore",
+                                                        "mean": OPENAI_MEAN, "std": OPENAI_STD, "context_length": 16})
+    return record.ref
