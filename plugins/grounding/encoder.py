@@ -11,106 +11,32 @@ exactly as the encoder was trained.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from workbench.errors import ConfigError, DataError
-from workbench.model_records import ModelRecord, Preprocessing, parse_ref
-from workbench.model_store import ModelStore
+from workbench.dual_encoder import StoredDualEncoder, check_texts, open_store
+from workbench.errors import ConfigError
 
-REQUIRED_METHODS = ("tokenize", "encode_text", "encode_image", "image_features", "project_patch_tokens", "patch_grid")
+__all__ = ["GroundingEncoder", "check_phrases", "open_store"]
 
 
 def check_phrases(phrases: Sequence[str], source: str | None = None) -> list[str]:
-    """Strip phrases and refuse empty ones.
+    """Strip phrases and refuse empty ones (see :func:`workbench.dual_encoder.check_texts`).
 
     Raises:
         DataError: an empty or non-string phrase (naming ``source``).
     """
-    cleaned = []
-    for phrase in phrases:
-        if not isinstance(phrase, str) or not phrase.strip():
-            raise DataError(source, f"phrase {phrase!r} is empty; give the words to ground, e.g. 'left pleural effusion'")
-        cleaned.append(" ".join(phrase.split()))
-    return cleaned
-
-
-def open_store(path: str | Path | None) -> ModelStore:
-    """The model store at ``path``, or the default one."""
-    return ModelStore(path) if path else ModelStore()
+    return check_texts(phrases, "phrase", source, hint="give the words to ground, e.g. 'left pleural effusion'")
 
 
 @dataclass
-class GroundingEncoder:
-    """A stored dual encoder with its preprocessing.
+class GroundingEncoder(StoredDualEncoder):
+    """A stored dual encoder with its preprocessing, as grounding uses it (global and patch embeddings)."""
 
-    Attributes:
-        model: the eval-mode encoder (shared instance from the store's cache).
-        record: its stored record (``record.ref`` names it in errors and pages).
-        device: where it runs.
-    """
-
-    model: nn.Module
-    record: ModelRecord
-    device: torch.device
-
-    @classmethod
-    def from_store(cls, reference: str, store: ModelStore | None = None, device: str = "auto") -> "GroundingEncoder":
-        """Fetch ``name[:version]`` from the store.
-
-        Raises:
-            RegistryError: unknown name/version, or its factory's plugin is not loaded.
-            ConfigError: the stored model is not a dual encoder (a method is missing).
-        """
-        store = store or ModelStore()
-        name, version = parse_ref(reference)
-        record = store.resolve(name, version)
-        model = store.get(name, version, device=device)
-        missing = [method for method in REQUIRED_METHODS if not callable(getattr(model, method, None))]
-        if missing:
-            raise ConfigError(f"{record.ref} (task {record.task!r}) is not a dual image-text encoder: it lacks {', '.join(missing)}")
-        return cls(model=model, record=record, device=next(model.parameters()).device)
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        """The stored preprocessing (image size, channels, mean/std)."""
-        return self.record.preprocessing
-
-    @property
-    def image_size(self) -> int:
-        """The square input side ``S`` of the image tower."""
-        size = self.preprocessing.image_size
-        return int(size if isinstance(size, int) else size[0])
-
-    def prepare_images(self, images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-        """Resize and normalise images the way the encoder was trained.
-
-        Args:
-            images: ``(H, W)`` or ``(C, H, W)`` float arrays in display units (``[0, 1]``), any sizes.
-
-        Returns:
-            ``(B, C, S, S)`` float32 on the encoder's device (C from the preprocessing;
-            one-channel images repeated), area-resized, then ``(x - mean) / std``.
-        """
-        prepared = []
-        channels = int(self.preprocessing.channels)
-        for image in images:
-            tensor = torch.as_tensor(np.asarray(image, dtype=np.float32))
-            tensor = tensor[None] if tensor.dim() == 2 else tensor
-            if tensor.shape[0] == 1 and channels > 1:
-                tensor = tensor.repeat(channels, 1, 1)
-            prepared.append(F.interpolate(tensor[None], size=(self.image_size, self.image_size), mode="area")[0])
-        batch = torch.stack(prepared)
-        if self.preprocessing.mean:
-            mean = torch.tensor(self.preprocessing.mean, dtype=torch.float32).view(1, -1, 1, 1)
-            std = torch.tensor(self.preprocessing.std, dtype=torch.float32).view(1, -1, 1, 1)
-            batch = (batch - mean) / std
-        return batch.to(self.device)
+    REQUIRED_METHODS: ClassVar[tuple[str, ...]] = ("tokenize", "encode_text", "encode_image", "image_features",
+                                                   "project_patch_tokens", "patch_grid")
 
     @torch.no_grad()
     def encode_phrases(self, phrases: Sequence[str]) -> torch.Tensor:

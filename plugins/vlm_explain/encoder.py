@@ -4,97 +4,33 @@ The plugin never imports the plugin that trained the encoder: it asks the store
 for ``name[:version]`` and uses the model's duck-typed methods (``tokenize``,
 ``encode_text``, ``image_features``, ``project_patch_tokens``, ``patch_grid``)
 and the preprocessing stored with the version, so images are prepared exactly
-as the encoder was trained. The grounding plugin holds a similar wrapper; this
-one is kept separate (a plugin never imports another) and adds what explaining
-needs: the logit scale, embeddings with gradients, and the image tower's last
-transformer block for gradient maps.
+as the encoder was trained. The shared part (store lookup, image
+preparation) is :class:`workbench.dual_encoder.StoredDualEncoder`; this adds what
+explaining needs: the logit scale, embeddings with gradients, and the image
+tower's last transformer block for gradient maps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.errors import ConfigError, DataError
-from workbench.model_records import ModelRecord, Preprocessing, parse_ref
-from workbench.model_store import ModelStore
+from workbench.dual_encoder import StoredDualEncoder, check_texts, open_store
+from workbench.errors import ConfigError
 
-REQUIRED_METHODS = ("tokenize", "encode_text", "image_features")
+__all__ = ["ExplainedEncoder", "check_texts", "open_store"]
+
 # CLIP's logit scale is clamped to 100 during training; a model without one gets CLIP's initial 1/0.07.
 MAX_LOGIT_SCALE, DEFAULT_LOGIT_SCALE = 100.0, 1.0 / 0.07
 
 
-def check_texts(texts: Sequence[str], what: str = "text", source: str | None = None) -> list[str]:
-    """Strip texts (whitespace collapsed) and refuse empty ones.
-
-    Raises:
-        DataError: an empty or non-string entry (naming ``source`` and ``what``).
-    """
-    cleaned = []
-    for text in texts:
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(source, f"{what} {text!r} is empty")
-        cleaned.append(" ".join(text.split()))
-    return cleaned
-
-
-def open_store(path: str | Path | None) -> ModelStore:
-    """The model store at ``path``, or the default one."""
-    return ModelStore(path) if path else ModelStore()
-
-
 @dataclass
-class ExplainedEncoder:
-    """A stored dual encoder with its preprocessing, as the explanations use it.
-
-    Attributes:
-        model: the eval-mode encoder (the store's shared instance).
-        record: its stored record (``record.ref`` names it in errors and pages).
-        device: where it runs.
-    """
-
-    model: nn.Module
-    record: ModelRecord
-    device: torch.device
-
-    @classmethod
-    def from_store(cls, reference: str, store: ModelStore | None = None, device: str = "auto") -> "ExplainedEncoder":
-        """Fetch ``name[:version]`` from ``store`` (default store when ``None``).
-
-        Raises:
-            RegistryError: unknown name/version, or its factory's plugin is not loaded.
-            ConfigError: the stored model is not a dual image-text encoder (a method is missing).
-        """
-        store = store or ModelStore()
-        name, version = parse_ref(reference)
-        record = store.resolve(name, version)
-        model = store.get(name, version, device=device)
-        missing = [method for method in REQUIRED_METHODS if not callable(getattr(model, method, None))]
-        if missing:
-            raise ConfigError(f"{record.ref} (task {record.task!r}) is not a dual image-text encoder: it lacks {', '.join(missing)}")
-        return cls(model=model, record=record, device=next(model.parameters()).device)
-
-    @property
-    def ref(self) -> str:
-        """``name:vN`` of the stored version."""
-        return self.record.ref
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        """The stored preprocessing (image size, channels, mean/std)."""
-        return self.record.preprocessing
-
-    @property
-    def image_size(self) -> int:
-        """The square input side ``S`` of the image tower."""
-        size = self.preprocessing.image_size
-        return int(size if isinstance(size, int) else size[0])
+class ExplainedEncoder(StoredDualEncoder):
+    """A stored dual encoder with its preprocessing, as the explanations use it."""
 
     @property
     def logit_scale(self) -> float:
@@ -103,31 +39,6 @@ class ExplainedEncoder:
         if scale is None:
             return DEFAULT_LOGIT_SCALE
         return float(min(MAX_LOGIT_SCALE, float(torch.as_tensor(scale).detach().float().exp())))
-
-    def prepare_images(self, images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-        """Resize and normalise images the way the encoder was trained.
-
-        Args:
-            images: each ``(H, W)`` or ``(C, H, W)`` float in display units (``[0, 1]``), any size.
-
-        Returns:
-            ``(B, C, S, S)`` float32 on the encoder's device: one-channel images repeated to the
-            stored channel count, area-resized, then ``(x - mean) / std``.
-        """
-        prepared = []
-        channels = int(self.preprocessing.channels)
-        for image in images:
-            tensor = torch.as_tensor(np.asarray(image, dtype=np.float32))
-            tensor = tensor[None] if tensor.dim() == 2 else tensor
-            if tensor.shape[0] == 1 and channels > 1:
-                tensor = tensor.repeat(channels, 1, 1)
-            prepared.append(F.interpolate(tensor[None], size=(self.image_size, self.image_size), mode="area")[0])
-        batch = torch.stack(prepared)
-        if self.preprocessing.mean:
-            mean = torch.tensor(self.preprocessing.mean, dtype=torch.float32).view(1, -1, 1, 1)
-            std = torch.tensor(self.preprocessing.std, dtype=torch.float32).view(1, -1, 1, 1)
-            batch = (batch - mean) / std
-        return batch.to(self.device)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:

@@ -1,0 +1,127 @@
+"""A stored dual (image-text) encoder as the plugins that stand on one use it.
+
+Grounding, VLM explanations and reporting never import the plugin that trained
+the encoder: they ask the model store for ``name[:version]``, check that the
+model has the duck-typed methods they call (``tokenize``, ``encode_text``,
+``image_features``, ...) and prepare images with the preprocessing stored with
+that version, so every plugin feeds the encoder exactly what it was trained on.
+Each plugin subclasses :class:`StoredDualEncoder` with what it needs on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.errors import ConfigError, DataError
+from workbench.model_records import ModelRecord, Preprocessing, parse_ref
+from workbench.model_store import ModelStore
+
+
+def open_store(path: str | Path | None) -> ModelStore:
+    """The model store at ``path``, or the default one when ``path`` is empty."""
+    return ModelStore(path) if path else ModelStore()
+
+
+def check_texts(texts: Sequence[str], what: str = "text", source: str | None = None, hint: str = "") -> list[str]:
+    """Texts with whitespace collapsed; empty ones refused.
+
+    Args:
+        texts: the strings to check.
+        what: what one text is, for the message (``"phrase"``, ``"concept"``...).
+        source: the file or record the texts come from, named in the error.
+        hint: a sentence appended to the error (what to give instead).
+
+    Returns:
+        The cleaned texts, in order.
+
+    Raises:
+        DataError: an empty or non-string entry.
+    """
+    cleaned = []
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(source, f"{what} {text!r} is empty" + (f"; {hint}" if hint else ""))
+        cleaned.append(" ".join(text.split()))
+    return cleaned
+
+
+@dataclass
+class StoredDualEncoder:
+    """A stored dual encoder with its preprocessing.
+
+    Attributes:
+        model: the eval-mode encoder (the store's shared instance).
+        record: its stored record (``record.ref`` names it in errors and pages).
+        device: where it runs.
+    """
+
+    REQUIRED_METHODS: ClassVar[tuple[str, ...]] = ("tokenize", "encode_text", "image_features")
+
+    model: nn.Module
+    record: ModelRecord
+    device: torch.device
+
+    @classmethod
+    def from_store(cls, reference: str, store: ModelStore | None = None, device: str = "auto") -> "StoredDualEncoder":
+        """Fetch ``name[:version]`` from ``store`` (the default store when ``None``).
+
+        Raises:
+            RegistryError: unknown name/version, or its factory's plugin is not loaded.
+            ConfigError: the stored model is not a dual image-text encoder (a required method is missing).
+        """
+        store = store or ModelStore()
+        name, version = parse_ref(reference)
+        record = store.resolve(name, version)
+        model = store.get(name, version, device=device)
+        missing = [method for method in cls.REQUIRED_METHODS if not callable(getattr(model, method, None))]
+        if missing:
+            raise ConfigError(f"{record.ref} (task {record.task!r}) is not a dual image-text encoder: it lacks {', '.join(missing)}")
+        return cls(model=model, record=record, device=next(model.parameters()).device)
+
+    @property
+    def ref(self) -> str:
+        """``name:vN`` of the stored version."""
+        return self.record.ref
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The stored preprocessing (image size, channels, mean/std)."""
+        return self.record.preprocessing
+
+    @property
+    def image_size(self) -> int:
+        """The square input side ``S`` of the image tower."""
+        size = self.preprocessing.image_size
+        return int(size if isinstance(size, int) else size[0])
+
+    def prepare_images(self, images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """Resize and normalise images the way the encoder was trained.
+
+        Args:
+            images: each ``(H, W)`` or ``(C, H, W)`` float in display units (``[0, 1]``), any size.
+
+        Returns:
+            ``(B, C, S, S)`` float32 on the encoder's device: one-channel images repeated to the
+            stored channel count, area-resized, then ``(x - mean) / std``.
+        """
+        prepared = []
+        channels = int(self.preprocessing.channels)
+        for image in images:
+            tensor = torch.as_tensor(np.asarray(image, dtype=np.float32))
+            tensor = tensor[None] if tensor.dim() == 2 else tensor
+            if tensor.shape[0] == 1 and channels > 1:
+                tensor = tensor.repeat(channels, 1, 1)
+            prepared.append(F.interpolate(tensor[None], size=(self.image_size, self.image_size), mode="area")[0])
+        batch = torch.stack(prepared)
+        if self.preprocessing.mean:
+            mean = torch.tensor(self.preprocessing.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.tensor(self.preprocessing.std, dtype=torch.float32).view(1, -1, 1, 1)
+            batch = (batch - mean) / std
+        return batch.to(self.device)
