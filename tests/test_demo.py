@@ -24,8 +24,9 @@ def test_demo_runs_every_plugin_step_and_writes_one_page(tmp_path):
     assert result.exit_code == 0, result.output
     index = Path(result.output.strip().splitlines()[-1])
     page = index.read_text()
-    for section in ("Loaded plugins", "Pretraining", "Retrieval examples", "Vessel segmentation", "worst Betti-0 error first"):
+    for section in ("Loaded plugins", "Pretraining", "Retrieval examples", "Vessel segmentation", "worst Betti-0 error first",
+                    "Why the encoder decided"):
         assert section in page, section
     timings = json.loads((index.parent / "metrics.json").read_text())["demo_timings"]
-    assert set(timings) >= {"phantoms_s", "contrastive-pretrain_s", "vessels_s"}
+    assert set(timings) >= {"phantoms_s", "contrastive-pretrain_s", "vessels_s", "vlm-explain_s"}
     assert json.loads((index.parent / "metrics.json").read_text())["pretrain"]["steps"] == 3

@@ -114,3 +114,11 @@ def workbench_register_metrics(metrics: Any) -> None:
                 description="agreement of image-side and text-side concept rankings (top-k overlap, weighted Kendall tau)")
     metrics.add("concept-deletion-auc", lambda: curve_auc, description="normalised area under a concept deletion curve")
     metrics.add("similarity-energy-in-box", lambda: energy_in_box, description="share of a similarity map's positive mass inside a box")
+
+
+@hookimpl
+def workbench_demo_steps(steps: Any) -> None:
+    """Add the ``vlm-explain`` demo step (after ``contrastive-pretrain``)."""
+    from workbench_plugins.vlm_explain.demo import demo_vlm_explain
+
+    steps.add("vlm-explain", demo_vlm_explain, after=("contrastive-pretrain",))
