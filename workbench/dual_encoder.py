@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -125,3 +125,73 @@ class StoredDualEncoder:
             std = torch.tensor(self.preprocessing.std, dtype=torch.float32).view(1, -1, 1, 1)
             batch = (batch - mean) / std
         return batch.to(self.device)
+
+    def embed_images(self, prepared: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` L2-normalised image embeddings of prepared images ``(B, C, S, S)`` (differentiable)."""
+        pooled, _ = self.model.image_features(prepared)
+        return F.normalize(pooled.float(), dim=-1)
+
+    def last_image_block(self) -> tuple[nn.Module, bool]:
+        """The last transformer block of the image tower, and whether its tokens are batch-first.
+
+        Found by structure, not by class: the last ``nn.ModuleList`` named ``resblocks``/``blocks``/``layers``
+        under a module path naming the image side (``visual``, ``vision``, ``image``, ``trunk``).
+
+        Raises:
+            ConfigError: no such block (a CNN tower), naming the model.
+        """
+        candidates: list[tuple[str, nn.ModuleList]] = []
+        for name, module in self.model.named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            if isinstance(module, nn.ModuleList) and leaf in ("resblocks", "blocks", "layers") and len(module) > 0:
+                if any(part in name for part in ("visual", "vision", "image", "trunk")):
+                    candidates.append((name, module))
+        if not candidates:
+            raise ConfigError(f"{self.ref}: a model without patch tokens (no transformer blocks in its image tower); "
+                              "Interaction-CAM needs a ViT encoder")
+        name, blocks = candidates[-1]
+        parent = self.model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else self.model
+        return blocks[-1], bool(getattr(parent, "batch_first", True))
+
+
+def interaction_cam(encoder: StoredDualEncoder, prepared: torch.Tensor, text: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """Interaction-CAM (after Sammani et al.): ``relu(sum_channels(d sim / d tokens * tokens))`` per patch.
+
+    The tokens are those entering the image tower's last transformer block, not the tower's output tokens:
+    a ViT that pools through its class token gives its output patch tokens no gradient at all.
+
+    Args:
+        encoder: a stored dual encoder with a ViT image tower.
+        prepared: ``(1, C, S, S)`` prepared image.
+        text: ``(D,)`` unit text embedding (a phrase, a sentence, a report or a class prompt).
+        grid: ``(rows, cols)`` of the patch grid.
+
+    Returns:
+        ``(rows, cols)`` float32, ``>= 0``.
+
+    Raises:
+        ConfigError: a model without transformer blocks in its image tower (named).
+    """
+    rows, cols = grid
+    block, batch_first = encoder.last_image_block()
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        tokens = args[0].detach().requires_grad_(True)
+        captured["tokens"] = tokens
+        return (tokens, *args[1:])
+
+    handle = block.register_forward_pre_hook(capture)
+    try:
+        with torch.enable_grad():
+            similarity = (encoder.embed_images(prepared)[0] * text.to(prepared.device).float().reshape(-1)).sum()
+            (gradient,) = torch.autograd.grad(similarity, captured["tokens"])
+    finally:
+        handle.remove()
+    tokens = captured["tokens"].detach()
+    if not batch_first:
+        tokens, gradient = tokens.transpose(0, 1), gradient.transpose(0, 1)
+    count = rows * cols
+    # The class (and any register) tokens come first; the last rows * cols tokens are the patches.
+    cam = (gradient[0, -count:] * tokens[0, -count:]).sum(dim=-1).clamp(min=0)
+    return cam.reshape(rows, cols).float().cpu().numpy()

@@ -42,7 +42,7 @@ class ZeroShotGrounder:
 
     Args:
         encoder: the stored encoder.
-        method: ``similarity``, ``occlusion`` or ``flair-attention``.
+        method: ``similarity``, ``occlusion``, ``flair-attention`` or ``interaction-cam``.
         window, overlap, fill: occlusion settings.
         threshold: heatmap fraction above which pixels form boxes.
         max_boxes: boxes kept per phrase.

@@ -53,7 +53,7 @@ def _builders() -> Any:
 @click.option("--encoder", default="contrastive-phantom:latest", show_default=True, help="stored dual encoder name[:version]")
 @click.option("--head", default=None, help="stored grounding head name[:version] (instead of zero-shot)")
 @click.option("--store", type=click.Path(path_type=Path, file_okay=False), default=None, help="model store folder")
-@click.option("--method", type=click.Choice(["similarity", "occlusion", "flair-attention"]), default="occlusion", show_default=True)
+@click.option("--method", type=click.Choice(["similarity", "occlusion", "flair-attention", "interaction-cam"]), default="occlusion", show_default=True)
 @click.option("--saliency", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="a saliency map of the same image (.npy/.png/.nii.gz) to compare each heatmap with")
 @click.option("--output-root", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)

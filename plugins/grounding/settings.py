@@ -54,13 +54,14 @@ class ZeroShotSettings(StrictModel):
 
     Attributes:
         method: ``similarity`` (patch-phrase cosine, BioViL), ``occlusion`` (similarity drop
-            when a window is hidden) or ``flair-attention`` (FLAIR's text-conditioned pool).
+            when a window is hidden), ``flair-attention`` (FLAIR's text-conditioned pool) or
+            ``interaction-cam`` (gradient x tokens of the image-phrase similarity at the last image block).
         window: occluding window side, as a fraction of the encoder's input side.
         overlap: overlap of neighbouring occlusion windows.
         fill: what replaces an occluded window: ``mean_img`` (the image mean) or ``mean_patch`` (the window's mean).
     """
 
-    method: Literal["similarity", "occlusion", "flair-attention"] = "occlusion"
+    method: Literal["similarity", "occlusion", "flair-attention", "interaction-cam"] = "occlusion"
     window: float = Field(0.25, gt=0, le=1)
     overlap: float = Field(0.5, ge=0, lt=1)
     fill: Literal["mean_img", "mean_patch"] = "mean_img"

@@ -1,6 +1,6 @@
 """Zero-shot phrase heatmaps from a stored dual encoder.
 
-Three methods, each giving one ``(H, W)`` heatmap per phrase at the image's own size:
+Four methods, each giving one ``(H, W)`` heatmap per phrase at the image's own size:
 
 - ``similarity`` (BioViL, Boecking et al., ECCV 2022): cosine similarity of each
   patch token, projected into the joint space, with the phrase embedding,
@@ -13,6 +13,10 @@ Three methods, each giving one ``(H, W)`` heatmap per phrase at the image's own 
   contrastive training does align, so it works for any encoder (CNN towers too).
 - ``flair-attention`` (Xiao et al., CVPR 2025): the attention of FLAIR's
   text-conditioned pool over the patches, when the stored encoder carries the pool.
+- ``interaction-cam`` (after Sammani et al., explaining similarity learning):
+  gradient of the global image-phrase similarity times the tokens entering the
+  image tower's last block, positive part, per patch. Like occlusion it explains
+  the aligned global embedding, at the cost of one backward pass (ViT towers).
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.dual_encoder import interaction_cam
 from workbench.errors import ConfigError
 from workbench_plugins.grounding.encoder import GroundingEncoder, check_phrases
 
-METHODS: tuple[str, ...] = ("similarity", "occlusion", "flair-attention")
+METHODS: tuple[str, ...] = ("similarity", "occlusion", "flair-attention", "interaction-cam")
 # MONAI's callable fill mode fails in monai 1.6 ("Shouldn't be here"), so only its built-in fills are offered.
 OCCLUSION_FILLS: tuple[str, ...] = ("mean_img", "mean_patch")
 
@@ -161,6 +166,9 @@ def ground_phrases(encoder: GroundingEncoder, image: np.ndarray, phrases: Sequen
         maps = similarity_maps(encoder, prepared, embeddings)
     elif method == "occlusion":
         maps = occlusion_maps(encoder, prepared, embeddings, window=window, overlap=overlap, fill=fill)
+    elif method == "interaction-cam":
+        grid = encoder.grid()
+        maps = torch.from_numpy(np.stack([interaction_cam(encoder, prepared, embedding, grid) for embedding in embeddings]))
     else:
         maps = flair_attention_maps(encoder, prepared, embeddings)
     return _upsample(maps, (int(height), int(width)))

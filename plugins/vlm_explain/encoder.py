@@ -17,7 +17,6 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from workbench.dual_encoder import StoredDualEncoder, check_texts, open_store
 from workbench.errors import ConfigError
@@ -51,11 +50,6 @@ class ExplainedEncoder(StoredDualEncoder):
         chunks = [self.model.encode_text(self.model.tokenize(texts[start:start + batch_size]).to(self.device)).float()
                   for start in range(0, len(texts), batch_size)]
         return F.normalize(torch.cat(chunks), dim=-1)
-
-    def embed_images(self, prepared: torch.Tensor) -> torch.Tensor:
-        """``(B, D)`` L2-normalised image embeddings of prepared images ``(B, C, S, S)`` (differentiable)."""
-        pooled, _ = self.model.image_features(prepared)
-        return F.normalize(pooled.float(), dim=-1)
 
     @torch.no_grad()
     def encode_images(self, prepared: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -96,28 +90,6 @@ class ExplainedEncoder(StoredDualEncoder):
         except (AttributeError, ConfigError) as error:
             raise ConfigError(f"{self.ref}: a model without patch tokens (no patch grid: {error})") from error
         return int(rows), int(cols)
-
-    def last_image_block(self) -> tuple[nn.Module, bool]:
-        """The last transformer block of the image tower, and whether its tokens are batch-first.
-
-        Found by structure, not by class: the last ``nn.ModuleList`` named ``resblocks``/``blocks``/``layers``
-        under a module path naming the image side (``visual``, ``vision``, ``image``, ``trunk``).
-
-        Raises:
-            ConfigError: no such block (a CNN tower), naming the model.
-        """
-        candidates: list[tuple[str, nn.ModuleList]] = []
-        for name, module in self.model.named_modules():
-            leaf = name.rsplit(".", 1)[-1]
-            if isinstance(module, nn.ModuleList) and leaf in ("resblocks", "blocks", "layers") and len(module) > 0:
-                if any(part in name for part in ("visual", "vision", "image", "trunk")):
-                    candidates.append((name, module))
-        if not candidates:
-            raise ConfigError(f"{self.ref}: a model without patch tokens (no transformer blocks in its image tower); "
-                              "Interaction-CAM needs a ViT encoder")
-        name, blocks = candidates[-1]
-        parent = self.model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else self.model
-        return blocks[-1], bool(getattr(parent, "batch_first", True))
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary: reference, factory, image size, logit scale, patch grid (``None`` for CNN towers)."""

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.dual_encoder import interaction_cam as shared_interaction_cam
 from workbench_plugins.vlm_explain.encoder import ExplainedEncoder
 
 
@@ -102,7 +103,7 @@ def occlusion_map(encoder: ExplainedEncoder, prepared: torch.Tensor, text: torch
 
 
 def interaction_cam(encoder: ExplainedEncoder, prepared: torch.Tensor, text: torch.Tensor) -> np.ndarray:
-    """Interaction-CAM: ``relu(sum_channels(d sim / d tokens * tokens))`` at the last image block's input.
+    """Interaction-CAM of the image-text similarity (see :func:`workbench.dual_encoder.interaction_cam`).
 
     Args:
         encoder: the encoder explained (a ViT image tower).
@@ -115,29 +116,7 @@ def interaction_cam(encoder: ExplainedEncoder, prepared: torch.Tensor, text: tor
     Raises:
         ConfigError: a model without patch tokens / transformer blocks (named).
     """
-    rows, cols = encoder.grid()
-    block, batch_first = encoder.last_image_block()
-    captured: dict[str, torch.Tensor] = {}
-
-    def capture(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        tokens = args[0].detach().requires_grad_(True)
-        captured["tokens"] = tokens
-        return (tokens, *args[1:])
-
-    handle = block.register_forward_pre_hook(capture)
-    try:
-        with torch.enable_grad():
-            similarity = (encoder.embed_images(prepared)[0] * text.to(prepared.device).float().reshape(-1)).sum()
-            (gradient,) = torch.autograd.grad(similarity, captured["tokens"])
-    finally:
-        handle.remove()
-    tokens = captured["tokens"].detach()
-    if not batch_first:
-        tokens, gradient = tokens.transpose(0, 1), gradient.transpose(0, 1)
-    count = rows * cols
-    # The class (and any register) tokens come first; the last rows * cols tokens are the patches.
-    cam = (gradient[0, -count:] * tokens[0, -count:]).sum(dim=-1).clamp(min=0)
-    return cam.reshape(rows, cols).float().cpu().numpy()
+    return shared_interaction_cam(encoder, prepared, text, encoder.grid())
 
 
 def energy_in_box(heatmap: np.ndarray, box: Mapping[str, Any]) -> float:

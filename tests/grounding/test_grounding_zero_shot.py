@@ -44,10 +44,12 @@ def test_heatmaps_come_back_at_the_image_size_one_per_phrase(workspace):
     assert encoder.grid() == (4, 4) and encoder.image_size == 64
     image = np.random.default_rng(0).random((1, 96, 80)).astype(np.float32)
     phrases = ["small left pleural effusion", "enlarged cardiac silhouette"]
-    for method in ("similarity", "occlusion"):
+    for method in ("similarity", "occlusion", "interaction-cam"):
         maps = ground_phrases(encoder, image, phrases, method=method)
         assert maps.shape == (2, 96, 80) and np.isfinite(maps).all()
-        assert not np.allclose(maps[0], maps[1])  # each phrase has its own map
+        scale = float(np.abs(maps).max()) or 1.0  # a random-init tower's gradient maps are tiny
+        assert not np.allclose(maps[0] / scale, maps[1] / scale)  # each phrase has its own map
+    assert ground_phrases(encoder, image, phrases, method="interaction-cam").min() >= 0.0  # the positive part only
     similarity = ground_phrases(encoder, image, phrases[:1], method="similarity")
     assert -1.0 - 1e-4 <= similarity.min() <= similarity.max() <= 1.0 + 1e-4  # cosine similarities
 
@@ -78,6 +80,8 @@ def test_a_cnn_tower_is_named_when_patch_tokens_are_needed_and_occlusion_still_w
     image = np.random.default_rng(2).random((64, 64)).astype(np.float32)
     with pytest.raises(ConfigError, match=r"tiny-cnn:v1.*no patch tokens"):
         ground_phrases(encoder, image, ["left pleural effusion"], method="similarity")
+    with pytest.raises(ConfigError, match=r"tiny-cnn:v1: no patch grid"):
+        ground_phrases(encoder, image, ["left pleural effusion"], method="interaction-cam")
     assert ground_phrases(encoder, image, ["left pleural effusion"], method="occlusion", window=0.5).shape == (1, 64, 64)
 
 
