@@ -80,7 +80,7 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: flo
         ConfigError: NCCL requested without CUDA, or malformed torchrun variables.
     """
     world_size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
+    _env_int("RANK", 0)  # malformed RANK is refused here; the process group reads it itself
     local_rank = _env_int("LOCAL_RANK", 0)
     chosen_device = select_device(device, local_rank=local_rank if world_size > 1 else None)
     if world_size <= 1:

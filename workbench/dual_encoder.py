@@ -101,30 +101,45 @@ class StoredDualEncoder:
         size = self.preprocessing.image_size
         return int(size if isinstance(size, int) else size[0])
 
-    def prepare_images(self, images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-        """Resize and normalise images the way the encoder was trained.
+    @property
+    def channels(self) -> int:
+        """Input channels the image tower takes."""
+        return int(self.preprocessing.channels)
+
+    def prepare_image(self, image: np.ndarray, source: str | None = None) -> torch.Tensor:
+        """One image resized and normalised the way the encoder was trained.
 
         Args:
-            images: each ``(H, W)`` or ``(C, H, W)`` float in display units (``[0, 1]``), any size.
+            image: ``(H, W)`` or ``(C, H, W)`` float in display units (``[0, 1]``), any size.
+            source: the file it came from, named in errors.
 
         Returns:
-            ``(B, C, S, S)`` float32 on the encoder's device: one-channel images repeated to the
-            stored channel count, area-resized, then ``(x - mean) / std``.
+            ``(C', S, S)`` float32 on the CPU: one-channel images repeated to the stored channel count,
+            area-resized, then ``(x - mean) / std``.
+
+        Raises:
+            DataError: an image that is not 2-D, whose channels the encoder cannot take, or smaller than 8 pixels.
         """
-        prepared = []
-        channels = int(self.preprocessing.channels)
-        for image in images:
-            tensor = torch.as_tensor(np.asarray(image, dtype=np.float32))
-            tensor = tensor[None] if tensor.dim() == 2 else tensor
-            if tensor.shape[0] == 1 and channels > 1:
-                tensor = tensor.repeat(channels, 1, 1)
-            prepared.append(F.interpolate(tensor[None], size=(self.image_size, self.image_size), mode="area")[0])
-        batch = torch.stack(prepared)
+        tensor = torch.as_tensor(np.asarray(image, dtype=np.float32))
+        tensor = tensor[None] if tensor.dim() == 2 else tensor
+        if tensor.dim() != 3:
+            raise DataError(source, f"image of shape {tuple(np.shape(image))} is not 2-D; {self.ref} takes 2-D images")
+        if tensor.shape[0] == 1 and self.channels > 1:
+            tensor = tensor.repeat(self.channels, 1, 1)
+        if tensor.shape[0] != self.channels:
+            raise DataError(source, f"image has {tensor.shape[0]} channels; {self.ref} takes {self.channels} (or 1, repeated)")
+        if min(tensor.shape[1:]) < 8:
+            raise DataError(source, f"image of {tuple(tensor.shape[1:])} pixels is too small for {self.ref}")
+        tensor = F.interpolate(tensor[None], size=(self.image_size, self.image_size), mode="area")[0]
         if self.preprocessing.mean:
-            mean = torch.tensor(self.preprocessing.mean, dtype=torch.float32).view(1, -1, 1, 1)
-            std = torch.tensor(self.preprocessing.std, dtype=torch.float32).view(1, -1, 1, 1)
-            batch = (batch - mean) / std
-        return batch.to(self.device)
+            mean = torch.tensor(self.preprocessing.mean, dtype=torch.float32).view(-1, 1, 1)
+            std = torch.tensor(self.preprocessing.std, dtype=torch.float32).view(-1, 1, 1)
+            tensor = (tensor - mean) / std
+        return tensor
+
+    def prepare_images(self, images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """Images prepared with :meth:`prepare_image` and stacked: ``(B, C, S, S)`` float32 on the encoder's device."""
+        return torch.stack([self.prepare_image(image) for image in images]).to(self.device)
 
     def embed_images(self, prepared: torch.Tensor) -> torch.Tensor:
         """``(B, D)`` L2-normalised image embeddings of prepared images ``(B, C, S, S)`` (differentiable)."""

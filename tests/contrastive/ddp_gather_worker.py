@@ -16,7 +16,6 @@ the test calls too, so both sides see the same weights and samples.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 

@@ -10,7 +10,7 @@ import torch
 
 from workbench.data.phantoms_cxr import FINDINGS, make_cxr_study
 from workbench.errors import DataError
-from workbench_plugins.contrastive.models import bundled_minilm_path
+from workbench.text_tower import bundled_minilm_path
 from workbench_plugins.contrastive.text import (
     PLACEHOLDER,
     TruncationCounter,

@@ -1,0 +1,140 @@
+"""Config of ``workbench report train``: the answer-and-explain decoder or the report editor on a frozen stored encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from workbench.config import RunSettings, StrictModel
+from workbench.train import TrainSettings
+
+PHANTOM_FINDINGS = ["nodule", "consolidation", "pleural_effusion", "cardiomegaly", "pneumothorax"]
+
+
+class ReportDataSettings(StrictModel):
+    """Where the image-report records come from.
+
+    Attributes:
+        dataset: a registered builder (``phantom-cxr``, ``mimic-cxr-reporting``, ``report-pairs``).
+        root: its folder (default ``<output_root>/data/<dataset>``).
+        options: keyword arguments for the builder.
+        image_key: the record field holding the image file (``image_png`` for the phantoms' PNGs).
+        train_split: ``split`` values trained on.
+        eval_split: ``split`` values evaluated (held out).
+        max_train: cap on training records (``null``: all).
+        max_eval: cap on evaluated records (``null``: all).
+        findings: the findings asked about and corrupted (``null``: every label of the records).
+        uncertain: how CheXpert's -1 labels are read: ``skip`` (no question), ``positive`` or ``negative``.
+    """
+
+    dataset: str = "phantom-cxr"
+    root: Path | None = None
+    options: dict[str, Any] = {}
+    image_key: str = "image"
+    train_split: list[str] = ["train"]
+    eval_split: list[str] = ["val", "test"]
+    max_train: int | None = Field(None, gt=0)
+    max_eval: int | None = Field(None, gt=0)
+    findings: list[str] | None = list(PHANTOM_FINDINGS)
+    uncertain: Literal["skip", "positive", "negative"] = "skip"
+
+
+class EncoderSettings(StrictModel):
+    """The frozen stored image encoder (``name[:version]``) and its store (``null``: the default store)."""
+
+    name: str = "contrastive-phantom-clip:latest"
+    store: Path | None = None
+
+
+class DecoderSettings(StrictModel):
+    """The decoder's shape (see ``ReportDecoder``).
+
+    Attributes:
+        width: model width.
+        layers: decoder layers (2-4).
+        heads: attention heads.
+        ffn: feed-forward width as a multiple of ``width``.
+        dropout: dropout.
+        max_length: the longest token sequence (question + answer, or report); the editor's drafts are cut to it.
+        draft_layers: draft-encoder layers (editor).
+        minilm_embeddings: start the word embeddings from MiniLM's.
+    """
+
+    width: int = Field(256, gt=0)
+    layers: int = Field(3, ge=1, le=8)
+    heads: int = Field(4, gt=0)
+    ffn: int = Field(4, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(160, ge=16)
+    draft_layers: int = Field(2, ge=1)
+    minilm_embeddings: bool = True
+
+
+class EditPairSettings(StrictModel):
+    """How the editor's drafts are made.
+
+    Attributes:
+        source: ``corrupt`` (true reports with one injected error) or ``prior`` (each record's ``draft`` field,
+            e.g. the same patient's prior report from the ``mimic-cxr-reporting`` builder with ``prior_pairs``).
+        variants: corrupted drafts per training record.
+        keep_share: share of drafts that are the true report.
+        empty_share: share of empty drafts (write from scratch).
+        kinds: corruption kinds (``laterality``, ``size``, ``drop``, ``invent``).
+    """
+
+    source: Literal["corrupt", "prior"] = "corrupt"
+    variants: int = Field(4, gt=0)
+    keep_share: float = Field(0.15, ge=0, le=1)
+    empty_share: float = Field(0.05, ge=0, le=1)
+    kinds: list[str] = ["laterality", "size", "drop", "invent"]
+
+
+class GenerationSettings(StrictModel):
+    """Decoding for evaluation: ``beam_size`` 1 is greedy; ``max_new_tokens`` the length limit."""
+
+    beam_size: int = Field(1, gt=0)
+    max_new_tokens: int = Field(48, gt=0)
+
+
+class FaithfulnessSettings(StrictModel):
+    """Where faithfulness looks for the named finding.
+
+    Attributes:
+        source: ``grounding`` (a stored grounding head's heatmap of the explanation), ``masks`` (the records'
+            finding masks), or ``auto`` (the head when it loads, else the masks; the metrics say which).
+        grounding_head: the stored grounding head ``name[:version]``, trained on the same encoder.
+    """
+
+    source: Literal["auto", "grounding", "masks"] = "auto"
+    grounding_head: str | None = None
+
+
+class ReportSaveSettings(StrictModel):
+    """Where the trained decoder goes: ``name`` (``null``: not stored), ``store`` (``null``: the encoder's store)."""
+
+    name: str | None = "report-explainer-phantom"
+    store: Path | None = None
+
+
+class ReportTrainSettings(StrictModel):
+    """``workbench report train``: one decoder on a frozen stored encoder, evaluated on held-out records.
+
+    Attributes:
+        model: ``explainer`` (answer and explanation) or ``editor`` (draft -> corrected report).
+        examples: examples shown in index.html.
+    """
+
+    model: Literal["explainer", "editor"] = "explainer"
+    run: RunSettings = RunSettings()
+    data: ReportDataSettings = ReportDataSettings()
+    encoder: EncoderSettings = EncoderSettings()
+    decoder: DecoderSettings = DecoderSettings()
+    edit: EditPairSettings = EditPairSettings()
+    train: TrainSettings = TrainSettings(steps=400, batch_size=64, lr=1e-3, weight_decay=0.01, warmup_steps=20, max_grad_norm=1.0,
+                                         checkpoint_every=100, log_every=25)
+    generation: GenerationSettings = GenerationSettings()
+    faithfulness: FaithfulnessSettings = FaithfulnessSettings()
+    examples: int = Field(8, ge=0)
+    save: ReportSaveSettings = ReportSaveSettings()
