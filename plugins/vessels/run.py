@@ -229,7 +229,7 @@ def predict_records(model: nn.Module, records: Sequence[dict], inference: Infere
                 probability = vessel_probability(probabilities)[0].float().cpu().numpy()
                 if item.get("fov") is not None:  # nothing is a vessel outside the field of view (the mask files say so too)
                     probability = np.where(item["fov"], probability, 0.0).astype(np.float32)
-                mask = postprocess_mask(probability, inference.threshold, inference.min_component_area)
+                mask = postprocess_mask(probability, inference.threshold, inference.min_component_area, inference.low_threshold)
                 scored = score_image(image_id, mask, item.get("reference"), item.get("fov"), check.break_distance, check.fragment_area)
                 row = scored.row()
                 if formats or not score:

@@ -84,6 +84,8 @@ class InferenceSettings(StrictModel):
         sw_batch_size: windows per forward pass.
         threshold: vessel probability threshold.
         min_component_area: components smaller than this (pixels) are removed after thresholding (0: keep all).
+        low_threshold: hysteresis: pixels above this join the mask where they connect to one above ``threshold``
+            (bridges faint stretches of thin vessels; ``null``: one threshold).
     """
 
     roi_size: int | None = Field(None, gt=0)
@@ -91,6 +93,7 @@ class InferenceSettings(StrictModel):
     sw_batch_size: int = Field(4, gt=0)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     min_component_area: int = Field(0, ge=0)
+    low_threshold: float | None = Field(None, gt=0.0, lt=1.0)
 
 
 class CheckSettings(StrictModel):

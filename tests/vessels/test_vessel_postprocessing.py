@@ -1,0 +1,43 @@
+"""Post-processing of a vessel probability map: single threshold, hysteresis bridges, small-component removal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench.errors import DataError
+from workbench_plugins.vessels.scoring import hysteresis_mask, postprocess_mask
+from workbench_plugins.vessels.topology_metrics import label_components
+
+
+def count_components(mask: np.ndarray) -> int:
+    return label_components(mask)[1]
+
+
+def _broken_vessel() -> np.ndarray:
+    """A 1-pixel diagonal vessel whose middle is faint (p 0.3), and a faint blob touching nothing strong."""
+    probability = np.zeros((40, 40), np.float32)
+    for step in range(30):
+        probability[5 + step, 5 + step] = 0.3 if 10 <= step <= 13 else 0.9
+    probability[30:34, 2:6] = 0.35
+    return probability
+
+
+def test_hysteresis_bridges_a_faint_diagonal_stretch_and_drops_isolated_faint_pixels():
+    probability = _broken_vessel()
+    single = postprocess_mask(probability, threshold=0.5)
+    bridged = postprocess_mask(probability, threshold=0.5, low_threshold=0.25)
+    assert count_components(single) == 2 and count_components(bridged) == 1  # 8-connected along the diagonal
+    assert bridged[16, 16] and not bridged[31, 3]  # the faint stretch joins; the faint blob stays out
+    assert np.array_equal(bridged, hysteresis_mask(probability, 0.25, 0.5))
+    # a low threshold at or above the high one is the plain threshold
+    assert np.array_equal(postprocess_mask(probability, threshold=0.5, low_threshold=0.5), single)
+
+
+def test_small_components_go_after_thresholding_and_nan_is_refused():
+    probability = _broken_vessel()
+    kept = postprocess_mask(probability, threshold=0.5, min_component_area=11)
+    assert count_components(kept) == 1 and kept.sum() == 16 and not kept[5, 5]  # the 10-pixel piece goes, the 16-pixel one stays
+    probability[0, 0] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        postprocess_mask(probability)
