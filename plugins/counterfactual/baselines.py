@@ -14,6 +14,19 @@ from workbench.errors import ConfigError
 BASELINES = ("gradcam", "gradcampp", "occlusion")
 
 
+def unit_scale(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map of ``(B, 1, H, W)`` to [0, 1] (min to 0, max to 1; an all-constant map becomes zeros).
+
+    MONAI's CAM classes default to ``default_normalizer``, which maps (min, max) to (1, 0): it turns the
+    map upside down, so the most class-relevant region scores lowest. The CAMs here are given this one instead.
+    """
+    flat = maps.detach().flatten(1)
+    low, high = flat.min(dim=1).values, flat.max(dim=1).values
+    span = (high - low).clamp(min=1e-12)
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    return torch.where((high > low).view(shape), (maps - low.view(shape)) / span.view(shape), torch.zeros_like(maps))
+
+
 def baseline_maps(classifier: nn.Module, methods: tuple[str, ...] | list[str], gradcam_layer: str | None,
                   occlusion_mask: int = 16) -> dict[str, Callable[[torch.Tensor, int], np.ndarray]]:
     """Saliency functions ``fn(image (1, C, S, S), class_index) -> (S, S)`` float32 (higher = more important).
@@ -38,7 +51,7 @@ def baseline_maps(classifier: nn.Module, methods: tuple[str, ...] | list[str], g
         if name in ("gradcam", "gradcampp"):
             if not gradcam_layer:
                 raise ConfigError(f"{name}: the classifier names no Grad-CAM layer (a head on an encoder has none); drop it from baselines")
-            cam = (GradCAM if name == "gradcam" else GradCAMpp)(nn_module=classifier, target_layers=gradcam_layer)
+            cam = (GradCAM if name == "gradcam" else GradCAMpp)(nn_module=classifier, target_layers=gradcam_layer, postprocessing=unit_scale)
 
             def run_cam(image: torch.Tensor, class_index: int, cam: GradCAM = cam) -> np.ndarray:
                 with torch.enable_grad():

@@ -69,12 +69,14 @@ def build_cae_optimizer(model: ClassAssociationEmbedding, settings: CaeTrainSett
     return torch.optim.Adam(groups, lr=settings.optim.lr, betas=betas)
 
 
-def cae_step_function(optimizer: torch.optim.Optimizer, weights: CaeLossWeights) -> Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]:
+def cae_step_function(optimizer: torch.optim.Optimizer, weights: CaeLossWeights,
+                      guide: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]:
     """The Trainer step: a discriminator update inside, the generator's loss returned for the Trainer's update.
 
     Args:
         optimizer: the optimizer from :func:`build_cae_optimizer` (the one given to the Trainer).
         weights: the loss weights.
+        guide: the frozen classifier of the ``guidance`` term (see :func:`guide_classifier`), or ``None``.
 
     Returns:
         ``step(model, batch) -> {"loss": generator loss, ...terms, "disc_loss", ...}``.
@@ -92,12 +94,42 @@ def cae_step_function(optimizer: torch.optim.Optimizer, weights: CaeLossWeights)
         optimizer.zero_grad(set_to_none=True)
         model.discriminator.requires_grad_(False)
         try:
-            generator = generator_loss(model, forward, weights)
+            generator = generator_loss(model, forward, weights, guide)
         finally:
             model.discriminator.requires_grad_(True)
         return {**generator, **{key: value.detach() for key, value in disc.items()}}
 
     return step
+
+
+def guide_classifier(settings: CaeTrainSettings, classes: list[str], device: torch.device) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str | None]:
+    """The frozen classifier of ``loss.classifier_guidance`` as ``fn(images (B, C, S, S) in [0, 1]) -> logits (B, K)``, and its ref.
+
+    Decoded images are converted to the classifier's channels and size. Returns ``(None, None)`` when the
+    guidance weight is 0.
+
+    Raises:
+        ConfigError: a guidance weight without ``guide.classifier``, or a classifier trained on other classes.
+    """
+    if settings.loss.classifier_guidance <= 0:
+        return None, None
+    if not settings.guide.classifier:
+        raise ConfigError("loss.classifier_guidance > 0 needs guide.classifier: a stored classifier name[:version] on the same classes")
+    from workbench_plugins.counterfactual.classify_eval import load_classifier
+    from workbench_plugins.counterfactual.explain import fit_to
+
+    classifier, record, classifier_classes = load_classifier(settings.guide.classifier, settings.guide.store or settings.save.store, device)
+    if list(classifier_classes) != list(classes):
+        raise ConfigError(f"guide.classifier {record.ref} predicts {classifier_classes} but the CAE's data has classes {classes}")
+    classifier.requires_grad_(False)
+    size = record.preprocessing.image_size
+    size = int(size if isinstance(size, int) else size[-1])
+    channels = int(record.preprocessing.channels)
+
+    def guide(images: torch.Tensor) -> torch.Tensor:
+        return classifier(fit_to(images, channels, size))
+
+    return guide, record.ref
 
 
 def run_cae_train(settings: CaeTrainSettings, builders: Any, *, resume: Path | None = None,
@@ -144,7 +176,8 @@ def run_cae_train(settings: CaeTrainSettings, builders: Any, *, resume: Path | N
     loader = build_loader(train_set, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed,
                           num_workers=settings.train.num_workers, drop_last=len(train_set) > settings.train.batch_size)
     weights = CaeLossWeights(**settings.loss.model_dump())
-    trainer = Trainer(model, cae_step_function(optimizer, weights), loader, settings.train, context, seed=settings.run.seed,
+    guide, guide_ref = guide_classifier(settings, classes, context.device)
+    trainer = Trainer(model, cae_step_function(optimizer, weights, guide), loader, settings.train, context, seed=settings.run.seed,
                       precision=precision, checkpoint_dir=run.checkpoint_dir, tensorboard_dir=run.tensorboard_dir,
                       optimizer=optimizer, scheduler=scheduler, after_optimizer_step=after_optimizer_step, progress=progress)
     result = trainer.fit()
@@ -152,7 +185,7 @@ def run_cae_train(settings: CaeTrainSettings, builders: Any, *, resume: Path | N
     plain_train = labelled_dataset(train_records, settings.data, augment=False, skipped=skipped, cache="none")
     eval_set = labelled_dataset(eval_records, settings.data, augment=False, skipped=skipped, cache="none")
     outcome.metrics = cae_evaluation(model, plain_train, eval_set, classes, context.device)
-    outcome.metrics.update(steps=result.step, train_images=len(train_records), skipped_records=len(skipped))
+    outcome.metrics.update(steps=result.step, train_images=len(train_records), skipped_records=len(skipped), guide_classifier=guide_ref)
     if settings.save.name:
         preprocessing = Preprocessing(image_size=settings.data.image_size, channels=settings.data.channels, intensity="none",
                                       extra={"input_range": [0.0, 1.0], "read_intensity": settings.data.intensity, "classes": classes})
@@ -160,7 +193,7 @@ def run_cae_train(settings: CaeTrainSettings, builders: Any, *, resume: Path | N
             model, name=settings.save.name, factory="cae", task=TASK, config=config, preprocessing=preprocessing,
             metrics={key: outcome.metrics[key] for key in ("knn_accuracy", "reconstruction_l1") if key in outcome.metrics},
             aliases=("best",) if settings.save.alias_best else (), plugin="counterfactual",
-            extra={"classes": classes, "run": run.path.name, "data": {"source": settings.data.source, "finding": settings.data.finding}})
+            extra={"classes": classes, "run": run.path.name, "guide_classifier": guide_ref, "data": {"source": settings.data.source, "finding": settings.data.finding}})
         outcome.stored = record.ref
         outcome.metrics["stored_model"] = record.ref
     run.write_metrics({"cae": outcome.metrics, "history": outcome.history})

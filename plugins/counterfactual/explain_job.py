@@ -16,6 +16,7 @@ from workbench.data.readers import read_image
 from workbench.data.skipped import SkippedRecords
 from workbench.devices import select_device
 from workbench.errors import ConfigError
+from workbench.fsutil import atomic_path
 from workbench.model_records import parse_ref
 from workbench.report import RunFolder
 from workbench_plugins.counterfactual.baselines import baseline_maps
@@ -133,6 +134,10 @@ def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, di
         cases, data_classes = batch_cases(settings, builders, channels, size, skipped)
         if data_classes != classes:
             raise ConfigError(f"{classifier_record.ref} predicts {classes} but the data has classes {data_classes}")
+    guided_by = cae_record.extra.get("guide_classifier")
+    if guided_by and guided_by != classifier_record.ref:
+        cases[0].notes.append(f"{cae_record.ref} was trained with classifier guidance from {guided_by}, not from {classifier_record.ref}: "
+                              "its counterfactuals may flip this classifier less often")
     if (classifier_channels, classifier_size) != (channels, size):
         cases[0].notes.append(f"decoded {channels}-channel {size}x{size} images are converted to the classifier's "
                               f"{classifier_channels}-channel {classifier_size}x{classifier_size} input")
@@ -159,6 +164,7 @@ def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, di
                                "queries": explanation.queries, "seconds": explanation.seconds,
                                "correct": None if case.label is None else case.label == explanation.source, **timings,
                                **proximity(explanation.counterfactual, explanation.image, explanation.reconstruction)}
+        row["saliency_file"] = str(save_saliency(run, case.id, explanation.saliency).relative_to(run.path))
         if case.mask is not None and case.mask.any():
             for name, saliency in maps.items():
                 for key, value in localisation(saliency, case.mask, settings.topk_percent).items():
@@ -172,6 +178,23 @@ def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, di
     write_explain_page(run, f"Counterfactual explanations of {classifier_record.ref} with {cae_record.ref}", classes, shown, summary,
                        [note for case in cases for note in case.notes])
     return run, summary
+
+
+def save_saliency(run: RunFolder, case_id: str, saliency: np.ndarray) -> Path:
+    """Write one case's CAE saliency as ``saliency/<id>.npy`` (float32 ``(S, S)``, atomically).
+
+    Other jobs read it back: ``workbench ground --image F --phrase P --saliency RUN/saliency/<id>.npy`` lays the
+    phrase's heatmap over the same image with their overlap, asking whether the region the classifier needs is the
+    one the report names.
+
+    Returns:
+        The written path.
+    """
+    safe = "".join(character if character.isalnum() or character in "-_" else "_" for character in str(case_id))
+    with atomic_path(run.file(f"saliency/{safe}.npy")) as temporary:
+        with open(temporary, "wb") as handle:
+            np.save(handle, np.asarray(saliency, dtype=np.float32), allow_pickle=False)
+    return run.file(f"saliency/{safe}.npy")
 
 
 def summarise(rows: list[dict[str, Any]], methods: list[str], knn_accuracy: float | None) -> dict[str, Any]:

@@ -156,7 +156,13 @@ class CaeModelSettings(StrictModel):
 
 
 class CaeLossSettings(StrictModel):
-    """Loss weights (arXiv 2406.07961): generator terms and the discriminator's class term."""
+    """Loss weights (arXiv 2406.07961): generator terms and the discriminator's class term.
+
+    ``classifier_guidance`` is not in the papers: the weight of an extra generator term, the cross-entropy of
+    the classifier named in ``guide.classifier`` on the cross images ``x_ab`` against class B (the same target as
+    the discriminator's class term) and on the reconstructions against their own class. 0 switches it off (the
+    papers' losses alone).
+    """
 
     reconstruction: float = Field(10.0, ge=0)
     class_code: float = Field(1.0, ge=0)
@@ -165,6 +171,19 @@ class CaeLossSettings(StrictModel):
     adversarial: float = Field(1.0, ge=0)
     classification: float = Field(1.0, ge=0)
     disc_classification: float = Field(2.0, ge=0)
+    classifier_guidance: float = Field(0.0, ge=0)
+
+
+class CaeGuideSettings(StrictModel):
+    """The stored classifier behind ``loss.classifier_guidance`` (usually the classifier the CAE will explain).
+
+    Attributes:
+        classifier: a stored classifier ``name[:version]`` trained on the CAE's classes (``null``: none).
+        store: the registry folder holding it (``null``: ``save.store``).
+    """
+
+    classifier: str | None = None
+    store: Path | None = None
 
 
 class CaeOptimSettings(StrictModel):
@@ -188,6 +207,7 @@ class CaeTrainSettings(StrictModel):
     model: CaeModelSettings = CaeModelSettings()
     loss: CaeLossSettings = CaeLossSettings()
     optim: CaeOptimSettings = CaeOptimSettings()
+    guide: CaeGuideSettings = CaeGuideSettings()
     train: TrainSettings = TrainSettings(steps=4000, batch_size=4, lr=1e-4, weight_decay=0.0, schedule="constant",
                                          checkpoint_every=250, log_every=50)
     save: StoreSettings = StoreSettings(name="cae-phantom")

@@ -13,8 +13,9 @@ from workbench.config import load_settings
 from workbench.errors import ConfigError
 from workbench.host import create_plugin_manager
 from workbench.model_store import ModelStore
-from workbench_plugins.counterfactual.cae_train import build_cae_optimizer, cae_step_function, run_cae_train
-from workbench_plugins.counterfactual.losses import CaeLossWeights, partner_indices
+from workbench_plugins.counterfactual.cae_train import build_cae_optimizer, cae_step_function, guide_classifier, run_cae_train
+from workbench_plugins.counterfactual.classifiers import resnet18_classifier
+from workbench_plugins.counterfactual.losses import CaeLossWeights, generator_forward, generator_loss, partner_indices
 from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
 from workbench_plugins.counterfactual.settings import CaeTrainSettings
 
@@ -100,6 +101,63 @@ def test_losses_finite_and_falling_on_a_tiny_batch():
     assert last["cycle"] < 0.6 * first["cycle"]
     assert last["loss"] < first["loss"]
     assert last["disc_class"] < first["disc_class"]  # the discriminator learns the classes of real images
+
+
+class MeanBrightness(torch.nn.Module):
+    """Logits ``(0, 20 * (mean intensity - 0.4))``: a real differentiable classifier whose decision we know."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        score = 20.0 * (images.mean(dim=(1, 2, 3)) - 0.4)
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def test_classifier_guidance_is_a_switchable_extra_term_that_reaches_the_class_encoder():
+    torch.manual_seed(0)
+    model = ClassAssociationEmbedding(image_size=32, **TINY)
+    batch = tiny_batch()
+    partners = partner_indices(batch["label"], torch.Generator().manual_seed(0))
+    weights = CaeLossWeights(classifier_guidance=2.0)
+    model.discriminator.requires_grad_(False)
+    forward = generator_forward(model, batch["image"], batch["label"], partners)
+    outputs = generator_loss(model, forward, weights, MeanBrightness())
+    # x_ab against b's class and the reconstruction against a's own, one mean over both
+    cross_terms = torch.nn.functional.cross_entropy(MeanBrightness()(forward.cross), batch["label"][partners], reduction="none")
+    own_terms = torch.nn.functional.cross_entropy(MeanBrightness()(forward.reconstruction), batch["label"], reduction="none")
+    assert float(outputs["guidance"]) == pytest.approx(float(torch.cat([cross_terms, own_terms]).mean()), rel=1e-5)
+    papers = sum(float(outputs[name]) * getattr(weights, name) for name in
+                 ("reconstruction", "class_code", "individual_code", "cycle", "adversarial", "classification"))
+    assert float(outputs["loss"]) == pytest.approx(papers + 2.0 * float(outputs["guidance"]), rel=1e-5)
+    # the class signal reaches the class-associated encoder through x_ab = dec(class code of b, individual code of a)
+    gradients = torch.autograd.grad(outputs["guidance"], list(model.class_encoder.parameters()), allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in gradients if g is not None) > 0
+    off = generator_loss(model, generator_forward(model, batch["image"], batch["label"], partners), CaeLossWeights(), MeanBrightness())
+    assert "guidance" not in off
+    with pytest.raises(ValueError, match="guide"):
+        generator_loss(model, forward, weights)
+
+
+def test_guide_classifier_must_exist_and_share_the_classes(tmp_path):
+    create_plugin_manager()
+    store = tmp_path / "store"
+    settings = load_settings(CaeTrainSettings, None, ["loss.classifier_guidance=1.0", f"save.store={store}"])
+    with pytest.raises(ConfigError, match="guide.classifier"):
+        guide_classifier(settings, ["normal", "lesion"], torch.device("cpu"))
+    assert guide_classifier(load_settings(CaeTrainSettings), ["normal", "lesion"], torch.device("cpu")) == (None, None)
+    from workbench.model_records import Preprocessing
+
+    ModelStore(store).save(resnet18_classifier(), name="clf", factory="classifier-resnet18", task="classification",
+                           config={"in_channels": 1, "num_classes": 2}, plugin="counterfactual", extra={"classes": ["normal", "lesion"]},
+                           preprocessing=Preprocessing(image_size=64, channels=1, intensity="none", extra={"classes": ["normal", "lesion"]}))
+    settings = load_settings(CaeTrainSettings, None, ["loss.classifier_guidance=1.0", f"save.store={store}", "guide.classifier=clf"])
+    with pytest.raises(ConfigError, match="other|classes"):
+        guide_classifier(settings, ["no_finding", "finding"], torch.device("cpu"))
+    guide, ref = guide_classifier(settings, ["normal", "lesion"], torch.device("cpu"))
+    assert ref == "clf:v1"
+    images = torch.rand(2, 1, 32, 32, requires_grad=True)  # the CAE's size: converted to the classifier's 64 x 64
+    logits = guide(images)
+    assert logits.shape == (2, 2)
+    logits[:, 1].sum().backward()
+    assert images.grad is not None and float(images.grad.abs().sum()) > 0
 
 
 def test_cae_train_job_stores_model_with_centroids(tmp_path):

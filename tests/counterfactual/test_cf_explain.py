@@ -17,6 +17,7 @@ from workbench.cli import build_cli
 from workbench.data.phantoms import make_cxr_study, write_cxr_dicom
 from workbench.errors import ConfigError, DataError
 from workbench.host import create_plugin_manager
+from workbench_plugins.counterfactual.baselines import baseline_maps
 from workbench_plugins.counterfactual.data import convert_channels
 from workbench_plugins.counterfactual.explain import check_compatible, explain_linear, resolve_target
 from workbench_plugins.counterfactual.explain_job import single_case
@@ -140,6 +141,39 @@ def test_localisation_and_proximity_numbers():
     assert close["l1"] == pytest.approx(0.1) and close["sparsity"] == 1.0 and 0 < close["ssim"] <= 1
 
 
+class BrightnessClassifier(torch.nn.Module):
+    """Logits ``(0, mean of a 1x1 conv's ReLU map)``: p(class 1) rises with brightness anywhere; its CAM is the bright region."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.ReLU())
+        with torch.no_grad():
+            self.features[0].weight.fill_(1.0)
+            self.features[0].bias.zero_()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        score = self.features(images).mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def test_cam_baselines_point_at_the_evidence_not_away_from_it():
+    # A known case: the class-1 evidence is one bright square on a dim ramp. The CAMs must be highest inside it (MONAI's
+    # default normaliser maps (min, max) to (1, 0), which put the maximum on the darkest pixel and gave pointing 0).
+    image = torch.linspace(0.05, 0.15, 32).repeat(32, 1)[None, None].clone()
+    image[..., 20:28, 4:12] = 0.9
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[20:28, 4:12] = True
+    maps = baseline_maps(BrightnessClassifier().eval(), ["gradcam", "gradcampp", "occlusion"], "features.1", occlusion_mask=8)
+    for name, saliency_of in maps.items():
+        saliency = saliency_of(image, 1)
+        assert saliency.shape == (32, 32), name
+        scores = localisation(saliency, mask)
+        # the square is 6% of the image; occlusion's 8-pixel patches spread its map over their overlaps
+        assert scores["pointing"] == 1.0 and scores["energy_in_mask"] > (0.15 if name == "occlusion" else 0.5), (name, scores)
+        if name != "occlusion":
+            assert saliency.min() == pytest.approx(0.0) and saliency.max() == pytest.approx(1.0)
+
+
 def test_explain_command_end_to_end(tmp_path):
     host = create_plugin_manager()
     cli = build_cli(host)
@@ -178,6 +212,9 @@ def test_explain_command_end_to_end(tmp_path):
     single = json.loads((index_of(result.output).parent / "metrics.json").read_text())
     assert len(single["cases"]) == 1 and single["cases"][0]["id"] == "study"
     assert "resampled to 32x32" in index_of(result.output).read_text()
+    # the CAE saliency is kept as an array for other jobs (e.g. `workbench ground --saliency`)
+    saliency = np.load(index_of(result.output).parent / single["cases"][0]["saliency_file"], allow_pickle=False)
+    assert saliency.shape == (32, 32) and saliency.dtype == np.float32 and np.isfinite(saliency).all() and saliency.min() >= 0
     predicted = single["cases"][0]["predicted"]
     same = runner.invoke(cli, ["explain", "--classifier", "clf", "--cae", "cae", "--image", str(tmp_path / "study.dcm"), "--target", predicted, *explain[:3]])
     assert isinstance(same.exception, ConfigError) and "already gives" in str(same.exception)
