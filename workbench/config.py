@@ -30,6 +30,30 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class RecordDataSettings(StrictModel):
+    """Where a job's image records come from and how they split: the fields every manifest-driven job shares.
+
+    Attributes:
+        dataset: a registered builder (``phantom-cxr``, ``ms-cxr``, ``mimic-cxr-reporting``...).
+        root: its folder (phantoms are written there when missing; default ``<output_root>/data/<dataset>``).
+        options: keyword arguments for the builder.
+        image_key: the record field holding the image file (``image_png`` reads the phantoms' PNGs, faster than DICOM).
+        train_split: ``split`` values trained on.
+        eval_split: ``split`` values evaluated (held out).
+        max_train: cap on training records (``null``: all).
+        max_eval: cap on evaluated records (``null``: all).
+    """
+
+    dataset: str = "phantom-cxr"
+    root: Path | None = None
+    options: dict[str, Any] = {}
+    image_key: str = "image"
+    train_split: list[str] = ["train"]
+    eval_split: list[str] = ["val", "test"]
+    max_train: int | None = Field(None, gt=0)
+    max_eval: int | None = Field(None, gt=0)
+
+
 class RunSettings(StrictModel):
     """Where and how a job runs.
 

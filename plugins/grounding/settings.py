@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from workbench.config import RunSettings, StrictModel
+from workbench.config import RecordDataSettings, RunSettings, StrictModel
 from workbench.train import TrainSettings
 from workbench_plugins.grounding.losses import LossWeights
 from workbench_plugins.grounding.metrics import DEFAULT_THRESHOLDS
 
 
-class GroundingDataSettings(StrictModel):
+class GroundingDataSettings(RecordDataSettings):
     """Where the phrase-box annotations come from.
 
     Attributes:
@@ -26,15 +26,6 @@ class GroundingDataSettings(StrictModel):
         max_train: cap on training images (``null``: all).
         max_eval: cap on evaluated images (``null``: all).
     """
-
-    dataset: str = "phantom-cxr"
-    root: Path | None = None
-    options: dict[str, Any] = {}
-    image_key: str = "image"
-    train_split: list[str] = ["train"]
-    eval_split: list[str] = ["val", "test"]
-    max_train: int | None = Field(None, gt=0)
-    max_eval: int | None = Field(None, gt=0)
 
 
 class EncoderRefSettings(StrictModel):

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from workbench.config import RunSettings, StrictModel
+from workbench.config import RecordDataSettings, RunSettings, StrictModel
 from workbench.train import TrainSettings
 
 PHANTOM_FINDINGS = ["nodule", "consolidation", "pleural_effusion", "cardiomegaly", "pneumothorax"]
 
 
-class ReportDataSettings(StrictModel):
+class ReportDataSettings(RecordDataSettings):
     """Where the image-report records come from.
 
     Attributes:
@@ -29,14 +29,6 @@ class ReportDataSettings(StrictModel):
         uncertain: how CheXpert's -1 labels are read: ``skip`` (no question), ``positive`` or ``negative``.
     """
 
-    dataset: str = "phantom-cxr"
-    root: Path | None = None
-    options: dict[str, Any] = {}
-    image_key: str = "image"
-    train_split: list[str] = ["train"]
-    eval_split: list[str] = ["val", "test"]
-    max_train: int | None = Field(None, gt=0)
-    max_eval: int | None = Field(None, gt=0)
     findings: list[str] | None = list(PHANTOM_FINDINGS)
     uncertain: Literal["skip", "positive", "negative"] = "skip"
 
