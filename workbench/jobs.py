@@ -10,7 +10,7 @@ split by each record's ``split`` value.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -22,6 +22,25 @@ from workbench.errors import ConfigError
 from workbench.report import RunFolder
 
 LoadedT = TypeVar("LoadedT")
+
+
+@dataclass
+class TrainOutcome:
+    """What a training job produced: its run folder, held-out metrics, the stored model's reference, steps, history.
+
+    Attributes:
+        run: the run folder.
+        metrics: held-out metrics (the job's own keys).
+        stored: ``name:vN`` of the version saved in the model store, or ``None``.
+        steps: optimizer steps taken in total.
+        history: the logged training scalars, one dict per log step.
+    """
+
+    run: RunFolder
+    metrics: dict[str, Any] = field(default_factory=dict)
+    stored: str | None = None
+    steps: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass

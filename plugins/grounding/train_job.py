@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,7 +23,7 @@ from workbench.checkpoints import seed_everything
 from workbench.data.loaders import build_loader
 from workbench.data.skipped import SkippedRecords
 from workbench.distributed import init_distributed
-from workbench.jobs import open_run_folder
+from workbench.jobs import TrainOutcome, open_run_folder
 from workbench.report import HtmlReport, RunFolder
 from workbench.train import Trainer
 from workbench_plugins.grounding.boxes import box_mask, boxes_to_cxcywh
@@ -115,17 +114,6 @@ def _stored_by_finished_run(run: RunFolder, resumed_from: int | None, steps: int
     if resumed_from is None or resumed_from < steps or not metrics_file.exists():
         return None
     return json.loads(metrics_file.read_text(encoding="utf-8")).get("grounding", {}).get("stored_model")
-
-
-@dataclass
-class TrainOutcome:
-    """What ``ground train`` produced: run folder, held-out metrics, the stored head's reference, steps, history."""
-
-    run: RunFolder
-    metrics: dict[str, Any] = field(default_factory=dict)
-    stored: str | None = None
-    steps: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def run_ground_train(settings: GroundTrainSettings, builders: Any, *, resume: Path | None = None, progress: bool = True) -> TrainOutcome:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +23,7 @@ from workbench.data.loaders import build_loader
 from workbench.data.skipped import SkippedRecords
 from workbench.dual_encoder import open_store
 from workbench.errors import ConfigError
-from workbench.jobs import build_records, split_records, start_job
+from workbench.jobs import TrainOutcome, build_records, split_records, start_job
 from workbench.report import RunFolder
 from workbench.train import Trainer
 from workbench_plugins.reporting.corrupt import Corruption
@@ -93,14 +93,9 @@ def _trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @dataclass
-class ReportTrainOutcome:
-    """What ``report train`` produced: run folder, held-out metrics, the stored model's reference, steps, history."""
+class ReportTrainOutcome(TrainOutcome):
+    """What ``report train`` produced: a :class:`~workbench.jobs.TrainOutcome` with the evaluation and the model."""
 
-    run: RunFolder
-    metrics: dict[str, Any] = field(default_factory=dict)
-    stored: str | None = None
-    steps: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
     evaluation: Evaluation | None = None
     model: ReportDecoder | None = None
     vocab: ReportVocabulary | None = None
