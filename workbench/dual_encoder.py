@@ -169,6 +169,20 @@ class StoredDualEncoder:
         return blocks[-1], bool(getattr(parent, "batch_first", True))
 
 
+class TextSimilarityProbe(nn.Module):
+    """``images (B, C, S, S) -> (B, T)``: cosine similarity of each image with fixed unit text embeddings ``(T, D)``.
+
+    What occlusion-style maps probe (MONAI ``OcclusionSensitivity`` calls it like a classifier).
+    """
+
+    def __init__(self, encoder: StoredDualEncoder, texts: torch.Tensor):
+        super().__init__()
+        self.encoder, self.texts = encoder, texts.reshape(-1, texts.shape[-1])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder.embed_images(images) @ self.texts.to(images.device).float().T
+
+
 def interaction_cam(encoder: StoredDualEncoder, prepared: torch.Tensor, text: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     """Interaction-CAM (after Sammani et al.): ``relu(sum_channels(d sim / d tokens * tokens))`` per patch.
 

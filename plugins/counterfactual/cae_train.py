@@ -22,10 +22,9 @@ from workbench.checkpoints import seed_everything
 from workbench.data.loaders import build_loader
 from workbench.devices import select_precision
 from workbench.errors import ConfigError
-from workbench.jobs import start_job
+from workbench.jobs import TrainOutcome, start_job
 from workbench.model_records import Preprocessing
 from workbench.registry import create_model
-from workbench.report import RunFolder
 from workbench.train import Trainer
 from workbench_plugins.counterfactual.cae_pages import cae_evaluation, write_cae_page
 from workbench_plugins.counterfactual.classify import open_store
@@ -40,7 +39,7 @@ TASK = "counterfactual"
 
 
 @dataclass
-class CaeOutcome:
+class CaeOutcome(TrainOutcome):
     """What a CAE training run produced.
 
     Attributes:
@@ -53,13 +52,8 @@ class CaeOutcome:
         history: the logged training scalars.
     """
 
-    run: RunFolder
-    model: ClassAssociationEmbedding
+    model: ClassAssociationEmbedding | None = None
     classes: list[str] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    stored: str | None = None
-    steps: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def build_cae_optimizer(model: ClassAssociationEmbedding, settings: CaeTrainSettings) -> torch.optim.Adam:

@@ -21,11 +21,10 @@ from workbench.checkpoints import seed_everything
 from workbench.data.loaders import build_loader
 from workbench.distributed import barrier, unwrap, wrap_ddp
 from workbench.errors import ConfigError
-from workbench.jobs import load_on_main_first, start_job
+from workbench.dual_encoder import open_store
+from workbench.jobs import TrainOutcome, load_on_main_first, start_job
 from workbench.model_records import Preprocessing, parse_ref
-from workbench.model_store import ModelStore
 from workbench.registry import create_model
-from workbench.report import RunFolder
 from workbench.train import Trainer
 from workbench_plugins.counterfactual.classifiers import EncoderHeadClassifier
 from workbench_plugins.counterfactual.classify_pages import write_classifier_page
@@ -39,7 +38,7 @@ TASK = "classification"
 
 
 @dataclass
-class ClassifyOutcome:
+class ClassifyOutcome(TrainOutcome):
     """What a classifier training run produced.
 
     Attributes:
@@ -51,17 +50,7 @@ class ClassifyOutcome:
         history: the logged training scalars.
     """
 
-    run: RunFolder
-    metrics: dict[str, Any] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
-    stored: str | None = None
-    steps: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def open_store(path: Path | None) -> ModelStore:
-    """The model store at ``path`` (``None``: the default store)."""
-    return ModelStore(path) if path is not None else ModelStore()
 
 
 def class_weights(labels: list[int], count: int) -> torch.Tensor:

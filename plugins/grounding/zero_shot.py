@@ -27,9 +27,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from workbench.dual_encoder import interaction_cam
+from workbench.dual_encoder import TextSimilarityProbe, interaction_cam
 from workbench.errors import ConfigError
 from workbench_plugins.grounding.encoder import GroundingEncoder, check_phrases
 
@@ -64,17 +63,6 @@ def similarity_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: 
     return similarity.reshape(len(phrases), rows, cols)
 
 
-class _PhraseSimilarity(nn.Module):
-    """``images (B, C, S, S) -> (B, T)`` global cosine similarity with fixed phrases (what occlusion probes)."""
-
-    def __init__(self, encoder: GroundingEncoder, phrases: torch.Tensor):
-        super().__init__()
-        self.encoder, self.phrases = encoder, phrases
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder.encode_images(images) @ self.phrases.T
-
-
 @torch.no_grad()
 def occlusion_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: torch.Tensor, window: float = 0.25,
                    overlap: float = 0.5, batch_size: int = 64, fill: str = "mean_img") -> torch.Tensor:
@@ -99,7 +87,7 @@ def occlusion_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: t
     from torchvision.transforms.functional import gaussian_blur
 
     side = prepared.shape[-1]
-    probe = _PhraseSimilarity(encoder, phrases)
+    probe = TextSimilarityProbe(encoder, phrases)
     base = probe(prepared)[0]  # (T,)
     mask_size = max(2, int(round(window * side)))
     if fill not in OCCLUSION_FILLS:

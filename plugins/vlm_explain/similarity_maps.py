@@ -27,9 +27,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from workbench.dual_encoder import interaction_cam as shared_interaction_cam
+from workbench.dual_encoder import TextSimilarityProbe, interaction_cam as shared_interaction_cam
 from workbench_plugins.vlm_explain.encoder import ExplainedEncoder
 
 
@@ -60,17 +59,6 @@ def concept_regions(encoder: ExplainedEncoder, prepared: torch.Tensor, concept_v
     return (vectors @ patches.T).reshape(len(vectors), rows, cols).cpu().numpy()
 
 
-class _TextSimilarity(nn.Module):
-    """``images (B, C, S, S) -> (B, 1)`` cosine similarity with one fixed text embedding (what occlusion probes)."""
-
-    def __init__(self, encoder: ExplainedEncoder, text: torch.Tensor):
-        super().__init__()
-        self.encoder, self.text = encoder, text
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder.embed_images(images) @ self.text[:, None]
-
-
 @torch.no_grad()
 def occlusion_map(encoder: ExplainedEncoder, prepared: torch.Tensor, text: torch.Tensor, window: float = 0.25,
                   overlap: float = 0.5, batch_size: int = 64) -> np.ndarray:
@@ -91,7 +79,7 @@ def occlusion_map(encoder: ExplainedEncoder, prepared: torch.Tensor, text: torch
     from monai.visualize import OcclusionSensitivity
 
     text = text.to(prepared.device).float().reshape(-1)
-    probe = _TextSimilarity(encoder, text)
+    probe = TextSimilarityProbe(encoder, text)
     base = float(probe(prepared)[0, 0])
     mask_size = max(2, int(round(window * prepared.shape[-1])))
     occlusion = OcclusionSensitivity(probe, mask_size=mask_size, n_batch=batch_size, verbose=False, mode="mean_img",
