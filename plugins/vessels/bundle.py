@@ -387,6 +387,9 @@ def _readme(record: ModelRecord, roi: list[int]) -> str:
         "        --input_dir IMAGES --output_dir MASKS\n\n"
         f"Sliding-window inference with a {roi[0]}x{roi[1]} window. Needs `monai`, `pytorch-ignite`, `fire`, `nibabel`, `pillow`.\n"
         "The mask arrays are rows-first (H, W): index i runs down the image rows.\n"
+        "Post-processing here is the threshold and the small-component removal stored with the model; test-time\n"
+        "mirroring, hysteresis and fragment bridging (`inference.flips`, `inference.low_threshold`,\n"
+        "`inference.bridge_max_cost`) run in `workbench vessels predict`.\n"
     )
 
 

@@ -62,8 +62,9 @@ def vessel_probability(probabilities: torch.Tensor) -> torch.Tensor:
 
 def predict_probabilities(model: torch.nn.Module, image: torch.Tensor, roi_size: int | Sequence[int], overlap: float = 0.25,
                           sw_batch_size: int = 4, device: torch.device | str | None = None, mode: str = "gaussian",
-                          source: str | None = None, select: Callable[[Any], torch.Tensor] = logits_of) -> torch.Tensor:
-    """Class probabilities of one full image by sliding-window inference.
+                          source: str | None = None, select: Callable[[Any], torch.Tensor] = logits_of,
+                          flips: bool = False) -> torch.Tensor:
+    """Class probabilities of one full image by sliding-window inference (optionally averaged over mirrored copies).
 
     The windows run on the model's device, under ``torch.inference_mode`` with
     the model in eval mode (its training flag is restored afterwards).
@@ -79,6 +80,8 @@ def predict_probabilities(model: torch.nn.Module, image: torch.Tensor, roi_size:
         mode: window blending, ``"gaussian"`` (centres weigh more) or ``"constant"``.
         source: the image's file, named in errors.
         select: picks the logits from the model's output (see :func:`logits_of`).
+        flips: test-time mirroring (as nnU-Net's): the probabilities of the image and of its left-right, up-down and
+            both-ways mirrored copies, each mirrored back, are averaged (four passes).
 
     Returns:
         ``(C, H, W)`` float32 probabilities (sigmoid for C = 1, softmax otherwise); :func:`vessel_probability`
@@ -97,14 +100,20 @@ def predict_probabilities(model: torch.nn.Module, image: torch.Tensor, roi_size:
     roi = (roi_size, roi_size) if isinstance(roi_size, int) else tuple(int(side) for side in roi_size)
     was_training = model.training
     model.eval()
+    batch = batch.to(model_device, model_dtype)
+    passes = []
     try:
         with torch.inference_mode():
-            logits = sliding_window_inference(batch.to(model_device, model_dtype), roi, sw_batch_size,
-                                              lambda window: select(model(window)), overlap=overlap, mode=mode, sw_device=model_device, device=device or model_device)
+            for dims in (((), (3,), (2,), (2, 3)) if flips else ((),)):
+                logits = sliding_window_inference(torch.flip(batch, dims) if dims else batch, roi, sw_batch_size,
+                                                  lambda window: select(model(window)), overlap=overlap, mode=mode, sw_device=model_device,
+                                                  device=device or model_device)
+                logits = logits_of(logits)[0].float()
+                bad = int((~torch.isfinite(logits)).sum())
+                if bad:
+                    raise DataError(source, f"the model gave {bad} NaN/Inf logits (diverged weights, or a precision overflow)")
+                probabilities = probabilities_from_logits(logits)
+                passes.append(torch.flip(probabilities, [dim - 1 for dim in dims]) if dims else probabilities)
     finally:
         model.train(was_training)
-    logits = logits_of(logits)[0].float()
-    bad = int((~torch.isfinite(logits)).sum())
-    if bad:
-        raise DataError(source, f"the model gave {bad} NaN/Inf logits (diverged weights, or a precision overflow)")
-    return probabilities_from_logits(logits)
+    return passes[0] if len(passes) == 1 else torch.stack(passes).mean(0)

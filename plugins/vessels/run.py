@@ -160,8 +160,7 @@ def run_train(settings: VesselTrainSettings, builders: Any, *, resume: Path | No
                                                            "stored_model": outcome.stored, "history": history})
         notes = [f"{settings.model.name} trained with {settings.loss.name} for {result.step} steps "
                  f"({outcome.seconds:.0f} s) on {len(train_records)} images of {settings.data.dataset}; "
-                 f"{len(eval_records)} held-out images predicted with {roi}-pixel sliding windows, threshold {inference.threshold}"
-                 + (f", components under {inference.min_component_area} px removed" if inference.min_component_area else "") + "."]
+                 f"{len(eval_records)} held-out images predicted with {roi}-pixel sliding windows, {postprocessing_note(inference)}."]
         if not eval_records:
             notes.append(f"No record of {settings.data.dataset} has a split in data.eval_split {settings.data.eval_split}: nothing was scored.")
         if outcome.stored:
@@ -171,6 +170,19 @@ def run_train(settings: VesselTrainSettings, builders: Any, *, resume: Path | No
                           notes=notes, extra_tables=[("Training loss", history[-5:])] if history else [], skipped=failures, page=report)
     barrier(context)
     return outcome
+
+
+def postprocessing_note(inference: InferenceSettings) -> str:
+    """How the probability maps became masks, in words (for the run page)."""
+    words = ["probabilities averaged over four mirrored copies"] if inference.flips else []
+    words.append(f"threshold {inference.threshold}" + (f" (hysteresis down to {inference.low_threshold})" if inference.low_threshold else ""))
+    if inference.min_component_area:
+        words.append(f"components under {inference.min_component_area} px removed")
+    if inference.bridge_max_cost is not None:
+        words.append(f"fragments bridged to their neighbours along paths of cost <= {inference.bridge_max_cost:g}")
+    if inference.min_isolated_area:
+        words.append(f"pieces still under {inference.min_isolated_area} px removed")
+    return ", ".join(words)
 
 
 def _default_roi(patch_size: int) -> int:
@@ -225,11 +237,13 @@ def predict_records(model: nn.Module, records: Sequence[dict], inference: Infere
             try:
                 item = load_inference_item(record, with_reference=score, normalisation=normalisation)
                 probabilities = predict_probabilities(model, item["image"], inference.roi_size, inference.overlap,
-                                                      inference.sw_batch_size, device, source=str(record["image"]))
+                                                      inference.sw_batch_size, device, source=str(record["image"]), flips=inference.flips)
                 probability = vessel_probability(probabilities)[0].float().cpu().numpy()
                 if item.get("fov") is not None:  # nothing is a vessel outside the field of view (the mask files say so too)
                     probability = np.where(item["fov"], probability, 0.0).astype(np.float32)
-                mask = postprocess_mask(probability, inference.threshold, inference.min_component_area, inference.low_threshold)
+                mask = postprocess_mask(probability, inference.threshold, inference.min_component_area, inference.low_threshold,
+                                        fov=item.get("fov"), bridge_max_cost=inference.bridge_max_cost,
+                                        bridge_window=inference.bridge_window, min_isolated_area=inference.min_isolated_area)
                 scored = score_image(image_id, mask, item.get("reference"), item.get("fov"), check.break_distance, check.fragment_area)
                 row = scored.row()
                 if formats or not score:
@@ -237,7 +251,7 @@ def predict_records(model: nn.Module, records: Sequence[dict], inference: Infere
                                                  item.get("meta") or {}, formats=formats, mask=mask)
                     row.update({f"{kind}_file": str(path.relative_to(folder)) for kind, path in written.items()})
                 if check.overlays is None or len(figures) < check.overlays:
-                    figures[image_id] = write_image_figure(folder, scored, item["display"], probability)
+                    figures[image_id] = write_image_figure(folder, scored, item["display"], probability, inference.threshold)
                 rows.append(row)
             except (DataError, WorkbenchError) as error:
                 logger.warning("skipped %s: %s", record.get("image"), error)
@@ -293,6 +307,6 @@ def run_predict(settings: VesselPredictSettings, builders: Any, *, score: bool) 
     metrics = mean_metrics(rows) if score else {}
     write_metrics_file(run.file("metrics.json"), rows, {"model": f"{record.name}:v{record.version}"})
     notes = [f"{record.name}:v{record.version} ({record.factory}) on {len(rows)} images, {inference.roi_size}-pixel sliding windows, "
-             f"threshold {inference.threshold}."]
+             f"{postprocessing_note(inference)}."]
     write_vessel_page(run.path, "Vessel evaluation" if score else "Vessel prediction", rows, figures, notes=notes, skipped=failures)
     return VesselOutcome(run=run, metrics=metrics, rows=rows, skipped=len(failures))

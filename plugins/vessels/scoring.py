@@ -3,7 +3,7 @@
 The numbers are those of ``workbench check-topology`` (:func:`~.topology.check_mask`),
 so a mask scored here and one checked from disk agree. ``postprocess_mask`` is
 the cheap baseline every user tries first: threshold, then drop the small
-components.
+components; it can also reconnect the fragments first (:mod:`.topology_repair`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.ndimage import binary_dilation
 from skimage.morphology import remove_small_objects
 
 from workbench.errors import DataError
@@ -21,16 +22,20 @@ from workbench.fsutil import atomic_write_json
 from workbench.report import HtmlReport, heat_colours, image_strip, save_png, to_rgb_uint8
 from workbench_plugins.vessels.topology import TopologyReport, check_mask
 from workbench_plugins.vessels.topology_overlay import draw_topology_overlay
+from workbench_plugins.vessels.topology_repair import reconnect_mask
 
 SUMMARY_KEYS = ("dice", "cldice", "betti0_error", "betti1_error", "n_components", "reference_components", "cal",
                 "n_breaks", "n_spurious_fragments")
+BRIDGED_COLOUR = (40, 200, 60)  # mask pixels under the threshold: what hysteresis or bridging added
 TABLE_COLUMNS = ("id", "dice", "cldice", "betti0_error", "betti1_error", "n_components", "reference_components", "cal",
                  "n_breaks", "n_spurious_fragments")
 
 
 def postprocess_mask(probability: np.ndarray, threshold: float = 0.5, min_component_area: int = 0,
-                     low_threshold: float | None = None) -> np.ndarray:
-    """Threshold a probability map (optionally with hysteresis) and drop components smaller than ``min_component_area`` pixels.
+                     low_threshold: float | None = None, *, fov: np.ndarray | None = None, bridge_max_cost: float | None = None,
+                     bridge_window: int = 60, min_isolated_area: int = 0) -> np.ndarray:
+    """Threshold a probability map (optionally with hysteresis), drop components smaller than ``min_component_area``
+    pixels and, optionally, bridge the remaining fragments and drop the pieces that stay small and isolated.
 
     Args:
         probability: ``(H, W)`` vessel probabilities in [0, 1].
@@ -39,6 +44,9 @@ def postprocess_mask(probability: np.ndarray, threshold: float = 0.5, min_compon
         low_threshold: hysteresis: pixels above this are kept too when they connect (8-connected) to a pixel
             above ``threshold``, so a faint stretch of a thin vessel bridges the two pieces it would otherwise
             break into; ``None``: a single threshold.
+        fov: ``(H, W)`` bool field of view: bridges never leave it (``None``: the whole image).
+        bridge_max_cost, bridge_window, min_isolated_area: :func:`~.topology_repair.reconnect_mask` after the
+            small-component removal (``bridge_max_cost=None``: no bridging, ``min_isolated_area`` still applies).
 
     Returns:
         ``(H, W)`` bool mask.
@@ -54,6 +62,10 @@ def postprocess_mask(probability: np.ndarray, threshold: float = 0.5, min_compon
         mask = probability > threshold
     if min_component_area > 0 and mask.any():
         mask = remove_small_objects(mask, max_size=min_component_area - 1, connectivity=2)
+    if bridge_max_cost is not None and mask.any():
+        mask = reconnect_mask(mask, probability, fov, max_cost=bridge_max_cost, window=bridge_window, min_isolated_area=min_isolated_area)
+    elif min_isolated_area > 0 and mask.any():
+        mask = remove_small_objects(mask, max_size=min_isolated_area - 1, connectivity=2)
     return mask
 
 
@@ -123,7 +135,8 @@ def mean_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     return means
 
 
-def write_image_figure(folder: Path, scored: ScoredImage, image: np.ndarray, probability: np.ndarray) -> Path:
+def write_image_figure(folder: Path, scored: ScoredImage, image: np.ndarray, probability: np.ndarray,
+                       threshold: float | None = None) -> Path:
     """Save ``figures/<id>.png``: the image, the probability map and the connectivity overlay side by side.
 
     Args:
@@ -131,6 +144,8 @@ def write_image_figure(folder: Path, scored: ScoredImage, image: np.ndarray, pro
         scored: the scored prediction.
         image: ``(C, H, W)`` or ``(H, W)`` image as read (any range).
         probability: ``(H, W)`` probabilities in [0, 1].
+        threshold: the mask's threshold: mask pixels at or under it (added by hysteresis or bridging) are drawn
+            green on the overlay; ``None``: not marked.
 
     Returns:
         The PNG's path.
@@ -138,8 +153,15 @@ def write_image_figure(folder: Path, scored: ScoredImage, image: np.ndarray, pro
     picture = to_rgb_uint8(np.moveaxis(image, 0, -1) if image.ndim == 3 else image)
     heat = heat_colours(np.clip(probability, 0.0, 1.0))
     overlay = draw_topology_overlay(scored.mask, scored.report, scored.reference, scored.fov)
+    caption = "connectivity"
+    if threshold is not None:
+        added = scored.mask & (probability <= threshold)
+        if added.any():
+            overlay = np.array(overlay)  # the drawn overlay may be a read-only view of its image
+            overlay[binary_dilation(added, iterations=max(1, min(added.shape) // 400))] = BRIDGED_COLOUR  # thickened to be seen
+            caption = "connectivity (green: bridged)"
     safe = "".join(char if char.isalnum() or char in "-_." else "_" for char in scored.id)
-    return save_png(folder / "figures" / f"{safe}.png", image_strip([picture, heat, overlay], ["image", "vessel probability", "connectivity"]))
+    return save_png(folder / "figures" / f"{safe}.png", image_strip([picture, heat, overlay], ["image", "vessel probability", caption]))
 
 
 def order_worst_first(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

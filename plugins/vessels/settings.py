@@ -82,18 +82,29 @@ class InferenceSettings(StrictModel):
         roi_size: window side (``null``: the training patch size, or the stored model's).
         overlap: window overlap fraction.
         sw_batch_size: windows per forward pass.
+        flips: test-time mirroring: average the probabilities of the image and its three mirrored copies (four
+            passes; nnU-Net's default for 2-D).
         threshold: vessel probability threshold.
         min_component_area: components smaller than this (pixels) are removed after thresholding (0: keep all).
         low_threshold: hysteresis: pixels above this join the mask where they connect to one above ``threshold``
             (bridges faint stretches of thin vessels; ``null``: one threshold).
+        bridge_max_cost: after small-component removal, every fragment is joined to its nearest piece along the
+            cheapest path through the probability map when that path costs at most this (about the sum of
+            ``1 - p`` over the gap; see :mod:`.topology_repair`); ``null``: no bridging.
+        bridge_window: how far (pixels) beyond a fragment's bounding box a link is sought.
+        min_isolated_area: after bridging, components still smaller than this (pixels) are removed (0: keep all).
     """
 
     roi_size: int | None = Field(None, gt=0)
     overlap: float = Field(0.25, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(4, gt=0)
+    flips: bool = False
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     min_component_area: int = Field(0, ge=0)
     low_threshold: float | None = Field(None, gt=0.0, lt=1.0)
+    bridge_max_cost: float | None = Field(None, gt=0.0)
+    bridge_window: int = Field(60, gt=0)
+    min_isolated_area: int = Field(0, ge=0)
 
 
 class CheckSettings(StrictModel):

@@ -102,6 +102,13 @@ def test_evaluate_and_small_component_removal_lower_the_component_count(trained)
     assert {row["id"]: row["dice"] for row in plain_rows} == pytest.approx(trained_dice, abs=1e-6)
     for before, after in zip(plain_rows, clean_rows):
         assert after["n_components"] <= before["n_components"]
+    # bridging after the same removal: the kept pieces are joined, never split, so no more components than removal alone
+    bridged = invoke(["vessels", "evaluate", "--config", "configs/vessels_phantom.yaml", "weights=vessels-phantom:latest",
+                      "run.name=eval-bridged", *common, "inference.min_component_area=20", "inference.bridge_max_cost=10"])
+    bridged_rows = json.loads((bridged.parent / "metrics.json").read_text())["images"]
+    for removed, joined in zip(clean_rows, bridged_rows):
+        assert joined["n_components"] <= removed["n_components"]
+    assert "fragments bridged to their neighbours along paths of cost" in bridged.read_text()  # the page says how masks were made
 
 
 def test_predict_writes_png_nifti_and_dicom_seg_and_skips_a_bad_file(trained, tmp_path):

@@ -41,3 +41,23 @@ def test_small_components_go_after_thresholding_and_nan_is_refused():
     probability[0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
         postprocess_mask(probability)
+
+
+def test_test_time_flips_average_the_four_mirrored_passes():
+    import torch
+
+    from workbench_plugins.vessels.inference import predict_probabilities
+
+    torch.manual_seed(0)
+    # a network that is not mirror-symmetric (an asymmetric kernel), so each mirrored pass differs
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, (1, 5), padding=(0, 2)))
+    image = torch.rand(3, 40, 52)
+    plain = predict_probabilities(model, image, 32, device="cpu")
+    averaged = predict_probabilities(model, image, 32, device="cpu", flips=True)
+    by_hand = [plain]
+    for dims in ((2,), (1,), (1, 2)):
+        mirrored = predict_probabilities(model, torch.flip(image, dims), 32, device="cpu")
+        by_hand.append(torch.flip(mirrored, dims))
+    assert averaged.shape == plain.shape == (1, 40, 52)
+    assert torch.allclose(averaged, torch.stack(by_hand).mean(0), atol=1e-6)
+    assert not torch.allclose(averaged, plain, atol=1e-3)
