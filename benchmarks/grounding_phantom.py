@@ -102,6 +102,11 @@ def main(argv: list[str]) -> int:
         print(f"zero-shot {method}: CNR {metrics['overall']['cnr']:.3f}, pointing {metrics['overall']['pointing']:.3f}, "
               f"mIoU {metrics['overall']['miou']:.3f}, negation lower {metrics.get('negation_lower_rate')}", flush=True)
 
+    if args.no_supervised and RESULTS.is_file():  # keep the head's last measured numbers (it does not depend on the zero-shot settings)
+        previous = json.loads(RESULTS.read_text())
+        kept = {key: previous[key] for key in ("supervised", "supervised_box_acc50", "supervised_miou") if key in previous}
+        if kept:
+            results.update(kept, supervised_from=f"the run of {previous.get('started')} (not rerun)")
     if not args.no_supervised:
         command = ["ground", "train", "--config", str(TRAIN_CONFIG.relative_to(REPO_ROOT)), f"encoder.name={encoder}",
                    "save.name=grounding-bench-head", *store, *args.overrides]

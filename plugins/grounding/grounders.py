@@ -48,7 +48,7 @@ class ZeroShotGrounder:
         max_boxes: boxes kept per phrase.
     """
 
-    def __init__(self, encoder: GroundingEncoder, method: str = "occlusion", window: float = 0.25, overlap: float = 0.5,
+    def __init__(self, encoder: GroundingEncoder, method: str = "occlusion", window: float | Sequence[float] = 0.25, overlap: float = 0.5,
                  threshold: float = 0.5, max_boxes: int = 3, fill: str = "mean_img"):
         self.encoder, self.method, self.window, self.overlap, self.fill = encoder, method, window, overlap, fill
         self.threshold, self.max_boxes = threshold, max_boxes
@@ -111,7 +111,7 @@ class HeadGrounder:
         return Grounding(maps, boxes)
 
 
-def build_grounder(encoder_ref: str, store: ModelStore, device: str, head: str | None, method: str, window: float,
+def build_grounder(encoder_ref: str, store: ModelStore, device: str, head: str | None, method: str, window: float | Sequence[float],
                    overlap: float, threshold: float, max_boxes: int, fill: str = "mean_img") -> ZeroShotGrounder | HeadGrounder:
     """A head grounder when ``head`` names a stored head, else a zero-shot grounder on ``encoder_ref``."""
     if head:

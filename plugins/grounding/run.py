@@ -93,7 +93,7 @@ def run_ground_evaluate(settings: GroundSettings, builders: Any, *, report: Html
 
 
 def run_ground_image(image: Path, phrases: Sequence[str], *, encoder: str, store: Path | None = None, head: str | None = None,
-                     method: str = "occlusion", window: float = 0.25, overlap: float = 0.5, threshold: float = 0.5,
+                     method: str = "occlusion", window: float | Sequence[float] = 0.25, overlap: float = 0.5, threshold: float = 0.5,
                      max_boxes: int = 3, saliency: Path | None = None, run_settings: RunSettings | None = None) -> Path:
     """Ground phrases on one image file: overlays with each phrase as caption, boxes, ``metrics.json``, ``index.html``.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from workbench.config import RecordDataSettings, RunSettings, StrictModel
 from workbench.train import TrainSettings
@@ -47,15 +47,24 @@ class ZeroShotSettings(StrictModel):
         method: ``similarity`` (patch-phrase cosine, BioViL), ``occlusion`` (similarity drop
             when a window is hidden), ``flair-attention`` (FLAIR's text-conditioned pool) or
             ``interaction-cam`` (gradient x tokens of the image-phrase similarity at the last image block).
-        window: occluding window side, as a fraction of the encoder's input side.
+        window: occluding window side, as a fraction of the encoder's input side; a list of fractions combines
+            several sizes (see ``zero_shot.occlusion_maps``).
         overlap: overlap of neighbouring occlusion windows.
         fill: what replaces an occluded window: ``mean_img`` (the image mean) or ``mean_patch`` (the window's mean).
     """
 
     method: Literal["similarity", "occlusion", "flair-attention", "interaction-cam"] = "occlusion"
-    window: float = Field(0.25, gt=0, le=1)
+    window: float | list[float] = 0.25
     overlap: float = Field(0.5, ge=0, lt=1)
     fill: Literal["mean_img", "mean_patch"] = "mean_img"
+
+    @field_validator("window")
+    @classmethod
+    def _fractions(cls, value: float | list[float]) -> float | list[float]:
+        sizes = [value] if isinstance(value, (int, float)) else list(value)
+        if not sizes or any(not 0 < size <= 1 for size in sizes):
+            raise ValueError(f"window must be a fraction in (0, 1] or a non-empty list of them, not {value!r}")
+        return value
 
 
 class BoxSettings(StrictModel):

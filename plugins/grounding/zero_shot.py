@@ -64,15 +64,19 @@ def similarity_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: 
 
 
 @torch.no_grad()
-def occlusion_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: torch.Tensor, window: float = 0.25,
+def occlusion_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: torch.Tensor, window: float | Sequence[float] = 0.25,
                    overlap: float = 0.5, batch_size: int = 64, fill: str = "mean_img") -> torch.Tensor:
-    """Similarity drop under occlusion, at the encoder's input size.
+    """Similarity drop under occlusion, at the encoder's input size (one window size, or several combined).
+
+    Several window sizes: each size's maps are divided by their largest absolute value over all phrases and pixels
+    (so every size weighs alike and one image's phrases stay comparable, as the negation check needs) and averaged.
+    Large windows find large findings, small ones place small findings; the average keeps both.
 
     Args:
         encoder: the stored encoder.
         prepared: ``(1, C, S, S)`` prepared image.
         phrases: ``(T, D)`` normalised phrase embeddings.
-        window: occluding window side as a fraction of ``S``.
+        window: occluding window side as a fraction of ``S``, or a list of them.
         overlap: overlap of neighbouring windows (MONAI's ``overlap``).
         batch_size: occluded images per forward pass.
         fill: what replaces a window: ``mean_img`` (the image mean), ``mean_patch`` (the window's own
@@ -86,6 +90,14 @@ def occlusion_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: t
     from monai.visualize import OcclusionSensitivity
     from torchvision.transforms.functional import gaussian_blur
 
+    if not isinstance(window, (int, float)):
+        sizes = [float(size) for size in window]
+        if not sizes:
+            raise ConfigError("occlusion window: give a fraction or a non-empty list of fractions")
+        if len(sizes) > 1:
+            maps = [occlusion_maps(encoder, prepared, phrases, size, overlap, batch_size, fill) for size in sizes]
+            return torch.stack([one / one.abs().max().clamp_min(1e-12) for one in maps]).mean(0)
+        window = sizes[0]
     side = prepared.shape[-1]
     probe = TextSimilarityProbe(encoder, phrases)
     base = probe(prepared)[0]  # (T,)
@@ -127,7 +139,7 @@ def flair_attention_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phra
 
 
 def ground_phrases(encoder: GroundingEncoder, image: np.ndarray, phrases: Sequence[str], method: str = "similarity",
-                   window: float = 0.25, overlap: float = 0.5, fill: str = "mean_img") -> np.ndarray:
+                   window: float | Sequence[float] = 0.25, overlap: float = 0.5, fill: str = "mean_img") -> np.ndarray:
     """Heatmaps of phrases on one image, at the image's own size.
 
     Args:
@@ -163,7 +175,7 @@ def ground_phrases(encoder: GroundingEncoder, image: np.ndarray, phrases: Sequen
 
 
 def peak_response(encoder: GroundingEncoder, image: np.ndarray, phrases: Sequence[str], method: str = "occlusion",
-                  window: float = 0.25, overlap: float = 0.5) -> np.ndarray:
+                  window: float | Sequence[float] = 0.25, overlap: float = 0.5) -> np.ndarray:
     """Each phrase's peak heatmap value on the image: ``(T,)`` float.
 
     Used to compare a phrase with its negation ("no pleural effusion"): with

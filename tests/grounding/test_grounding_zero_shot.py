@@ -54,6 +54,25 @@ def test_heatmaps_come_back_at_the_image_size_one_per_phrase(workspace):
     assert -1.0 - 1e-4 <= similarity.min() <= similarity.max() <= 1.0 + 1e-4  # cosine similarities
 
 
+def test_several_occlusion_windows_average_their_scaled_maps(workspace):
+    from workbench_plugins.grounding.settings import ZeroShotSettings
+    from workbench_plugins.grounding.zero_shot import occlusion_maps
+
+    encoder = _encoder(workspace)
+    prepared = encoder.prepare_images([np.random.default_rng(3).random((64, 64)).astype(np.float32)])
+    phrases = encoder.encode_phrases(["left pleural effusion", "right upper zone nodule"])
+    large, small = (occlusion_maps(encoder, prepared, phrases, window=size) for size in (0.5, 0.25))
+    both = occlusion_maps(encoder, prepared, phrases, window=[0.5, 0.25])
+    expected = (large / large.abs().max() + small / small.abs().max()) / 2  # one scale per window size, shared by the phrases
+    assert both.shape == large.shape == (2, 64, 64)
+    assert torch.allclose(both, expected, atol=1e-6)
+    assert torch.allclose(occlusion_maps(encoder, prepared, phrases, window=[0.5]), large)
+    assert ZeroShotSettings(window=[0.25, 0.125]).window == [0.25, 0.125]
+    for bad in ([], [0.25, 1.5], 0.0):
+        with pytest.raises(ValueError, match="window must be a fraction"):
+            ZeroShotSettings(window=bad)
+
+
 def test_grounder_turns_heatmaps_into_scored_boxes_inside_the_image(workspace):
     grounding = ZeroShotGrounder(_encoder(workspace), method="similarity", threshold=0.6, max_boxes=2).ground(
         np.random.default_rng(1).random((64, 64)).astype(np.float32), ["right upper zone nodule"])
