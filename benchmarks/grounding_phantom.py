@@ -73,6 +73,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-supervised", action="store_true", help="skip the supervised head")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE passed to every grounding run")
     args = parser.parse_args(argv)
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}  # read before the steps below rewrite it
     store = [f"encoder.store={args.store}"] if args.store else []
     results: dict[str, Any] = {"machine": platform.platform(), "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                "overrides": args.overrides, "commands": []}
@@ -102,8 +103,7 @@ def main(argv: list[str]) -> int:
         print(f"zero-shot {method}: CNR {metrics['overall']['cnr']:.3f}, pointing {metrics['overall']['pointing']:.3f}, "
               f"mIoU {metrics['overall']['miou']:.3f}, negation lower {metrics.get('negation_lower_rate')}", flush=True)
 
-    if args.no_supervised and RESULTS.is_file():  # keep the head's last measured numbers (it does not depend on the zero-shot settings)
-        previous = json.loads(RESULTS.read_text())
+    if args.no_supervised and previous:  # keep the head's last measured numbers (it does not depend on the zero-shot settings)
         kept = {key: previous[key] for key in ("supervised", "supervised_box_acc50", "supervised_miou") if key in previous}
         if kept:
             results.update(kept, supervised_from=f"the run of {previous.get('started')} (not rerun)")
