@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python benchmarks/counterfactual_phantom.py [--classifier NAME] [--cae NAME] [--store DIR]``.
 
-On the chest phantoms (finding present vs absent, exact lesion masks) the script
+On the chest phantoms (the configs' task: pleural effusion vs no finding, other findings left out; exact lesion
+masks) the script
 
 1. trains the classifier (``configs/classify_phantom.yaml``) unless ``--classifier`` names a stored one;
 2. trains the CAE (``configs/cae_phantom.yaml``) unless ``--cae`` names a stored one; the config's classifier

@@ -28,7 +28,7 @@ from workbench.registry import create_model
 from workbench.train import Trainer
 from workbench_plugins.counterfactual.cae_pages import cae_evaluation, write_cae_page
 from workbench_plugins.counterfactual.classify import open_store
-from workbench_plugins.counterfactual.data import labelled_dataset, labelled_records, pick_split
+from workbench_plugins.counterfactual.data import ClassBalancedDataset, labelled_dataset, labelled_records, pick_split
 from workbench_plugins.counterfactual.losses import CaeLossWeights, discriminator_loss, generator_forward, generator_loss, partner_indices
 from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
 from workbench_plugins.counterfactual.settings import CaeTrainSettings
@@ -167,6 +167,9 @@ def run_cae_train(settings: CaeTrainSettings, builders: Any, *, resume: Path | N
     optimizer = build_cae_optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     train_set = labelled_dataset(train_records, settings.data, augment=True, skipped=skipped, cache_dir=run.path / "cache")
+    if settings.class_balanced:
+        # The labels of the records that passed build_dataset's checks, in the dataset's order.
+        train_set = ClassBalancedDataset(train_set, [int(record["label"]) for record in train_set.dataset.data])
     loader = build_loader(train_set, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed,
                           num_workers=settings.train.num_workers, drop_last=len(train_set) > settings.train.batch_size)
     weights = CaeLossWeights(**settings.loss.model_dump())

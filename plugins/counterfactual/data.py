@@ -251,6 +251,40 @@ def labelled_dataset(records: Sequence[Mapping[str, Any]], data: LabelledDataSet
     return build_dataset(records, pipeline, cache=cache or data.cache, skipped=skipped, require=("image",), cache_dir=cache_dir)
 
 
+class ClassBalancedDataset(torch.utils.data.Dataset):
+    """Every class equally often: item ``i`` is class ``i % K``'s ``(i // K) % n_k``-th record of a wrapped dataset.
+
+    The CAE pairs each image with one of another class inside its batch; with a 20% minority class, a third of
+    the batches of 4 hold one class only and teach no swap. Interleaving the classes (the loader's shuffle then
+    mixes them) gives every batch both classes nearly always and oversamples the minority, as the papers' training
+    pairs an image of class A with one of class B at every step. The order is a pure function of the index, so
+    resume is unaffected.
+
+    Args:
+        dataset: the map-style dataset (a :class:`~workbench.data.loaders.SafeDataset`).
+        labels: the class index of each of its items, ``len(dataset)`` ints.
+
+    Length: ``K * max(n_k)`` over the K classes present.
+    """
+
+    def __init__(self, dataset: Any, labels: Sequence[int]):
+        if len(labels) != len(dataset):
+            raise ValueError(f"{len(labels)} labels for {len(dataset)} items")
+        by_class: dict[int, list[int]] = {}
+        for index, label in enumerate(labels):
+            by_class.setdefault(int(label), []).append(index)
+        self.dataset, self.groups = dataset, [by_class[key] for key in sorted(by_class)]
+        self.longest = max((len(group) for group in self.groups), default=0)
+
+    def __len__(self) -> int:
+        return len(self.groups) * self.longest
+
+    def __getitem__(self, index: int) -> Any:
+        """The wrapped item for balanced position ``index``."""
+        group = self.groups[index % len(self.groups)]
+        return self.dataset[group[(index // len(self.groups)) % len(group)]]
+
+
 def read_lesion_mask(paths: Sequence[str], image_size: int) -> np.ndarray | None:
     """The union of the lesion-mask files, resized (nearest) to ``(image_size, image_size)`` bool; ``None`` when none."""
     from PIL import Image

@@ -119,7 +119,8 @@ def fit_to(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
 def explain_linear(classifier: nn.Module, cae: ClassAssociationEmbedding, image: torch.Tensor, classes: Sequence[str], *,
                    target: int | str | None = None, steps: int = 10, reference_code: torch.Tensor | None = None,
                    classifier_size: int | None = None, classifier_channels: int | None = None, smoothing_sigma: float = 1.5,
-                   keep_path: bool = True, waypoints_for: Callable[[np.ndarray, int], np.ndarray | None] | None = None) -> Explanation:
+                   keep_path: bool = True, waypoints_for: Callable[[np.ndarray, int], np.ndarray | None] | None = None,
+                   reference_for: Callable[[np.ndarray, int], np.ndarray] | None = None) -> Explanation:
     """Explain the classifier's decision on one image with the CAE's class-code path (linear, or guided by waypoints).
 
     Args:
@@ -130,6 +131,8 @@ def explain_linear(classifier: nn.Module, cae: ClassAssociationEmbedding, image:
         target: class name or index; ``None`` for the other class of a binary classifier.
         steps: K, the path's steps (the last one reaches the reference code).
         reference_code: ``(class_dim,)`` target code; default the CAE's centroid of the target class.
+        reference_for: ``fn(image's class code (D,), target) -> (D,)`` target code, e.g. :func:`nearest_exemplar`
+            (used when ``reference_code`` is not given).
         classifier_size, classifier_channels: the classifier's input when it differs from the CAE's (decoded
             images are converted).
         smoothing_sigma: Gaussian sigma (pixels) of the saliency smoothing.
@@ -158,6 +161,8 @@ def explain_linear(classifier: nn.Module, cae: ClassAssociationEmbedding, image:
     target_index = resolve_target(target, source, classes)
     class_code, individual = cae.encode(image)
     reconstruction = cae.decode(class_code, individual)
+    if reference_code is None and reference_for is not None:
+        reference_code = torch.as_tensor(reference_for(class_code[0].float().cpu().numpy(), target_index), dtype=class_code.dtype)
     goal = (reference_code if reference_code is not None else cae.class_centroids[target_index]).to(device).reshape(1, -1)
     path_codes = [class_code + (goal - class_code) * (step / steps) for step in range(1, steps + 1)]
     path_kind = "linear"
@@ -185,3 +190,32 @@ def explain_linear(classifier: nn.Module, cae: ClassAssociationEmbedding, image:
                        flipped_step=flipped, valid=flipped is not None, image=image[0].float().cpu().numpy(), reconstruction=recon,
                        counterfactual=counterfactual, path=path, saliency=saliency, queries=1 + len(probabilities),
                        seconds=time.perf_counter() - started, path_kind=path_kind)
+
+
+def nearest_exemplar(codes: np.ndarray, labels: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]:
+    """A ``reference_for``: the class code of the reference image of the target class nearest to the image's code.
+
+    Why: the CAE is trained to swap real class codes (``x_ab = dec(k_b, z_a)``), and on the chest phantoms a class's
+    codes spread far more within the class than their centroids lie apart, so the centroid can decode to an
+    in-between image while a real target image's code is what training made flip. The nearest one keeps the change
+    small.
+
+    Args:
+        codes: ``(N, D)`` class codes of reference images (e.g. training images).
+        labels: ``(N,)`` their class indices.
+
+    Returns:
+        ``fn(code (D,), target) -> (D,)``.
+
+    Raises:
+        ConfigError: (when called) no reference image of the target class.
+    """
+    codes, labels = np.asarray(codes, dtype=np.float32), np.asarray(labels)
+
+    def reference_for(code: np.ndarray, target: int) -> np.ndarray:
+        pool = codes[labels == target]
+        if not len(pool):
+            raise ConfigError(f"no reference image of class {target} to take a target code from")
+        return pool[int(np.argmin(np.linalg.norm(pool - code[None], axis=1)))]
+
+    return reference_for

@@ -23,7 +23,7 @@ from workbench_plugins.counterfactual.baselines import baseline_maps
 from workbench_plugins.counterfactual.classify import open_store
 from workbench_plugins.counterfactual.classify_eval import load_classifier
 from workbench_plugins.counterfactual.data import convert_channels, labelled_dataset, labelled_records, pick_split, read_lesion_mask
-from workbench_plugins.counterfactual.explain import check_compatible, explain_linear, fit_to
+from workbench_plugins.counterfactual.explain import check_compatible, explain_linear, fit_to, nearest_exemplar
 from workbench_plugins.counterfactual.explain_metrics import localisation, mean_of, proximity
 from workbench_plugins.counterfactual.explain_pages import write_explain_page
 from workbench_plugins.counterfactual.guided_path import CodeGraph, build_code_graph, guided_waypoints
@@ -87,15 +87,22 @@ def batch_cases(settings: ExplainSettings, builders: Any, channels: int, size: i
     return cases, classes
 
 
-def reference_graph(settings: ExplainSettings, builders: Any, cae: ClassAssociationEmbedding, channels: int, size: int,
-                    device: torch.device, skipped: SkippedRecords) -> CodeGraph:
-    """The guided path's Kepler Mapper graph over the class codes of up to ``reference_cases`` training images."""
+def reference_codes(settings: ExplainSettings, builders: Any, cae: ClassAssociationEmbedding, channels: int, size: int,
+                    device: torch.device, skipped: SkippedRecords) -> tuple[np.ndarray, np.ndarray]:
+    """The class codes ``(N, D)`` and labels ``(N,)`` of up to ``reference_cases`` ``data.train_split`` images."""
     from workbench_plugins.counterfactual.cae_pages import class_codes_of
 
     records, _ = labelled_records(settings.data, builders, Path(settings.run.output_root), skipped)
     reference = pick_split(records, settings.data.train_split, settings.reference_cases)
     dataset = labelled_dataset(reference, settings.data, augment=False, skipped=skipped, cache="none", image_size=size, channels=channels)
     codes, labels, _ = class_codes_of(cae, dataset, device)
+    return codes, labels
+
+
+def reference_graph(settings: ExplainSettings, builders: Any, cae: ClassAssociationEmbedding, channels: int, size: int,
+                    device: torch.device, skipped: SkippedRecords) -> CodeGraph:
+    """The guided path's Kepler Mapper graph over the class codes of up to ``reference_cases`` training images."""
+    codes, labels = reference_codes(settings, builders, cae, channels, size, device, skipped)
     return build_code_graph(codes, labels, settings.guided_cubes, settings.guided_overlap, settings.run.seed)
 
 
@@ -146,11 +153,15 @@ def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, di
     if settings.path == "guided":
         code_graph = reference_graph(settings, builders, cae, channels, size, device, skipped)
         waypoints_for = lambda code, target: guided_waypoints(code_graph, code, target)  # noqa: E731
+    reference_for = None
+    if settings.reference == "nearest":  # computed once per run, like the centroids once per training
+        reference_for = nearest_exemplar(*reference_codes(settings, builders, cae, channels, size, device, skipped))
     rows, shown = [], []
     for case in cases:
         explanation = explain_linear(classifier, cae, case.image, classes, target=settings.target, steps=settings.steps,
                                      classifier_size=classifier_size, classifier_channels=classifier_channels,
-                                     smoothing_sigma=settings.smoothing_sigma, keep_path=len(shown) < settings.shown, waypoints_for=waypoints_for)
+                                     smoothing_sigma=settings.smoothing_sigma, keep_path=len(shown) < settings.shown, waypoints_for=waypoints_for,
+                                     reference_for=reference_for)
         maps = {"cae": explanation.saliency}
         timings = {"seconds.cae": explanation.seconds}
         classifier_input = fit_to(case.image[None].to(device), classifier_channels, classifier_size)

@@ -74,10 +74,24 @@ class AdaInResidualBlock(nn.Module):
         return features + self.norm2(self.conv2(hidden))
 
 
-class ClassCodeEncoder(nn.Module):
-    """Convolutions and global pooling to the class code: ``(B, C, S, S) -> (B, class_dim)``."""
+def global_pool(kind: str) -> nn.Module:
+    """``avg`` or ``max`` global pooling ``(B, C, H, W) -> (B, C, 1, 1)``.
 
-    def __init__(self, in_channels: int, dim: int, class_dim: int, n_downsample: int = 4):
+    Average pooling (MUNIT's style encoder, the papers' default) dilutes a small local lesion into the whole image's
+    mean, so on the chest phantoms every image gets nearly the same class code and the discriminator's class head
+    stays at the label prior; max pooling keeps the strongest local evidence.
+    """
+    if kind == "avg":
+        return nn.AdaptiveAvgPool2d(1)
+    if kind == "max":
+        return nn.AdaptiveMaxPool2d(1)
+    raise ValueError(f"pool must be 'avg' or 'max', got {kind!r}")
+
+
+class ClassCodeEncoder(nn.Module):
+    """Convolutions and global pooling (``avg`` or ``max``) to the class code: ``(B, C, S, S) -> (B, class_dim)``."""
+
+    def __init__(self, in_channels: int, dim: int, class_dim: int, n_downsample: int = 4, pool: str = "avg"):
         super().__init__()
         layers: list[nn.Module] = [_conv(in_channels, dim, 7), nn.ReLU()]
         channels = dim
@@ -85,7 +99,7 @@ class ClassCodeEncoder(nn.Module):
             out = min(channels * 2, dim * 4) if index < 2 else channels
             layers += [_conv(channels, out, 4, 2), nn.ReLU()]
             channels = out
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, class_dim, 1)]
+        layers += [global_pool(pool), nn.Conv2d(channels, class_dim, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -145,9 +159,9 @@ class CaeDecoder(nn.Module):
 
 
 class CaeDiscriminator(nn.Module):
-    """Strided convolutions to 2 real/fake logits and K class logits: ``(B, C, S, S) -> ((B, 2), (B, K))``."""
+    """Strided convolutions and global pooling to 2 real/fake logits and K class logits: ``(B, C, S, S) -> ((B, 2), (B, K))``."""
 
-    def __init__(self, in_channels: int, num_classes: int, dim: int, layers: int):
+    def __init__(self, in_channels: int, num_classes: int, dim: int, layers: int, pool: str = "avg"):
         super().__init__()
         blocks: list[nn.Module] = [nn.Conv2d(in_channels, dim, 4, 2, 1), nn.LeakyReLU(0.2)]
         channels = dim
@@ -155,7 +169,7 @@ class CaeDiscriminator(nn.Module):
             out = min(channels * 2, dim * 8)
             blocks += [nn.Conv2d(channels, out, 4, 2, 1), nn.LeakyReLU(0.2)]
             channels = out
-        blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        blocks += [global_pool(pool), nn.Flatten()]
         self.features = nn.Sequential(*blocks)
         self.head = nn.Linear(channels, 2 + num_classes)
 
@@ -178,21 +192,24 @@ class ClassAssociationEmbedding(nn.Module):
         mlp_dim: AdaIN MLP width (256 in the papers).
         disc_dim: discriminator's first channels.
         disc_layers: discriminator's strided convolutions.
+        pool: global pooling of the class encoder and the discriminator, ``avg`` (the papers) or ``max``
+            (see :func:`global_pool`).
 
     ``class_centroids`` ``(K, class_dim)`` holds the mean training class code of each class
     (filled after training; the explanations' default target codes).
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, image_size: int = 128, class_dim: int = 8, dim: int = 8,
-                 n_downsample: int = 2, n_res: int = 2, mlp_dim: int = 128, disc_dim: int = 16, disc_layers: int = 4):
+                 n_downsample: int = 2, n_res: int = 2, mlp_dim: int = 128, disc_dim: int = 16, disc_layers: int = 4,
+                 pool: str = "avg"):
         super().__init__()
         if image_size % (2**n_downsample) != 0 or image_size < 16:
             raise ValueError(f"image_size {image_size} must be at least 16 and a multiple of {2**n_downsample}")
         self.in_channels, self.num_classes, self.image_size, self.class_dim = in_channels, num_classes, image_size, class_dim
-        self.class_encoder = ClassCodeEncoder(in_channels, dim, class_dim)
+        self.class_encoder = ClassCodeEncoder(in_channels, dim, class_dim, pool=pool)
         self.individual_encoder = IndividualEncoder(in_channels, dim, n_downsample, n_res)
         self.decoder = CaeDecoder(in_channels, self.individual_encoder.out_channels, class_dim, n_downsample, n_res, mlp_dim)
-        self.discriminator = CaeDiscriminator(in_channels, num_classes, disc_dim, disc_layers)
+        self.discriminator = CaeDiscriminator(in_channels, num_classes, disc_dim, disc_layers, pool)
         self.register_buffer("class_centroids", torch.zeros(num_classes, class_dim))
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

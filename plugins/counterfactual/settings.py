@@ -144,6 +144,8 @@ class CaeModelSettings(StrictModel):
         mlp_dim: width of the MLP that turns the class code into AdaIN parameters.
         disc_dim: channels of the discriminator's first convolution.
         disc_layers: strided convolutions in the discriminator.
+        pool: global pooling of the class encoder and the discriminator: ``avg`` (the papers) or ``max`` (a small
+            local lesion is not averaged away; see ``models.global_pool``).
     """
 
     class_dim: int = Field(8, gt=0)
@@ -153,6 +155,7 @@ class CaeModelSettings(StrictModel):
     mlp_dim: int = Field(128, gt=0)
     disc_dim: int = Field(16, gt=0)
     disc_layers: int = Field(4, ge=2, le=6)
+    pool: Literal["avg", "max"] = "avg"
 
 
 class CaeLossSettings(StrictModel):
@@ -210,6 +213,7 @@ class CaeTrainSettings(StrictModel):
     guide: CaeGuideSettings = CaeGuideSettings()
     train: TrainSettings = TrainSettings(steps=4000, batch_size=4, lr=1e-4, weight_decay=0.0, schedule="constant",
                                          checkpoint_every=250, log_every=50)
+    class_balanced: bool = True
     save: StoreSettings = StoreSettings(name="cae-phantom")
     examples: int = Field(4, ge=0)
 
@@ -228,8 +232,12 @@ class ExplainSettings(StrictModel):
         path: ``linear`` (K steps to the target's centroid code) or ``guided`` (a Kepler Mapper graph
             over the class codes of ``data.train_split``, shortest route to a target-class node).
         steps: K, steps of the linear class-code path.
+        reference: the linear path's end: ``centroid`` (the CAE's mean code of the target class) or ``nearest`` (the
+            code of the ``data.train_split`` image of the target class nearest to the image's code, among
+            ``reference_cases`` images; see ``explain.nearest_exemplar``).
         guided_cubes / guided_overlap: the Kepler Mapper cover (cubes per lens axis, their overlap).
-        reference_cases: at most this many ``data.train_split`` images make the guided path's graph.
+        reference_cases: at most this many ``data.train_split`` images make the guided path's graph (and the
+            ``nearest`` reference codes).
         smoothing_sigma: Gaussian sigma (pixels) of the saliency smoothing.
         baselines: saliency baselines on the same classifier: ``gradcam``, ``gradcampp``, ``occlusion``.
         occlusion_mask: occlusion patch side in pixels.
@@ -249,6 +257,7 @@ class ExplainSettings(StrictModel):
     max_cases: int = Field(20, gt=0)
     path: Literal["linear", "guided"] = "linear"
     steps: int = Field(10, gt=0)
+    reference: Literal["centroid", "nearest"] = "centroid"
     guided_cubes: int = Field(8, gt=0)
     guided_overlap: float = Field(0.4, gt=0, lt=1)
     reference_cases: int = Field(300, ge=10)

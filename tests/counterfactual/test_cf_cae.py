@@ -189,3 +189,36 @@ def test_default_model_is_the_lean_cpu_size_at_128():
     assert class_code.shape == (1, 8) and individual.shape == (1, 32, 32, 32)
     assert len(model.decoder.blocks) == 2 and sum(p.numel() for p in model.parameters()) < 500_000
     assert (settings.train.batch_size, settings.train.steps) == (4, 4000)
+
+
+def test_class_balanced_dataset_draws_every_class_equally_often():
+    from workbench_plugins.counterfactual.data import ClassBalancedDataset
+
+    labels = [0, 0, 0, 0, 0, 0, 1, 0, 1]  # 7 of class 0, 2 of class 1
+    items = [f"item{index}" for index in range(len(labels))]
+    balanced = ClassBalancedDataset(items, labels)
+    assert len(balanced) == 2 * 7
+    drawn = [balanced[index] for index in range(len(balanced))]
+    drawn_labels = [labels[items.index(item)] for item in drawn]
+    assert drawn_labels == [0, 1] * 7  # classes interleave
+    assert sorted(set(drawn)) == sorted(items)  # every item is used
+    assert drawn.count("item6") == 4 and drawn.count("item8") == 3 and drawn.count("item0") == 1  # the minority repeats
+    with pytest.raises(ValueError, match="labels"):
+        ClassBalancedDataset(items, labels[:-1])
+
+
+@torch.no_grad()
+def test_max_pooling_lets_a_small_lesion_move_the_class_code():
+    plain = torch.full((1, 1, 64, 64), 0.3)
+    lesion = plain.clone()
+    lesion[..., 40:46, 20:26] = 0.9  # a 6 x 6 bright spot: under 1% of the image
+    changes = {}
+    for pool in ("avg", "max"):
+        torch.manual_seed(0)
+        model = ClassAssociationEmbedding(image_size=64, **TINY, pool=pool)
+        assert model.discriminator(lesion)[1].shape == (1, 2)
+        base = model.class_encoder(plain)
+        changes[pool] = float((model.class_encoder(lesion) - base).norm() / base.norm())
+    assert changes["max"] > 3 * changes["avg"]
+    with pytest.raises(ValueError, match="pool"):
+        ClassAssociationEmbedding(image_size=64, **TINY, pool="median")

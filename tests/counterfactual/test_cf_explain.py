@@ -266,3 +266,27 @@ def test_explanation_follows_given_waypoints(cae):
     fallback = explain_linear(LinearClassifier(torch.ones(1, 32, 32), 1e6), cae, image, ["normal", "lesion"], steps=4,
                               waypoints_for=lambda code, target: None)
     assert fallback.path_kind == "linear (no guided route)" and fallback.steps == 4
+
+
+def test_nearest_exemplar_reference_ends_the_path_at_the_closest_target_code(cae):
+    from workbench_plugins.counterfactual.explain import nearest_exemplar
+
+    codes = np.array([[0.0, 0.0], [5.0, 5.0], [1.0, 1.0], [-4.0, 3.0]], dtype=np.float32)
+    labels = np.array([0, 1, 1, 1])
+    reference_for = nearest_exemplar(codes, labels)
+    assert reference_for(np.array([0.2, 0.1], dtype=np.float32), 1).tolist() == [1.0, 1.0]  # not the class-0 code at the origin
+    assert reference_for(np.array([-3.0, 2.0], dtype=np.float32), 1).tolist() == [-4.0, 3.0]
+    with pytest.raises(ConfigError, match="class 2"):
+        reference_for(np.zeros(2, dtype=np.float32), 2)
+    # in explain_linear the path ends at that code: the last step decodes it with the image's own individual code
+    torch.manual_seed(1)
+    image = torch.rand(1, 32, 32)
+    with torch.no_grad():
+        individual = cae.encode(image[None])[1]
+    exemplar = torch.randn(8) * 3
+    never = LinearClassifier(torch.zeros(32 * 32), threshold=1.0)  # p(class 1) = 1 / (1 + e) everywhere: never flips
+    explanation = explain_linear(never, cae, image, ["a", "b"], steps=4,
+                                 reference_for=nearest_exemplar(np.stack([np.zeros(8), exemplar.numpy()]), np.array([0, 1])))
+    assert not explanation.valid and explanation.target == 1
+    with torch.no_grad():
+        assert np.allclose(explanation.counterfactual, cae.decode(exemplar[None], individual)[0].numpy(), atol=1e-5)
