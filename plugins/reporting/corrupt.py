@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from workbench.errors import ConfigError
 
 from workbench_plugins.reporting.findings import (
     FINDING_TERMS, SIZE_WORDS, Sentence, findings_named, join_report, label_key, noun, report_sentences, side_of, size_of,
@@ -119,7 +121,7 @@ def applicable_kinds(report: str, labels: Mapping[str, object], findings: Sequen
 
 
 def corrupt_report(report: str, labels: Mapping[str, object], findings: Sequence[str], rng: np.random.Generator,
-                   kinds: Sequence[str] = KINDS) -> Corruption:
+                   kinds: Sequence[str] = KINDS, kind_weights: Mapping[str, float] | None = None) -> Corruption:
     """Inject one error of a random applicable kind into the FINDINGS of ``report``.
 
     Args:
@@ -128,9 +130,13 @@ def corrupt_report(report: str, labels: Mapping[str, object], findings: Sequence
         findings: the findings that may be corrupted.
         rng: the only source of randomness.
         kinds: the kinds allowed.
+        kind_weights: relative odds of the applicable kinds (missing: 1; ``None``: equal odds).
 
     Returns:
         The :class:`Corruption`; kind ``none`` (draft = truth) when no allowed kind applies.
+
+    Raises:
+        ConfigError: a negative weight, or all applicable kinds weighted 0.
     """
     findings = [label_key(name) for name in findings]
     sentences = report_sentences(report)
@@ -138,7 +144,7 @@ def corrupt_report(report: str, labels: Mapping[str, object], findings: Sequence
     allowed = [kind for kind in applicable_kinds(report, labels, findings) if kind in kinds]
     if not allowed:
         return Corruption("none", truth, truth)
-    kind = allowed[int(rng.integers(len(allowed)))]
+    kind = _pick_kind(allowed, kind_weights, rng)
     positives = _positives(sentences, findings)
     if kind == "invent":
         absent = [name for name in findings if label_value(labels.get(name)) == 0]
@@ -162,6 +168,42 @@ def corrupt_report(report: str, labels: Mapping[str, object], findings: Sequence
     draft = list(sentences)
     draft[index] = Sentence(original.section, str(changed))
     return Corruption(kind, join_report(draft), truth, finding, original.text, str(changed))
+
+
+def restored_at_end(corruption: Corruption) -> Corruption:
+    """A ``drop`` corruption whose target puts the dropped sentence back as the last FINDINGS sentence.
+
+    Where a dropped sentence stood cannot be read from the draft (the phantoms, like dictated reports, list findings
+    in any order), so a target that restores it in place asks the editor to guess a position, and a greedy decoder
+    never leaves the copy to insert at any one boundary. Appending it after the draft's last FINDINGS sentence is an
+    equally correct report with a learnable rule: before IMPRESSION, write the findings the draft left out. Other
+    kinds, and drafts without a FINDINGS sentence, are returned unchanged.
+
+    Args:
+        corruption: any corruption.
+
+    Returns:
+        The corruption with ``truth`` = the draft plus the true sentence at the end of FINDINGS (kind ``drop``), else itself.
+    """
+    if corruption.kind != "drop" or not corruption.true_sentence:
+        return corruption
+    sentences = report_sentences(corruption.draft)
+    body = [i for i, s in enumerate(sentences) if s.section in ("findings", "text")]
+    if not body:
+        return corruption
+    at = body[-1] + 1
+    restored = sentences[:at] + [Sentence(sentences[body[-1]].section, corruption.true_sentence)] + sentences[at:]
+    return replace(corruption, truth=join_report(restored))
+
+
+def _pick_kind(allowed: Sequence[str], kind_weights: Mapping[str, float] | None, rng: np.random.Generator) -> str:
+    """One of ``allowed``, drawn with ``kind_weights`` odds (uniform when ``None``; one ``rng`` draw either way)."""
+    if not kind_weights:
+        return allowed[int(rng.integers(len(allowed)))]
+    odds = np.array([float(kind_weights.get(kind, 1.0)) for kind in allowed])
+    if (odds < 0).any() or odds.sum() <= 0:
+        raise ConfigError(f"kind_weights {dict(kind_weights)} give no positive odds to any of {list(allowed)}")
+    return allowed[int(rng.choice(len(allowed), p=odds / odds.sum()))]
 
 
 def sentence_changes(before: Sequence[str], after: Sequence[str]) -> tuple[list[int], list[int]]:

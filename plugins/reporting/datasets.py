@@ -7,18 +7,27 @@ true report, the true report itself, or nothing) and the true report as the
 target, in extended ids so a target token found only in the draft is
 learned as a copy. The corrupted drafts are drawn once, seeded per record and
 variant, so a resumed run sees the same pairs.
+
+A corrected draft differs from its truth in a handful of tokens out of ~60,
+so a plain mean loss is dominated by copying and an editor that copies
+everything scores well on it. Each editor item therefore also marks the
+target sentences where the edit happens (``changed``: sentences with tokens
+not aligned to the draft, or where copying resumes after a skipped or
+inserted span); the training step can weight them up
+(``edit.changed_weight``).
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from workbench_plugins.reporting.corrupt import KINDS, Corruption, corrupt_report
+from workbench_plugins.reporting.corrupt import KINDS, Corruption, corrupt_report, restored_at_end
 from workbench_plugins.reporting.findings import join_report, report_sentences
 from workbench_plugins.reporting.questions import QuestionItem
 from workbench_plugins.reporting.vocab import ReportVocabulary
@@ -81,7 +90,8 @@ class EditPair:
 
 def make_edit_pairs(records: Sequence[Mapping[str, Any]], rows: Mapping[int, int], findings: Sequence[str], seed: int,
                     variants: int = 4, keep_share: float = 0.15, empty_share: float = 0.05,
-                    kinds: Sequence[str] = KINDS) -> list[EditPair]:
+                    kinds: Sequence[str] = KINDS, kind_weights: Mapping[str, float] | None = None,
+                    drop_at_end: bool = False) -> list[EditPair]:
     """Drafts for the editor: ``variants`` per record, each corrupted, kept as is, or empty.
 
     Args:
@@ -93,6 +103,9 @@ def make_edit_pairs(records: Sequence[Mapping[str, Any]], rows: Mapping[int, int
         keep_share: share of drafts that are the true report (teaches leaving correct text alone).
         empty_share: share of drafts that are empty (teaches writing from scratch).
         kinds: the corruption kinds allowed.
+        kind_weights: relative odds of the applicable kinds (see :func:`corrupt_report`).
+        drop_at_end: targets of ``drop`` drafts restore the sentence at the end of FINDINGS (see
+            :func:`~workbench_plugins.reporting.corrupt.restored_at_end`); for training only, evaluation keeps the truth.
 
     Returns:
         The pairs, record by record.
@@ -111,15 +124,54 @@ def make_edit_pairs(records: Sequence[Mapping[str, Any]], rows: Mapping[int, int
             elif draw < empty_share + keep_share:
                 corruption = Corruption("none", truth, truth)
             else:
-                corruption = corrupt_report(report, record.get("labels") or {}, findings, rng, kinds)
+                corruption = corrupt_report(report, record.get("labels") or {}, findings, rng, kinds, kind_weights)
+                if drop_at_end:
+                    corruption = restored_at_end(corruption)
             pairs.append(EditPair(rows[index], corruption))
     return pairs
+
+
+def changed_positions(draft: Sequence[int], target: Sequence[int], stops: Collection[int] = ()) -> list[bool]:
+    """Which target tokens an editor must not simply copy in order from the draft.
+
+    Aligns the two id sequences with difflib (longest matching blocks, no junk heuristic). A target token is marked
+    when it is inside a replaced or inserted span, or is the first token after a replaced or inserted span, or one
+    of the two tokens after a deleted span (where the copy has to jump over or back to the draft). With ``stops``
+    (the ids that end a sentence), each mark spreads to its whole target sentence: where difflib puts a deletion
+    among equally good alignments is arbitrary (``". there is X ."`` or ``"there is X . "``), the sentence that
+    holds the decision is not.
+
+    Args:
+        draft: the draft's extended ids (specials included or not: only the alignment matters).
+        target: the target's extended ids.
+        stops: sentence-ending token ids (e.g. the id of ``"."``).
+
+    Returns:
+        ``len(target)`` booleans.
+    """
+    marked = [False] * len(target)
+    matcher = difflib.SequenceMatcher(a=list(draft), b=list(target), autojunk=False)
+    for tag, _a0, _a1, b0, b1 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        for position in range(b0, min(b1 + 1 + int(tag == "delete"), len(target))):
+            marked[position] = True
+    if not stops:
+        return marked
+    spread, start = list(marked), 0
+    for end, token in enumerate(target):
+        if token in stops or end == len(target) - 1:
+            if any(marked[start: end + 1]):
+                spread[start: end + 1] = [True] * (end + 1 - start)
+            start = end + 1
+    return spread
 
 
 class EditDataset(Dataset):
     """Teacher-forcing items of the editor.
 
-    Items: ``tokens``, ``pooled``, ``draft_ids (S,)``, ``draft_extended (S,)``, ``input_ids (L,)``, ``targets (L,)``.
+    Items: ``tokens``, ``pooled``, ``draft_ids (S,)``, ``draft_extended (S,)``, ``input_ids (L,)``, ``targets (L,)``,
+    ``changed (L,)`` (bool: the target tokens where the edit happens, see :func:`changed_positions`).
 
     Args:
         pairs: the editor examples.
@@ -133,6 +185,7 @@ class EditDataset(Dataset):
                  max_draft: int):
         self.tokens, self.pooled, self.pairs = tokens, pooled, list(pairs)
         drafts, targets, self.extra_vocab, self.truncated_drafts = [], [], 0, 0
+        stops = set(vocab.encode(". : ? !").ids) - {vocab.unk}
         for pair in self.pairs:
             draft = vocab.encode(pair.corruption.draft, max_tokens=max_draft, bos=True, eos=True)
             self.truncated_drafts += int(draft.truncated > 0)
@@ -146,11 +199,14 @@ class EditDataset(Dataset):
         self.draft_extended = torch.zeros(count, draft_length, dtype=torch.long)
         self.input_ids = torch.zeros(count, length, dtype=torch.long)
         self.targets = torch.full((count, length), IGNORE, dtype=torch.long)
+        self.changed = torch.zeros(count, length, dtype=torch.bool)
         for index, (draft, target) in enumerate(zip(drafts, targets)):
             self.draft_ids[index, : len(draft.ids)] = torch.tensor(draft.ids)
             self.draft_extended[index, : len(draft.extended)] = torch.tensor(draft.extended)
             self.input_ids[index, : len(target)] = torch.tensor([vocab.bos] + target[:-1])
             self.targets[index, : len(target)] = torch.tensor(target)
+            if len(draft.ids) > 2:  # an empty draft is written from scratch: nothing to weight against
+                self.changed[index, : len(target)] = torch.tensor(changed_positions(draft.extended[1:], target, stops))
         self.rows = torch.tensor([pair.row for pair in self.pairs])
 
     def __len__(self) -> int:
@@ -159,4 +215,5 @@ class EditDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.rows[index]
         return {"tokens": self.tokens[row], "pooled": self.pooled[row], "draft_ids": self.draft_ids[index],
-                "draft_extended": self.draft_extended[index], "input_ids": self.input_ids[index], "targets": self.targets[index]}
+                "draft_extended": self.draft_extended[index], "input_ids": self.input_ids[index], "targets": self.targets[index],
+                "changed": self.changed[index]}

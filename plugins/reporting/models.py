@@ -298,6 +298,17 @@ def sequence_loss(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return F.nll_loss(log_probs.reshape(-1, log_probs.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
+def weighted_sequence_loss(log_probs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of ``targets`` ``(B, T)`` weighted per token by ``weights`` ``(B, T)``.
+
+    Divided by the number of scored tokens (not by the weights' sum), so weights of 1 give :func:`sequence_loss`
+    and a weight above 1 adds to the loss instead of rescaling the others down.
+    """
+    scored = targets != -100
+    nll = F.nll_loss(log_probs.reshape(-1, log_probs.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none")
+    return (nll * weights.reshape(-1).to(nll.dtype)).sum() / scored.sum().clamp(min=1)
+
+
 def reporting_explainer(**config) -> ReportDecoder:
     """Answer-and-explain decoder over a frozen image encoder's tokens (task ``reporting``)."""
     config.pop("copy", None)

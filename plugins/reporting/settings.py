@@ -74,6 +74,14 @@ class EditPairSettings(StrictModel):
         keep_share: share of drafts that are the true report.
         empty_share: share of empty drafts (write from scratch).
         kinds: corruption kinds (``laterality``, ``size``, ``drop``, ``invent``).
+        kind_weights: relative odds of each kind among those a report allows (missing kinds: 1). Reports without a
+            positive finding allow only ``invent``, so with equal odds about half the corrupted drafts are ``invent``;
+            weighting the other kinds up evens the mix.
+        changed_weight: loss weight of the target sentences where the edit happens (see
+            ``datasets.changed_positions``; 1 = a plain mean). An auxiliary term: without it the few edited tokens
+            are drowned by the copied ones and the editor learns to copy everything.
+        drop_at_end: train ``drop`` drafts to restore the missing sentence at the end of FINDINGS rather than where it
+            stood (which the draft does not tell); scoring accepts the finding's sentence anywhere in FINDINGS.
     """
 
     source: Literal["corrupt", "prior"] = "corrupt"
@@ -81,6 +89,9 @@ class EditPairSettings(StrictModel):
     keep_share: float = Field(0.15, ge=0, le=1)
     empty_share: float = Field(0.05, ge=0, le=1)
     kinds: list[str] = ["laterality", "size", "drop", "invent"]
+    kind_weights: dict[str, float] = {}
+    changed_weight: float = Field(1.0, ge=0)
+    drop_at_end: bool = False
 
 
 class GenerationSettings(StrictModel):

@@ -32,7 +32,9 @@ from workbench_plugins.reporting.evaluate import Evaluation, evaluate_editor, ev
 from workbench_plugins.reporting.faithful import choose_judge
 from workbench_plugins.reporting.features import ImageTokens, ReportingEncoder, encode_records
 from workbench_plugins.reporting.findings import SIDE_WORDS, SIZE_WORDS, join_report, label_key, presence_question, report_sentences
-from workbench_plugins.reporting.models import EDITOR_FACTORY, EXPLAINER_FACTORY, TASK, ReportDecoder, reporting_editor, reporting_explainer, sequence_loss
+from workbench_plugins.reporting.models import (
+    EDITOR_FACTORY, EXPLAINER_FACTORY, TASK, ReportDecoder, reporting_editor, reporting_explainer, sequence_loss, weighted_sequence_loss,
+)
 from workbench_plugins.reporting.questions import MAIN_QUESTION, dataset_questions, negative_template, positive_template
 from workbench_plugins.reporting.pages import write_training_page
 from workbench_plugins.reporting.settings import ReportDataSettings, ReportTrainSettings
@@ -88,7 +90,8 @@ def _trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     trimmed = dict(batch, input_ids=batch["input_ids"][:, :length], targets=batch["targets"][:, :length])
     if "draft_ids" in batch:
         draft = int((batch["draft_ids"] != 0).sum(1).max())
-        trimmed.update(draft_ids=batch["draft_ids"][:, :draft], draft_extended=batch["draft_extended"][:, :draft])
+        trimmed.update(draft_ids=batch["draft_ids"][:, :draft], draft_extended=batch["draft_extended"][:, :draft],
+                       changed=batch["changed"][:, :length])
     return trimmed
 
 
@@ -149,9 +152,14 @@ def run_report_train(settings: ReportTrainSettings, builders: Any, *, resume: Pa
         model.init_word_embeddings(minilm_word_embeddings(vocab.wordpiece_ids))
     model = model.to(context.device)
 
+    changed_weight = float(settings.edit.changed_weight) if settings.model == "editor" else 1.0
+
     def step(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = _trimmed(batch)
         log_probs = module(batch["tokens"], batch["pooled"], batch["input_ids"], batch.get("draft_ids"), batch.get("draft_extended"), extra_vocab)
+        if "changed" in batch and changed_weight != 1.0:
+            weights = 1.0 + (changed_weight - 1.0) * batch["changed"].float()
+            return {"loss": weighted_sequence_loss(log_probs, batch["targets"], weights)}
         return {"loss": sequence_loss(log_probs, batch["targets"])}
 
     loader = build_loader(dataset, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed, drop_last=True)
@@ -197,7 +205,8 @@ def _edit_pairs(settings: ReportTrainSettings, records: Sequence[Mapping[str, An
     """The editor's training pairs: corrupted reports, or each record's own ``draft`` (prior report)."""
     edit = settings.edit
     if edit.source == "corrupt":
-        return make_edit_pairs(records, rows, findings, settings.run.seed, edit.variants, edit.keep_share, edit.empty_share, edit.kinds)
+        return make_edit_pairs(records, rows, findings, settings.run.seed, edit.variants, edit.keep_share, edit.empty_share, edit.kinds,
+                               edit.kind_weights, edit.drop_at_end)
     pairs = []
     for index, record in enumerate(records):
         if index in rows:

@@ -10,7 +10,7 @@ import torch
 from workbench_plugins.reporting.datasets import ExplainDataset
 from workbench_plugins.reporting.decoding import beam_search, decoder_step, greedy_decode, uncached_step
 from workbench_plugins.reporting.generate import edit_reports, explain
-from workbench_plugins.reporting.models import ReportDecoder, sequence_loss
+from workbench_plugins.reporting.models import ReportDecoder, sequence_loss, weighted_sequence_loss
 from workbench_plugins.reporting.questions import QuestionItem
 from workbench_plugins.reporting.vocab import ReportVocabulary
 
@@ -155,3 +155,16 @@ def test_cached_steps_give_the_whole_prefix_log_probabilities(copy):
     with_cache = beam_search(decoder_step(model, one, extra), start, 3, 8, vocab.eos)
     without = beam_search(uncached_step(model, one, extra), start, 3, 8, vocab.eos)
     assert with_cache.tokens == without.tokens and with_cache.score == pytest.approx(without.score, abs=1e-4)
+
+
+def test_weighted_loss_adds_the_weighted_tokens_and_ignores_padding():
+    torch.manual_seed(0)
+    log_probs = torch.log_softmax(torch.randn(2, 4, 7), dim=-1)
+    targets = torch.tensor([[1, 2, 3, -100], [4, 5, -100, -100]])
+    ones = torch.ones(2, 4)
+    assert torch.allclose(weighted_sequence_loss(log_probs, targets, ones), sequence_loss(log_probs, targets))
+    weights = ones.clone()
+    weights[0, 1] = 5.0
+    weights[1, 3] = 9.0  # a padded position: no effect
+    nll = -log_probs[0, 1, 2]
+    assert torch.allclose(weighted_sequence_loss(log_probs, targets, weights), sequence_loss(log_probs, targets) + 4.0 * nll / 5)

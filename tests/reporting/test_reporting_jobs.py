@@ -32,7 +32,7 @@ def _config(tmp_path: Path, reference: str, model: str, name: str) -> Path:
                  "image_key": "image_png", "train_split": ["train", "val"], "eval_split": ["test"]},
         "encoder": {"name": reference, "store": str(tmp_path / "store")},
         "decoder": {"width": 32, "layers": 1, "heads": 2, "ffn": 2, "max_length": 128, "draft_layers": 1},
-        "edit": {"variants": 2},
+        "edit": {"variants": 2, "changed_weight": 5.0, "kind_weights": {"invent": 0.5}},
         "train": {"steps": 12, "batch_size": 8, "lr": 0.003, "warmup_steps": 2, "checkpoint_every": 6, "log_every": 3},
         "generation": {"max_new_tokens": 24},
         "examples": 2,

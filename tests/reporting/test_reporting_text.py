@@ -10,9 +10,10 @@ import pytest
 
 from workbench.data.phantoms import make_cxr_study
 from workbench.data.skipped import SkippedRecords
-from workbench.errors import DataError
+from workbench.errors import ConfigError, DataError
 from workbench_plugins.reporting.builders import build_mimic_cxr_reporting, report_sections
-from workbench_plugins.reporting.corrupt import KINDS, corrupt_report, sentence_changes
+from workbench_plugins.reporting.corrupt import KINDS, applicable_kinds, corrupt_report, restored_at_end, sentence_changes
+from workbench_plugins.reporting.datasets import changed_positions
 from workbench_plugins.reporting.findings import mention, report_sentences, side_of, size_of
 from workbench_plugins.reporting.metrics import score_edit
 from workbench_plugins.reporting.questions import MAIN_QUESTION, record_questions, split_answer
@@ -150,3 +151,64 @@ def test_mimic_builder_reads_labels_sections_and_pairs_prior_reports(tmp_path):
     (tmp_path / "mimic-cxr-2.0.0-metadata.csv").unlink()
     with pytest.raises(DataError, match="mimic-cxr-2.0.0-metadata.csv"):
         build_mimic_cxr_reporting(tmp_path)
+
+
+def test_kind_weights_set_the_mix_of_corruptions_and_reject_zero_odds():
+    study = next(s for s in (make_cxr_study(i, seed=5, size=128) for i in range(40))
+                 if len(applicable_kinds(s.report, s.labels, FINDINGS)) == len(KINDS))
+
+    def mix(weights):
+        drawn = [corrupt_report(study.report, study.labels, FINDINGS, np.random.default_rng(seed), kind_weights=weights).kind
+                 for seed in range(400)]
+        return {kind: drawn.count(kind) / len(drawn) for kind in set(drawn)}
+
+    even, skewed = mix(None), mix({"invent": 0.0, "drop": 3.0})
+    assert "invent" in even and "invent" not in skewed
+    assert skewed["drop"] > even["drop"] + 0.2
+    with pytest.raises(ConfigError, match="kind_weights"):
+        corrupt_report(study.report, study.labels, FINDINGS, np.random.default_rng(0), kinds=["invent"], kind_weights={"invent": 0.0})
+
+
+def test_changed_positions_mark_the_edited_sentence_whichever_way_difflib_aligns_a_deletion():
+    vocab = ReportVocabulary.from_texts(["findings: there is a small left pneumothorax. there is a large right effusion. no effusion. "
+                                         "impression: small left pneumothorax."])
+    stops = set(vocab.encode(". :").ids)
+    truth = "findings: there is a small left pneumothorax. no effusion. impression: small left pneumothorax."
+    target = vocab.extend_target(truth, [])
+
+    def marked(draft: str, with_stops: bool = True) -> str:
+        flags = changed_positions(vocab.encode(draft, bos=True, eos=True).extended[1:], target, stops if with_stops else ())
+        return vocab.decode([token for token, flag in zip(target, flags) if flag])
+
+    assert marked(truth) == ""
+    assert marked(truth.replace("a small left", "a large left", 1), with_stops=False) == "small left"  # the word, then where copying resumes
+    assert marked(truth.replace("a small left", "a large left", 1)) == "there is a small left pneumothorax."
+    invented = marked(truth.replace("pneumothorax. no", "pneumothorax. there is a large right effusion. no", 1))
+    assert "no effusion." in invented and "impression" not in invented  # the token that resumes the copy ("no") is marked
+    dropped = marked("findings: no effusion. impression: small left pneumothorax.")
+    assert dropped.startswith("there is a small left pneumothorax.") and "impression" not in dropped
+
+
+def test_a_dropped_sentence_restored_at_the_end_of_findings_still_scores_as_fixed():
+    restored = 0
+    for index in range(40):
+        study = make_cxr_study(index, seed=5, size=128)
+        corruption = corrupt_report(study.report, study.labels, FINDINGS, np.random.default_rng(index), kinds=["drop"])
+        moved = restored_at_end(corruption)
+        if corruption.kind != "drop":
+            assert moved == corruption
+            continue
+        restored += 1
+        sentences = report_sentences(moved.truth)
+        body = [s.text for s in sentences if s.section == "findings"]
+        draft_body = [s.text for s in report_sentences(corruption.draft) if s.section == "findings"]
+        assert body[-1] == corruption.true_sentence and body[:-1] == draft_body
+        impression = [s.text for s in report_sentences(corruption.truth) if s.section == "impression"]
+        assert [s.text for s in sentences if s.section == "impression"] == impression
+        identity = lambda text: " ".join(text.lower().split())  # noqa: E731
+        score = score_edit(corruption, moved.truth, identity)
+        assert score.fixed is True and score.damaged == 0
+    assert restored >= 10
+    study = make_cxr_study(3, seed=5, size=128)
+    invented = corrupt_report(study.report, study.labels, FINDINGS, np.random.default_rng(0), kinds=["invent"])
+    assert restored_at_end(invented) == invented
