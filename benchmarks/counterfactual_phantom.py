@@ -69,7 +69,8 @@ def score_correct(rows: list[dict[str, Any]]) -> dict[str, Any]:
     Returns:
         ``flip_rate`` ``{"cae": share of valid explanations}``, ``seconds_per_explanation``,
         ``energy_in_mask``, ``pointing`` and ``dice_topk`` (each method -> mean), the CAE's localisation
-        over valid explanations alone (``cae_valid_only``), and the case counts.
+        over valid explanations alone (``cae_valid_only``), the share of reconstructions the classifier gives the
+        image's own class (``reconstruction_kept_rate``: a valid explanation needs it), and the case counts.
     """
     correct = [row for row in rows if row.get("correct")]
     localised = [row for row in correct if "pointing.cae" in row]
@@ -83,6 +84,7 @@ def score_correct(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cae_valid_only": {"energy_in_mask": mean_over(valid_localised, "energy_in_mask.cae"),
                            "pointing": mean_over(valid_localised, "pointing.cae"), "cases": len(valid_localised)},
         "flipped_step_mean": mean_over([row for row in correct if row["valid"]], "flipped_step"),
+        "reconstruction_kept_rate": mean_over(correct, "reconstruction_kept_class"),
         "queries_per_explanation": mean_over(correct, "queries"),
         "cases": {"explained": len(rows), "correct": len(correct), "correct_with_lesion": len(localised),
                   "correct_by_class": {name: sum(1 for row in correct if row["label"] == name) for name in sorted({row["label"] for row in rows})}},

@@ -38,7 +38,8 @@ class Explanation:
         steps: K, the steps of the path.
         probabilities: the classifier's p(target) at each decoded step (up to the flip).
         flipped_step: the first step (1..K) the classifier called the target, or ``None``.
-        valid: ``True`` when the classifier flipped.
+        valid: ``True`` when the classifier flipped and the reconstruction kept the image's class (a reconstruction
+            that the classifier already calls another class makes every step of the path "flip" without explaining anything).
         image, reconstruction, counterfactual: ``(C, S, S)`` float32 in [0, 1]
             (the counterfactual is the last decoded step when nothing flipped).
         path: the decoded images ``(C, S, S)`` of each step walked.
@@ -46,6 +47,8 @@ class Explanation:
         queries: classifier forward passes spent (the first one included).
         seconds: wall time of the explanation.
         path_kind: ``linear``, ``guided``, or ``linear (no guided route)`` when the graph had none.
+        reconstruction_class: the class the classifier gives the reconstruction (index; ``source`` when the CAE
+            reconstructs faithfully), ``reconstruction_probability`` its p.
     """
 
     source: int
@@ -63,10 +66,21 @@ class Explanation:
     queries: int = 0
     seconds: float = 0.0
     path_kind: str = "linear"
+    reconstruction_class: int = -1
+    reconstruction_probability: float = float("nan")
+
+    @property
+    def reconstruction_kept_class(self) -> bool:
+        """True when the classifier gives the reconstruction the image's own class."""
+        return self.reconstruction_class in (-1, self.source)
 
     def sentence(self, classes: Sequence[str]) -> str:
         """The one sentence a clinician reads under the case."""
         said = f"Classified {classes[self.source]} (p={self.source_probability:.2f})."
+        if not self.reconstruction_kept_class:
+            return (f"{said} INVALID explanation: the CAE's reconstruction of this image is already classified "
+                    f"{classes[self.reconstruction_class]} (p={self.reconstruction_probability:.2f}), so the path cannot show what "
+                    "changes the decision; the highlighted region is not an explanation.")
         if not self.valid:
             return (f"{said} INVALID explanation: moving the class code all the way to {classes[self.target]} never changed the "
                     f"classifier's decision (p({classes[self.target]})={self.probabilities[-1]:.2f} at step {self.steps}); the highlighted "
@@ -161,6 +175,7 @@ def explain_linear(classifier: nn.Module, cae: ClassAssociationEmbedding, image:
     target_index = resolve_target(target, source, classes)
     class_code, individual = cae.encode(image)
     reconstruction = cae.decode(class_code, individual)
+    reconstructed = probabilities_of(reconstruction)[0]
     if reference_code is None and reference_for is not None:
         reference_code = torch.as_tensor(reference_for(class_code[0].float().cpu().numpy(), target_index), dtype=class_code.dtype)
     goal = (reference_code if reference_code is not None else cae.class_centroids[target_index]).to(device).reshape(1, -1)
@@ -186,10 +201,12 @@ def explain_linear(classifier: nn.Module, cae: ClassAssociationEmbedding, image:
     counterfactual = decoded[0].float().cpu().numpy()
     recon = reconstruction[0].float().cpu().numpy()
     saliency = ndimage.gaussian_filter(np.abs(counterfactual - recon).sum(axis=0), sigma=smoothing_sigma).astype(np.float32)
+    reconstruction_class = int(reconstructed.argmax())
     return Explanation(source=source, source_probability=float(first[source]), target=target_index, steps=len(path_codes), probabilities=probabilities,
-                       flipped_step=flipped, valid=flipped is not None, image=image[0].float().cpu().numpy(), reconstruction=recon,
-                       counterfactual=counterfactual, path=path, saliency=saliency, queries=1 + len(probabilities),
-                       seconds=time.perf_counter() - started, path_kind=path_kind)
+                       flipped_step=flipped, valid=flipped is not None and reconstruction_class == source, image=image[0].float().cpu().numpy(),
+                       reconstruction=recon, counterfactual=counterfactual, path=path, saliency=saliency, queries=2 + len(probabilities),
+                       seconds=time.perf_counter() - started, path_kind=path_kind, reconstruction_class=reconstruction_class,
+                       reconstruction_probability=float(reconstructed[reconstruction_class]))
 
 
 def nearest_exemplar(codes: np.ndarray, labels: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]:

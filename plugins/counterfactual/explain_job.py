@@ -172,6 +172,7 @@ def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, di
         row: dict[str, Any] = {"id": case.id, "label": None if case.label is None else classes[case.label], "predicted": classes[explanation.source],
                                "p": explanation.source_probability, "target": classes[explanation.target], "valid": explanation.valid,
                                "flipped_step": explanation.flipped_step, "steps": explanation.steps, "path": explanation.path_kind,
+                               "reconstruction_kept_class": explanation.reconstruction_kept_class,
                                "queries": explanation.queries, "seconds": explanation.seconds,
                                "correct": None if case.label is None else case.label == explanation.source, **timings,
                                **proximity(explanation.counterfactual, explanation.image, explanation.reconstruction)}
@@ -214,6 +215,9 @@ def summarise(rows: list[dict[str, Any]], methods: list[str], knn_accuracy: floa
     summary: dict[str, Any] = {
         "explained": len(rows), "flip_rate_cases": len(counted),
         "flip_rate": float(np.mean([row["valid"] for row in counted])) if counted else None,
+        # Valid needs the reconstruction to keep the image's class: without that a "flip" at step 1 is the
+        # reconstruction's error, not the path's change.
+        "reconstruction_kept_rate": float(np.mean([row["reconstruction_kept_class"] for row in counted])) if counted else None,
         "seconds_per_explanation": mean_of(rows, "seconds"), "queries_per_explanation": mean_of(rows, "queries"),
         "proximity_l1": mean_of(rows, "l1"), "proximity_ssim": mean_of(rows, "ssim"), "sparsity": mean_of(rows, "sparsity"),
         "knn_accuracy": knn_accuracy,

@@ -165,6 +165,10 @@ class CaeLossSettings(StrictModel):
     the classifier named in ``guide.classifier`` on the cross images ``x_ab`` against class B (the same target as
     the discriminator's class term) and on the reconstructions against their own class. 0 switches it off (the
     papers' losses alone).
+
+    ``code_separation`` (not in the papers either) weights a contrastive term on the class codes of each batch
+    (Hadsell et al. 2006): same-class codes pulled together, codes of different classes pushed at least
+    ``code_margin`` apart (see ``losses.code_separation_loss``). 0 switches it off.
     """
 
     reconstruction: float = Field(10.0, ge=0)
@@ -175,6 +179,8 @@ class CaeLossSettings(StrictModel):
     classification: float = Field(1.0, ge=0)
     disc_classification: float = Field(2.0, ge=0)
     classifier_guidance: float = Field(0.0, ge=0)
+    code_separation: float = Field(0.0, ge=0)
+    code_margin: float = Field(4.0, gt=0)
 
 
 class CaeGuideSettings(StrictModel):

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from workbench_plugins.reporting.corrupt import KINDS, Corruption, corrupt_report, restored_at_end
 from workbench_plugins.reporting.findings import join_report, report_sentences
 from workbench_plugins.reporting.questions import QuestionItem
+from workbench_plugins.reporting.verdicts import token_verdict_labels
 from workbench_plugins.reporting.vocab import ReportVocabulary
 
 IGNORE = -100
@@ -171,7 +172,9 @@ class EditDataset(Dataset):
     """Teacher-forcing items of the editor.
 
     Items: ``tokens``, ``pooled``, ``draft_ids (S,)``, ``draft_extended (S,)``, ``input_ids (L,)``, ``targets (L,)``,
-    ``changed (L,)`` (bool: the target tokens where the edit happens, see :func:`changed_positions`).
+    ``changed (L,)`` (bool: the target tokens where the edit happens, see :func:`changed_positions`), and with
+    ``verdicts`` ``verdict_labels (S,)`` (each draft token's sentence verdict, ``-100`` outside sentences; see
+    :func:`~workbench_plugins.reporting.verdicts.token_verdict_labels`).
 
     Args:
         pairs: the editor examples.
@@ -179,10 +182,11 @@ class EditDataset(Dataset):
         vocab: the generator vocabulary.
         max_length: the longest report (target) in tokens.
         max_draft: the longest draft in tokens (longer drafts are cut; ``truncated_drafts`` counts them).
+        verdicts: also give each item its sentence-verdict labels.
     """
 
     def __init__(self, pairs: Sequence[EditPair], tokens: torch.Tensor, pooled: torch.Tensor, vocab: ReportVocabulary, max_length: int,
-                 max_draft: int):
+                 max_draft: int, verdicts: bool = False):
         self.tokens, self.pooled, self.pairs = tokens, pooled, list(pairs)
         drafts, targets, self.extra_vocab, self.truncated_drafts = [], [], 0, 0
         stops = set(vocab.encode(". : ? !").ids) - {vocab.unk}
@@ -200,6 +204,7 @@ class EditDataset(Dataset):
         self.input_ids = torch.zeros(count, length, dtype=torch.long)
         self.targets = torch.full((count, length), IGNORE, dtype=torch.long)
         self.changed = torch.zeros(count, length, dtype=torch.bool)
+        self.verdict_labels = torch.full((count, draft_length), IGNORE, dtype=torch.long) if verdicts else None
         for index, (draft, target) in enumerate(zip(drafts, targets)):
             self.draft_ids[index, : len(draft.ids)] = torch.tensor(draft.ids)
             self.draft_extended[index, : len(draft.extended)] = torch.tensor(draft.extended)
@@ -207,6 +212,9 @@ class EditDataset(Dataset):
             self.targets[index, : len(target)] = torch.tensor(target)
             if len(draft.ids) > 2:  # an empty draft is written from scratch: nothing to weight against
                 self.changed[index, : len(target)] = torch.tensor(changed_positions(draft.extended[1:], target, stops))
+            if self.verdict_labels is not None:
+                labels = token_verdict_labels(vocab, self.pairs[index].corruption, len(draft.ids), max_draft)
+                self.verdict_labels[index, : len(labels)] = torch.tensor(labels)
         self.rows = torch.tensor([pair.row for pair in self.pairs])
 
     def __len__(self) -> int:
@@ -214,6 +222,9 @@ class EditDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.rows[index]
-        return {"tokens": self.tokens[row], "pooled": self.pooled[row], "draft_ids": self.draft_ids[index],
+        item = {"tokens": self.tokens[row], "pooled": self.pooled[row], "draft_ids": self.draft_ids[index],
                 "draft_extended": self.draft_extended[index], "input_ids": self.input_ids[index], "targets": self.targets[index],
                 "changed": self.changed[index]}
+        if self.verdict_labels is not None:
+            item["verdict_labels"] = self.verdict_labels[index]
+        return item

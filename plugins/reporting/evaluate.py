@@ -138,8 +138,9 @@ def evaluate_editor(model: ReportDecoder, vocab: ReportVocabulary, tokens: Image
             totals.add(score)
         rows.append({"row": pair.row, "record_index": tokens.kept[pair.row], "kind": pair.corruption.kind, "draft": pair.corruption.draft,
                      "draft_as_read": vocab.normalise(pair.corruption.draft),
-                     "edit": edit.text, "truth": vocab.normalise(pair.corruption.truth), "fixed": score.fixed, "damaged": score.damaged,
-                     "truncated_tokens": edit.truncated_tokens})
+                     "edit": vocab.normalise(edit.text), "truth": vocab.normalise(pair.corruption.truth), "fixed": score.fixed,
+                     "damaged": score.damaged, "truncated_tokens": edit.truncated_tokens, "verdicts": list(edit.verdicts),
+                     "decoded": edit.decoded})
     truths = [r["truth"] for r in rows]
     metrics: dict[str, Any] = totals.aggregate() if drafts is None else {}
     metrics.update({

@@ -14,9 +14,11 @@ from typing import Sequence
 import torch
 
 from workbench_plugins.reporting.datasets import question_prefix
+from workbench_plugins.reporting.findings import join_report, report_sentences
 from workbench_plugins.reporting.decoding import beam_search, decoder_step, greedy_decode
 from workbench_plugins.reporting.models import ReportDecoder
 from workbench_plugins.reporting.questions import split_answer
+from workbench_plugins.reporting.verdicts import FOLLOW_BELOW, VERDICTS, reconcile, sentence_spans, sentence_verdicts
 from workbench_plugins.reporting.vocab import ReportVocabulary
 
 
@@ -31,11 +33,21 @@ class Explanation:
 
 @dataclass(frozen=True)
 class Edit:
-    """An edited report: its text, whether the draft was empty (written from scratch), and draft tokens cut off."""
+    """An edited report.
+
+    Attributes:
+        text: the edited report.
+        from_scratch: the draft was empty (the report was written from scratch).
+        truncated_tokens: draft tokens cut off.
+        verdicts: per draft sentence ``keep``/``delete``/``rewrite`` (editors with the verdict head), else empty.
+        decoded: the decoder's own free edit before reconciling with the verdicts (``text`` when there are none).
+    """
 
     text: str
     from_scratch: bool
     truncated_tokens: int
+    verdicts: tuple[str, ...] = ()
+    decoded: str = ""
 
 
 def _device(model: ReportDecoder) -> torch.device:
@@ -88,8 +100,12 @@ def explain(model: ReportDecoder, vocab: ReportVocabulary, tokens: torch.Tensor,
 
 @torch.no_grad()
 def edit_reports(model: ReportDecoder, vocab: ReportVocabulary, tokens: torch.Tensor, pooled: torch.Tensor, drafts: Sequence[str],
-                 beam_size: int = 1, max_new_tokens: int | None = None, max_draft: int | None = None, batch_size: int = 64) -> list[Edit]:
+                 beam_size: int = 1, max_new_tokens: int | None = None, max_draft: int | None = None, batch_size: int = 64,
+                 follow_below: float = FOLLOW_BELOW) -> list[Edit]:
     """Edit draft ``i`` against image ``i``; an empty draft is written from scratch.
+
+    An editor with the verdict head keeps, deletes or rewrites each draft sentence as its verdict says, taking
+    rewrites and missing findings from the decoded edit (:func:`~workbench_plugins.reporting.verdicts.reconcile`).
 
     Args:
         model: the editor (eval mode).
@@ -100,6 +116,8 @@ def edit_reports(model: ReportDecoder, vocab: ReportVocabulary, tokens: torch.Te
         max_new_tokens: the length limit (default the model's ``max_length - 1``).
         max_draft: the longest draft in tokens (default the model's ``max_length``); longer drafts are cut and counted.
         batch_size: drafts decoded together (greedy).
+        follow_below: verdict head's p(keep) under which a sentence the decoder changed follows the decoder (see
+            :func:`~workbench_plugins.reporting.verdicts.reconcile`).
 
     Returns:
         B :class:`Edit`.
@@ -126,7 +144,16 @@ def edit_reports(model: ReportDecoder, vocab: ReportVocabulary, tokens: torch.Te
             generated = greedy_decode(step, prefix, limit, vocab.eos)[0].tolist()
         else:
             generated = [list(beam_search(step, prefix[0], beam_size, limit, vocab.eos).tokens)]
+        verdict_log_probs = model.verdict_logits(memory).log_softmax(-1).cpu() if model.verdict else None
         for row, ids in enumerate(generated):
-            item = chunk[row]
-            results.append(Edit(vocab.decode(ids, item.oov), not drafts[start + row].strip(), item.truncated))
+            item, draft = chunk[row], drafts[start + row]
+            decoded = vocab.decode(ids, item.oov)
+            if verdict_log_probs is None or not draft.strip():
+                results.append(Edit(decoded, not draft.strip(), item.truncated, decoded=decoded))
+                continue
+            sentences = report_sentences(draft)
+            spans = sentence_spans(vocab, draft, sentences, max_draft or model.max_length)
+            verdicts, keep = sentence_verdicts(verdict_log_probs[row], spans)
+            edited = reconcile(sentences, verdicts, report_sentences(decoded), vocab.normalise, keep, follow_below)
+            results.append(Edit(join_report(edited), False, item.truncated, tuple(VERDICTS[v] for v in verdicts), decoded))
     return results

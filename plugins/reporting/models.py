@@ -94,17 +94,20 @@ class ReportDecoder(nn.Module):
         embedding_dim: word-embedding width (384 to start from MiniLM's embeddings).
         copy: add the draft encoder and the copy mechanism (the editor).
         draft_layers: draft-encoder layers (editor).
+        verdict: add the sentence-verdict head (editor; see :mod:`workbench_plugins.reporting.verdicts`).
     """
 
     def __init__(self, vocab_ids: Sequence[int], token_dim: int, pooled_dim: int, image_tokens: int, width: int = 256, layers: int = 3,
                  heads: int = 4, ffn: int = 4, dropout: float = 0.1, max_length: int = 160, embedding_dim: int = 384,
-                 copy: bool = False, draft_layers: int = 2):
+                 copy: bool = False, draft_layers: int = 2, verdict: bool = False):
         super().__init__()
         if width % heads:
             raise ConfigError(f"decoder width {width} is not divisible by its {heads} heads")
+        if verdict and not copy:
+            raise ConfigError("the sentence-verdict head needs a draft: it is part of the editor only")
         self.vocab_size = len(vocab_ids)
         self.register_buffer("vocab_ids", torch.as_tensor(list(vocab_ids), dtype=torch.long), persistent=False)
-        self.max_length, self.width, self.copy = int(max_length), int(width), bool(copy)
+        self.max_length, self.width, self.copy, self.verdict = int(max_length), int(width), bool(copy), bool(verdict)
         self.word_embedding = nn.Embedding(self.vocab_size, embedding_dim, padding_idx=0)
         self.word_projection = nn.Linear(embedding_dim, width)
         self.position = nn.Embedding(max_length, width)
@@ -124,6 +127,10 @@ class ReportDecoder(nn.Module):
             self.copy_query = nn.Linear(2 * width, width)
             self.copy_key = nn.Linear(2 * width, width)
             self.copy_gate = nn.Linear(3 * width, 1)
+        if verdict:
+            self.verdict_layer = nn.TransformerDecoderLayer(width, heads, width * ffn, dropout, batch_first=True, norm_first=True)
+            self.verdict_norm = nn.LayerNorm(width)
+            self.verdict_output = nn.Linear(width, 3)
 
     # ------------------------------------------------------------------ pieces
     def init_word_embeddings(self, table: torch.Tensor) -> None:
@@ -170,6 +177,19 @@ class ReportDecoder(nn.Module):
         previous = self.word_projection(self.word_embedding(torch.where(previous >= self.vocab_size, torch.ones_like(previous), previous)))
         keys = self.copy_key(torch.cat([draft, previous], -1))
         return DecoderMemory(torch.cat([image, draft], 1), torch.cat([padding, draft_padding], 1), draft, draft_extended, draft_padding, keys)
+
+    def verdict_logits(self, memory: DecoderMemory) -> torch.Tensor:
+        """Per-token ``keep``/``delete``/``rewrite`` logits ``(B, S, 3)`` of the draft in ``memory``.
+
+        The draft's encoded tokens attend to each other (so a FINDINGS sentence can be checked against the IMPRESSION)
+        and to the image tokens (so a sentence can be checked against the image).
+        """
+        if not self.verdict:
+            raise ConfigError("this editor was built without the sentence-verdict head (decoder.verdict: false)")
+        assert memory.draft_states is not None and memory.draft_padding is not None
+        image = memory.states[:, : memory.states.shape[1] - memory.draft_states.shape[1]]
+        states = self.verdict_layer(memory.draft_states, image, tgt_key_padding_mask=memory.draft_padding)
+        return self.verdict_output(self.verdict_norm(states))
 
     def decode(self, memory: DecoderMemory, input_ids: torch.Tensor, extra_vocab: int = 0) -> torch.Tensor:
         """Log-probabilities of the next token at every position.
@@ -251,9 +271,15 @@ class ReportDecoder(nn.Module):
         return self._next_token(self.norm(state), inputs, ids, cache.memory, extra_vocab)[:, -1]
 
     def forward(self, image_tokens: torch.Tensor, pooled: torch.Tensor, input_ids: torch.Tensor, draft_ids: torch.Tensor | None = None,
-                draft_extended: torch.Tensor | None = None, extra_vocab: int = 0) -> torch.Tensor:
-        """Teacher-forced log-probabilities: :meth:`encode` then :meth:`decode` (shapes there)."""
-        return self.decode(self.encode(image_tokens, pooled, draft_ids, draft_extended), input_ids, extra_vocab)
+                draft_extended: torch.Tensor | None = None, extra_vocab: int = 0,
+                with_verdicts: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced log-probabilities: :meth:`encode` then :meth:`decode` (shapes there).
+
+        With ``with_verdicts`` (editors with the verdict head), also the ``(B, S, 3)`` :meth:`verdict_logits`.
+        """
+        memory = self.encode(image_tokens, pooled, draft_ids, draft_extended)
+        log_probs = self.decode(memory, input_ids, extra_vocab)
+        return (log_probs, self.verdict_logits(memory)) if with_verdicts else log_probs
 
 
 @dataclass
@@ -307,6 +333,18 @@ def weighted_sequence_loss(log_probs: torch.Tensor, targets: torch.Tensor, weigh
     scored = targets != -100
     nll = F.nll_loss(log_probs.reshape(-1, log_probs.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none")
     return (nll * weights.reshape(-1).to(nll.dtype)).sum() / scored.sum().clamp(min=1)
+
+
+def verdict_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Cross-entropy of per-token verdict ``logits`` ``(B, S, 3)`` against ``labels`` ``(B, S)`` (``-100`` ignored; 0 if none).
+
+    ``class_weights`` (keep, delete, rewrite) weight the classes (PyTorch's weighted mean): a wrong sentence is about
+    one in eight of a corrupted draft's, so unweighted the head leans to ``keep``.
+    """
+    if not bool((labels != -100).any()):
+        return logits.sum() * 0.0
+    weight = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32, device=logits.device)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), weight=weight, ignore_index=-100)
 
 
 def reporting_explainer(**config) -> ReportDecoder:

@@ -138,8 +138,10 @@ def write_training_page(run: RunFolder, settings: Any, metrics: Mapping[str, Any
                                 for r in by_record[row["record_index"]]))
         else:
             verdict = {True: "injected error fixed", False: "injected error NOT fixed", None: ""}[row.get("fixed")]
+            judged = [f"{i + 1}: {v}" for i, v in enumerate(row.get("verdicts") or []) if v != "keep"]
+            verdicts = f"; sentence verdicts: {', '.join(judged) or 'keep all'}" if row.get("verdicts") else ""
             page.markup(edit_block(row.get("draft_as_read", row["draft"]), row["edit"],
-                                   f"{row['kind']}: {verdict}; {row['damaged']} correct sentence(s) changed"))
+                                   f"{row['kind']}: {verdict}; {row['damaged']} correct sentence(s) changed{verdicts}"))
     config = run.path / "config.yaml"
     if config.exists():
         page.section("Config").preformatted(config.read_text(encoding="utf-8"))

@@ -132,8 +132,13 @@ def report_case(case: ReportCase, decoders: Sequence[LoadedDecoder], beam_size: 
                 notes.append("the draft was empty: the report was written from scratch")
             if edit.truncated_tokens:
                 notes.append(f"the draft was longer than the editor's context: {edit.truncated_tokens} tokens were cut off")
-            result["edit"] = {"draft": draft, "draft_as_read": decoder.vocab.normalise(draft), "edited": edit.text, "from_scratch": edit.from_scratch,
-                              "truncated_tokens": edit.truncated_tokens, "notes": notes, "model": decoder.record.ref}
+            if edit.verdicts:
+                changed = [f"{i + 1}: {v}" for i, v in enumerate(edit.verdicts) if v != "keep"]
+                notes.append("sentence verdicts: " + (", ".join(changed) if changed else "every draft sentence kept"))
+            # The draft and the edit are compared in the decoder's written form (lower case, WordPiece spacing).
+            result["edit"] = {"draft": draft, "draft_as_read": decoder.vocab.normalise(draft), "edited": decoder.vocab.normalise(edit.text),
+                              "from_scratch": edit.from_scratch, "truncated_tokens": edit.truncated_tokens, "notes": notes,
+                              "verdicts": list(edit.verdicts), "model": decoder.record.ref}
     return result
 
 

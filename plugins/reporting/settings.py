@@ -52,6 +52,8 @@ class DecoderSettings(StrictModel):
         max_length: the longest token sequence (question + answer, or report); the editor's drafts are cut to it.
         draft_layers: draft-encoder layers (editor).
         minilm_embeddings: start the word embeddings from MiniLM's.
+        verdict: give the editor a sentence-verdict head (keep / delete / rewrite each draft sentence; the edit is then
+            built from the draft's sentences, see ``verdicts.reconcile``).
     """
 
     width: int = Field(256, gt=0)
@@ -62,6 +64,7 @@ class DecoderSettings(StrictModel):
     max_length: int = Field(160, ge=16)
     draft_layers: int = Field(2, ge=1)
     minilm_embeddings: bool = True
+    verdict: bool = False
 
 
 class EditPairSettings(StrictModel):
@@ -82,6 +85,9 @@ class EditPairSettings(StrictModel):
             are drowned by the copied ones and the editor learns to copy everything.
         drop_at_end: train ``drop`` drafts to restore the missing sentence at the end of FINDINGS rather than where it
             stood (which the draft does not tell); scoring accepts the finding's sentence anywhere in FINDINGS.
+        verdict_weight: weight of the sentence-verdict loss (cross-entropy per draft token) next to the sequence loss,
+            for editors with ``decoder.verdict``.
+        verdict_class_weights: the verdict loss's weights of ``keep``, ``delete`` and ``rewrite``.
     """
 
     source: Literal["corrupt", "prior"] = "corrupt"
@@ -92,6 +98,8 @@ class EditPairSettings(StrictModel):
     kind_weights: dict[str, float] = {}
     changed_weight: float = Field(1.0, ge=0)
     drop_at_end: bool = False
+    verdict_weight: float = Field(1.0, ge=0)
+    verdict_class_weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], min_length=3, max_length=3)
 
 
 class GenerationSettings(StrictModel):

@@ -33,7 +33,8 @@ from workbench_plugins.reporting.faithful import choose_judge
 from workbench_plugins.reporting.features import ImageTokens, ReportingEncoder, encode_records
 from workbench_plugins.reporting.findings import SIDE_WORDS, SIZE_WORDS, join_report, label_key, presence_question, report_sentences
 from workbench_plugins.reporting.models import (
-    EDITOR_FACTORY, EXPLAINER_FACTORY, TASK, ReportDecoder, reporting_editor, reporting_explainer, sequence_loss, weighted_sequence_loss,
+    EDITOR_FACTORY, EXPLAINER_FACTORY, TASK, ReportDecoder, reporting_editor, reporting_explainer, sequence_loss, verdict_loss,
+    weighted_sequence_loss,
 )
 from workbench_plugins.reporting.questions import MAIN_QUESTION, dataset_questions, negative_template, positive_template
 from workbench_plugins.reporting.pages import write_training_page
@@ -92,6 +93,8 @@ def _trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         draft = int((batch["draft_ids"] != 0).sum(1).max())
         trimmed.update(draft_ids=batch["draft_ids"][:, :draft], draft_extended=batch["draft_extended"][:, :draft],
                        changed=batch["changed"][:, :length])
+        if "verdict_labels" in batch:
+            trimmed["verdict_labels"] = batch["verdict_labels"][:, :draft]
     return trimmed
 
 
@@ -142,7 +145,8 @@ def run_report_train(settings: ReportTrainSettings, builders: Any, *, resume: Pa
     else:
         pairs = _edit_pairs(settings, train_records, rows, findings)
         vocab = ReportVocabulary.from_texts([str(r.get("report") or "") for r in train_records] + vocabulary_texts(findings))
-        dataset = EditDataset(pairs, train_tokens.tokens, train_tokens.pooled, vocab, settings.decoder.max_length, settings.decoder.max_length)
+        dataset = EditDataset(pairs, train_tokens.tokens, train_tokens.pooled, vocab, settings.decoder.max_length, settings.decoder.max_length,
+                              verdicts=settings.decoder.verdict)
         factory, build = EDITOR_FACTORY, reporting_editor
         extra_vocab = dataset.extra_vocab
     logger.info("%d training items on %d images, vocabulary of %d word pieces", len(dataset), len(train_tokens), len(vocab))
@@ -153,14 +157,25 @@ def run_report_train(settings: ReportTrainSettings, builders: Any, *, resume: Pa
     model = model.to(context.device)
 
     changed_weight = float(settings.edit.changed_weight) if settings.model == "editor" else 1.0
+    verdict_weight = float(settings.edit.verdict_weight)
 
     def step(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = _trimmed(batch)
-        log_probs = module(batch["tokens"], batch["pooled"], batch["input_ids"], batch.get("draft_ids"), batch.get("draft_extended"), extra_vocab)
+        verdict_logits = None
+        if "verdict_labels" in batch:
+            log_probs, verdict_logits = module(batch["tokens"], batch["pooled"], batch["input_ids"], batch["draft_ids"], batch["draft_extended"],
+                                               extra_vocab, with_verdicts=True)
+        else:
+            log_probs = module(batch["tokens"], batch["pooled"], batch["input_ids"], batch.get("draft_ids"), batch.get("draft_extended"),
+                               extra_vocab)
         if "changed" in batch and changed_weight != 1.0:
             weights = 1.0 + (changed_weight - 1.0) * batch["changed"].float()
-            return {"loss": weighted_sequence_loss(log_probs, batch["targets"], weights)}
-        return {"loss": sequence_loss(log_probs, batch["targets"])}
+            loss = weighted_sequence_loss(log_probs, batch["targets"], weights)
+        else:
+            loss = sequence_loss(log_probs, batch["targets"])
+        if verdict_logits is not None:
+            loss = loss + verdict_weight * verdict_loss(verdict_logits, batch["verdict_labels"], settings.edit.verdict_class_weights)
+        return {"loss": loss}
 
     loader = build_loader(dataset, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed, drop_last=True)
     trainer = Trainer(model, step, loader, settings.train, context, seed=settings.run.seed, precision=settings.run.precision,

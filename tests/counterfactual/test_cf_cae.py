@@ -15,7 +15,7 @@ from workbench.host import create_plugin_manager
 from workbench.model_store import ModelStore
 from workbench_plugins.counterfactual.cae_train import build_cae_optimizer, cae_step_function, guide_classifier, run_cae_train
 from workbench_plugins.counterfactual.classifiers import resnet18_classifier
-from workbench_plugins.counterfactual.losses import CaeLossWeights, generator_forward, generator_loss, partner_indices
+from workbench_plugins.counterfactual.losses import CaeLossWeights, code_separation_loss, generator_forward, generator_loss, partner_indices
 from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
 from workbench_plugins.counterfactual.settings import CaeTrainSettings
 
@@ -134,6 +134,28 @@ def test_classifier_guidance_is_a_switchable_extra_term_that_reaches_the_class_e
     assert "guidance" not in off
     with pytest.raises(ValueError, match="guide"):
         generator_loss(model, forward, weights)
+
+
+def test_code_separation_pulls_a_class_together_and_pushes_classes_a_margin_apart():
+    labels = torch.tensor([0, 0, 1])
+    codes = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]])  # same-class pair 5 apart; the 1 is 1 and sqrt(20) from them
+    expected = (25.0 + (4.0 - 1.0) ** 2 + 0.0) / 3  # pairs (0,1) same, (0,2) inside the margin, (1,2) beyond it
+    assert float(code_separation_loss(codes, labels, margin=4.0)) == pytest.approx(expected)
+    assert float(code_separation_loss(torch.tensor([[0.0, 0.0], [9.0, 0.0]]), torch.tensor([0, 1]), 4.0)) == 0.0
+    assert float(code_separation_loss(codes[:1], labels[:1], 4.0)) == 0.0
+    # as a generator term: listed, weighted into the total, and it moves only the class encoder
+    torch.manual_seed(0)
+    model = ClassAssociationEmbedding(image_size=32, **TINY)
+    batch = tiny_batch()
+    model.discriminator.requires_grad_(False)
+    forward = generator_forward(model, batch["image"], batch["label"], partner_indices(batch["label"], torch.Generator().manual_seed(0)))
+    outputs = generator_loss(model, forward, CaeLossWeights(code_separation=3.0, code_margin=2.0))
+    assert float(outputs["code_separation"]) == pytest.approx(float(code_separation_loss(forward.class_codes, batch["label"], 2.0)), rel=1e-6)
+    papers = sum(float(outputs[name]) * getattr(CaeLossWeights(), name) for name in
+                 ("reconstruction", "class_code", "individual_code", "cycle", "adversarial", "classification"))
+    assert float(outputs["loss"]) == pytest.approx(papers + 3.0 * float(outputs["code_separation"]), rel=1e-5)
+    moved = torch.autograd.grad(outputs["code_separation"], list(model.individual_encoder.parameters()), allow_unused=True)
+    assert all(g is None or float(g.abs().sum()) == 0 for g in moved)
 
 
 def test_guide_classifier_must_exist_and_share_the_classes(tmp_path):

@@ -73,9 +73,9 @@ def test_stops_at_the_first_flip_and_saliency_is_against_the_reconstruction(cae)
     expected = last_record + 1
     classifier = LinearClassifier(direction, threshold, origin=image)
     explanation = explain_linear(classifier, cae, image, ["normal", "lesion"], steps=8, smoothing_sigma=1.0)
-    assert explanation.source == 0 and explanation.target == 1 and explanation.valid
+    assert explanation.source == 0 and explanation.target == 1 and explanation.valid and explanation.reconstruction_kept_class
     assert explanation.flipped_step == expected and len(explanation.probabilities) == expected == len(explanation.path)
-    assert explanation.queries == expected + 1 and explanation.probabilities[-1] > 0.5 > max(explanation.probabilities[:-1], default=0)
+    assert explanation.queries == expected + 2 and explanation.probabilities[-1] > 0.5 > max(explanation.probabilities[:-1], default=0)
     assert np.array_equal(explanation.counterfactual, explanation.path[-1])
     smoothed = ndimage.gaussian_filter(np.abs(explanation.counterfactual - explanation.reconstruction).sum(axis=0), sigma=1.0)
     np.testing.assert_allclose(explanation.saliency, smoothed, rtol=1e-5, atol=1e-7)
@@ -86,8 +86,21 @@ def test_never_flipping_is_reported_invalid(cae):
     image = torch.rand(1, 32, 32)
     direction = torch.ones(1, 32, 32)
     explanation = explain_linear(LinearClassifier(direction, 1e6), cae, image, ["normal", "lesion"], steps=5)
-    assert not explanation.valid and explanation.flipped_step is None and len(explanation.probabilities) == 5 and explanation.queries == 6
+    assert not explanation.valid and explanation.flipped_step is None and len(explanation.probabilities) == 5 and explanation.queries == 7
     assert "INVALID" in explanation.sentence(["normal", "lesion"])
+
+
+def test_a_reconstruction_already_in_the_target_class_makes_the_explanation_invalid(cae):
+    torch.manual_seed(2)
+    image = torch.rand(1, 32, 32)
+    with torch.no_grad():
+        reconstruction = cae.decode(*cae.encode(image[None]))[0]
+    direction = reconstruction - image  # the reconstruction scores |direction|^2 > 0, the input 0
+    threshold = 0.5 * float(direction.flatten() @ direction.flatten())
+    explanation = explain_linear(LinearClassifier(direction, threshold, origin=image), cae, image, ["normal", "lesion"], steps=5)
+    assert explanation.source == 0 and explanation.reconstruction_class == 1 and not explanation.reconstruction_kept_class
+    assert not explanation.valid  # whatever the path does, the first "flip" is the reconstruction's own error
+    assert "reconstruction of this image is already classified lesion" in explanation.sentence(["normal", "lesion"])
 
 
 def test_targets_and_class_checks():
@@ -196,7 +209,7 @@ def test_explain_command_end_to_end(tmp_path):
     metrics = json.loads((index.parent / "metrics.json").read_text())
     assert set(metrics["energy_in_mask"]) == {"cae", "gradcam", "occlusion"} and metrics["explained"] == len(metrics["cases"]) > 0
     assert 0.0 <= metrics["flip_rate"] <= 1.0 and metrics["queries_per_explanation"] >= 2 and metrics["seconds_per_explanation"] > 0
-    assert all(row["queries"] == 1 + (row["flipped_step"] or 4) for row in metrics["cases"])
+    assert all(row["queries"] == 2 + (row["flipped_step"] or 4) for row in metrics["cases"])
     page = index.read_text()
     assert "Classified " in page and "cases/00-" in page and (index.parent / "cases").is_dir()
     guided = runner.invoke(cli, ["explain", "--classifier", "clf", "--cae", "cae", *explain, "path=guided", "baselines=[]", "max_cases=3"],
