@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from workbench_plugins.reporting.corrupt import Corruption
+from workbench_plugins.reporting.corrupt import KINDS, Corruption
 from workbench_plugins.reporting.findings import FINDING_TERMS, Sentence, findings_named, report_sentences
 from workbench_plugins.reporting.vocab import ReportVocabulary
 
@@ -71,7 +71,7 @@ def draft_verdicts(corruption: Corruption, normalise: Callable[[str], str] = str
         One of :data:`KEEP`, :data:`DELETE`, :data:`REWRITE` per draft sentence.
     """
     draft = report_sentences(corruption.draft)
-    if corruption.kind in ("laterality", "size", "invent", "drop", "none", "empty"):
+    if corruption.kind in (*KINDS, "none", "empty"):
         label = REWRITE if corruption.kind in ("laterality", "size") else DELETE
         verdicts = [KEEP] * len(draft)
         if corruption.draft_sentence:
@@ -82,13 +82,11 @@ def draft_verdicts(corruption: Corruption, normalise: Callable[[str], str] = str
         return verdicts
     # A real draft (a prior report): a sentence the truth also has is kept; one with a similar truth sentence naming
     # the same findings is rewritten; the rest are deleted.
-    truth = Counter(normalise(s.text) for s in report_sentences(corruption.truth))
     unmatched_truth = [normalise(s.text) for s in report_sentences(corruption.truth)]
     verdicts = []
     for sentence in draft:
         text = normalise(sentence.text)
-        if truth[text] > 0:
-            truth[text] -= 1
+        if text in unmatched_truth:
             unmatched_truth.remove(text)
             verdicts.append(KEEP)
         elif any(_similarity(text, other) >= _PARTNER_SIMILARITY and _named(other) == _named(text) for other in unmatched_truth):
