@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 
 from workbench_plugins.reporting.datasets import question_prefix
-from workbench_plugins.reporting.findings import join_report, report_sentences
 from workbench_plugins.reporting.decoding import beam_search, decoder_step, greedy_decode
+from workbench_plugins.reporting.findings import join_report, report_sentences
 from workbench_plugins.reporting.models import ReportDecoder
 from workbench_plugins.reporting.questions import split_answer
 from workbench_plugins.reporting.verdicts import FOLLOW_BELOW, VERDICTS, reconcile, sentence_spans, sentence_verdicts

@@ -36,6 +36,7 @@ import torch
 
 from workbench_plugins.reporting.corrupt import KINDS, Corruption
 from workbench_plugins.reporting.findings import FINDING_TERMS, Sentence, findings_named, report_sentences
+from workbench_plugins.reporting.metrics import named_positive_findings
 from workbench_plugins.reporting.vocab import ReportVocabulary
 
 VERDICTS = ("keep", "delete", "rewrite")
@@ -219,10 +220,10 @@ def reconcile(draft: Sequence[Sentence], verdicts: Sequence[int], edit: Sequence
             continue
         copied[text] -= 1
         out.append(sentence)
-    named = {name for s in out if s.section != "impression" for name, how in findings_named(s.text, _ALL_FINDINGS).items() if how == "positive"}
+    named = {name for s in out if s.section != "impression" for name in named_positive_findings(s.text, _ALL_FINDINGS)}
     additions = []
     for sentence in unmatched:
-        positive = {name for name, how in findings_named(sentence.text, _ALL_FINDINGS).items() if how == "positive"}
+        positive = set(named_positive_findings(sentence.text, _ALL_FINDINGS))
         if sentence.section != "impression" and positive and not positive & (named | dropped_findings):
             additions.append(Sentence(_body_section(out), sentence.text))
             named |= positive
