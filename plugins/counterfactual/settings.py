@@ -169,6 +169,9 @@ class CaeLossSettings(StrictModel):
     ``code_separation`` (not in the papers either) weights a contrastive term on the class codes of each batch
     (Hadsell et al. 2006): same-class codes pulled together, codes of different classes pushed at least
     ``code_margin`` apart (see ``losses.code_separation_loss``). 0 switches it off.
+
+    ``minimal_change`` (not in the papers) weights the mean ``|x_ab - reconstruction of a|``: a class-code swap should
+    change as little of the image as it must (see ``losses``). 0 switches it off.
     """
 
     reconstruction: float = Field(10.0, ge=0)
@@ -181,6 +184,7 @@ class CaeLossSettings(StrictModel):
     classifier_guidance: float = Field(0.0, ge=0)
     code_separation: float = Field(0.0, ge=0)
     code_margin: float = Field(4.0, gt=0)
+    minimal_change: float = Field(0.0, ge=0)
 
 
 class CaeGuideSettings(StrictModel):

@@ -244,3 +244,27 @@ def test_max_pooling_lets_a_small_lesion_move_the_class_code():
     assert changes["max"] > 3 * changes["avg"]
     with pytest.raises(ValueError, match="pool"):
         ClassAssociationEmbedding(image_size=64, **TINY, pool="median")
+
+
+def test_minimal_change_is_the_swap_distance_to_the_reconstruction_and_leaves_the_reconstruction_alone():
+    torch.manual_seed(0)
+    model = ClassAssociationEmbedding(image_size=32, **TINY)
+    batch = tiny_batch()
+    model.discriminator.requires_grad_(False)
+    forward = generator_forward(model, batch["image"], batch["label"], partner_indices(batch["label"], torch.Generator().manual_seed(0)))
+    outputs = generator_loss(model, forward, CaeLossWeights(minimal_change=2.0))
+    expected = (forward.cross - forward.reconstruction).abs().mean()
+    assert float(outputs["minimal_change"]) == pytest.approx(float(expected), rel=1e-6)
+    assert float(outputs["minimal_change"]) > 0
+    off = generator_loss(model, forward, CaeLossWeights())
+    assert "minimal_change" not in off
+    assert float(outputs["loss"]) == pytest.approx(float(off["loss"]) + 2.0 * float(outputs["minimal_change"]), rel=1e-5)
+    # the swap is pulled towards the reconstruction (gradient sign(x_ab - reconstruction) / N), and the
+    # reconstruction (detached) gets no pull towards the swap
+    cross = forward.cross.detach().requires_grad_(True)
+    reconstruction = forward.reconstruction.detach().requires_grad_(True)
+    pulled = generator_loss(model, type(forward)(forward.images, forward.labels, forward.partners, forward.class_codes, forward.individual,
+                                                 reconstruction, cross), CaeLossWeights(minimal_change=1.0))["minimal_change"]
+    grad_cross, grad_reconstruction = torch.autograd.grad(pulled, [cross, reconstruction], allow_unused=True)
+    assert grad_reconstruction is None or float(grad_reconstruction.abs().sum()) == 0
+    assert torch.allclose(grad_cross, torch.sign(cross - reconstruction).detach() / cross.numel())
