@@ -63,6 +63,26 @@ def build_cae_optimizer(model: ClassAssociationEmbedding, settings: CaeTrainSett
     return torch.optim.Adam(groups, lr=settings.optim.lr, betas=betas)
 
 
+def cae_lr_factor(total_steps: int, decay_steps: int) -> Callable[[int], float]:
+    """The rate multiplier of step ``step`` (0-based, optimizer steps): 1, then linear to 0 over the last ``decay_steps``.
+
+    Args:
+        total_steps: ``train.steps``.
+        decay_steps: ``optim.decay_steps`` (0: constant).
+
+    Returns:
+        ``fn(step) -> factor`` in [0, 1].
+    """
+    start = total_steps - decay_steps
+
+    def factor(step: int) -> float:
+        if decay_steps <= 0 or step < start:
+            return 1.0
+        return max(0.0, 1.0 - (step - start) / decay_steps)
+
+    return factor
+
+
 def cae_step_function(optimizer: torch.optim.Optimizer, weights: CaeLossWeights,
                       guide: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]:
     """The Trainer step: a discriminator update inside, the generator's loss returned for the Trainer's update.
@@ -165,7 +185,7 @@ def run_cae_train(settings: CaeTrainSettings, builders: Any, *, resume: Path | N
         logger.warning("cae train: fp16 needs loss scaling for two optimizer steps per batch; training in fp32")
         precision = "fp32"
     optimizer = build_cae_optimizer(model, settings)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cae_lr_factor(settings.train.steps, settings.optim.decay_steps))
     train_set = labelled_dataset(train_records, settings.data, augment=True, skipped=skipped, cache_dir=run.path / "cache")
     if settings.class_balanced:
         # The labels of the records that passed build_dataset's checks, in the dataset's order.

@@ -268,3 +268,22 @@ def test_minimal_change_is_the_swap_distance_to_the_reconstruction_and_leaves_th
     grad_cross, grad_reconstruction = torch.autograd.grad(pulled, [cross, reconstruction], allow_unused=True)
     assert grad_reconstruction is None or float(grad_reconstruction.abs().sum()) == 0
     assert torch.allclose(grad_cross, torch.sign(cross - reconstruction).detach() / cross.numel())
+
+
+def test_lr_decay_is_constant_then_linear_to_zero_over_the_last_steps():
+    from workbench_plugins.counterfactual.cae_train import cae_lr_factor
+
+    constant = cae_lr_factor(100, 0)
+    assert [constant(step) for step in (0, 50, 99, 150)] == [1.0, 1.0, 1.0, 1.0]
+    decay = cae_lr_factor(100, 40)
+    assert [decay(step) for step in (0, 59, 60, 70, 90, 100, 120)] == pytest.approx([1.0, 1.0, 1.0, 0.75, 0.25, 0.0, 0.0])
+    # through torch's LambdaLR, as cae train builds it: Adam's rate follows the factor step by step
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cae_lr_factor(10, 4))
+    rates = []
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([1e-4] * 6 + [7.5e-5, 5e-5, 2.5e-5, 0.0])
