@@ -168,6 +168,30 @@ def changed_positions(draft: Sequence[int], target: Sequence[int], stops: Collec
     return spread
 
 
+def drop_images(tokens: torch.Tensor, pooled: torch.Tensor, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blank whole images of a training batch (all patch tokens and the pooled token set to 0) with probability ``rate``.
+
+    A regulariser for the editor, after classifier-free guidance's condition dropout: the phantom editor trained
+    with every image read laterality, size and missing findings off the images it had memorised (with each draft
+    given another image's tokens, its fix rate on training drafts fell from 0.82 to 0.67, on held-out ones from
+    0.76 to 0.65) instead of from the draft's IMPRESSION, which holds the same facts and generalises. Blanking
+    some images makes it learn the text route as well. The draws come from torch's global generator (saved in
+    checkpoints, so a resumed run draws the same).
+
+    Args:
+        tokens: ``(B, N, Dv)`` patch tokens.
+        pooled: ``(B, Dp)`` pooled tokens.
+        rate: probability that an example's image is blanked (0: unchanged).
+
+    Returns:
+        ``(tokens, pooled)`` with the blanked examples' rows zero (new tensors; the inputs are not changed).
+    """
+    if rate <= 0:
+        return tokens, pooled
+    kept = (torch.rand(tokens.shape[0], device=tokens.device) >= rate).to(tokens.dtype)
+    return tokens * kept[:, None, None], pooled * kept.to(pooled.dtype)[:, None]
+
+
 class EditDataset(Dataset):
     """Teacher-forcing items of the editor.
 

@@ -88,6 +88,8 @@ class EditPairSettings(StrictModel):
         verdict_weight: weight of the sentence-verdict loss (cross-entropy per draft token) next to the sequence loss,
             for editors with ``decoder.verdict``.
         verdict_class_weights: the verdict loss's weights of ``keep``, ``delete`` and ``rewrite``.
+        image_dropout: probability that a training example's image tokens are blanked (``datasets.drop_images``), so
+            the editor learns to check a draft against its own IMPRESSION as well as against the image.
     """
 
     source: Literal["corrupt", "prior"] = "corrupt"
@@ -100,6 +102,7 @@ class EditPairSettings(StrictModel):
     drop_at_end: bool = False
     verdict_weight: float = Field(1.0, ge=0)
     verdict_class_weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], min_length=3, max_length=3)
+    image_dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class GenerationSettings(StrictModel):

@@ -27,7 +27,7 @@ from workbench.jobs import TrainOutcome, build_records, split_records, start_job
 from workbench.report import RunFolder
 from workbench.train import Trainer
 from workbench_plugins.reporting.corrupt import Corruption
-from workbench_plugins.reporting.datasets import IGNORE, EditDataset, EditPair, ExplainDataset, make_edit_pairs
+from workbench_plugins.reporting.datasets import IGNORE, EditDataset, EditPair, ExplainDataset, drop_images, make_edit_pairs
 from workbench_plugins.reporting.evaluate import Evaluation, evaluate_editor, evaluate_explainer
 from workbench_plugins.reporting.faithful import choose_judge
 from workbench_plugins.reporting.features import ImageTokens, ReportingEncoder, encode_records
@@ -158,9 +158,12 @@ def run_report_train(settings: ReportTrainSettings, builders: Any, *, resume: Pa
 
     changed_weight = float(settings.edit.changed_weight) if settings.model == "editor" else 1.0
     verdict_weight = float(settings.edit.verdict_weight)
+    image_dropout = float(settings.edit.image_dropout) if settings.model == "editor" else 0.0
 
     def step(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = _trimmed(batch)
+        if image_dropout:
+            batch["tokens"], batch["pooled"] = drop_images(batch["tokens"], batch["pooled"], image_dropout)
         verdict_logits = None
         if "verdict_labels" in batch:
             log_probs, verdict_logits = module(batch["tokens"], batch["pooled"], batch["input_ids"], batch["draft_ids"], batch["draft_extended"],

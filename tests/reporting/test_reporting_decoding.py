@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from workbench_plugins.reporting.datasets import ExplainDataset
+from workbench_plugins.reporting.datasets import ExplainDataset, drop_images
 from workbench_plugins.reporting.decoding import beam_search, decoder_step, greedy_decode, uncached_step
 from workbench_plugins.reporting.generate import edit_reports, explain
 from workbench_plugins.reporting.models import ReportDecoder, sequence_loss, weighted_sequence_loss
@@ -168,3 +168,18 @@ def test_weighted_loss_adds_the_weighted_tokens_and_ignores_padding():
     weights[1, 3] = 9.0  # a padded position: no effect
     nll = -log_probs[0, 1, 2]
     assert torch.allclose(weighted_sequence_loss(log_probs, targets, weights), sequence_loss(log_probs, targets) + 4.0 * nll / 5)
+
+
+def test_drop_images_blanks_whole_examples_at_the_rate_and_leaves_the_rest():
+    torch.manual_seed(0)
+    tokens, pooled = torch.randn(400, 5, 3) + 1.0, torch.randn(400, 4) + 1.0
+    assert drop_images(tokens, pooled, 0.0)[0] is tokens
+    torch.manual_seed(1)
+    dropped_tokens, dropped_pooled = drop_images(tokens, pooled, 0.5)
+    blank = dropped_tokens.abs().sum((1, 2)) == 0
+    assert torch.equal(blank, dropped_pooled.abs().sum(1) == 0)  # an image is blanked whole: patch tokens and pooled
+    assert torch.equal(dropped_tokens[~blank], tokens[~blank]) and torch.equal(dropped_pooled[~blank], pooled[~blank])
+    assert 0.42 < blank.float().mean() < 0.58
+    assert tokens.abs().sum((1, 2)).min() > 0  # inputs untouched
+    torch.manual_seed(1)
+    assert torch.equal(drop_images(tokens, pooled, 0.5)[0], dropped_tokens)  # same global seed, same draws (resumable)
