@@ -49,7 +49,7 @@ class ZeroShotGrounder:
     """
 
     def __init__(self, encoder: GroundingEncoder, method: str = "occlusion", window: float | Sequence[float] = 0.25, overlap: float = 0.5,
-                 threshold: float = 0.5, max_boxes: int = 3, fill: str = "mean_img"):
+                 threshold: float = 0.5, max_boxes: int = 3, fill: str = "dark"):
         self.encoder, self.method, self.window, self.overlap, self.fill = encoder, method, window, overlap, fill
         self.threshold, self.max_boxes = threshold, max_boxes
         self.label = f"zero-shot {method} on {encoder.record.ref}"
@@ -112,7 +112,7 @@ class HeadGrounder:
 
 
 def build_grounder(encoder_ref: str, store: ModelStore, device: str, head: str | None, method: str, window: float | Sequence[float],
-                   overlap: float, threshold: float, max_boxes: int, fill: str = "mean_img") -> ZeroShotGrounder | HeadGrounder:
+                   overlap: float, threshold: float, max_boxes: int, fill: str = "dark") -> ZeroShotGrounder | HeadGrounder:
     """A head grounder when ``head`` names a stored head, else a zero-shot grounder on ``encoder_ref``."""
     if head:
         return HeadGrounder.from_store(head, store, device)

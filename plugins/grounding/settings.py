@@ -50,13 +50,14 @@ class ZeroShotSettings(StrictModel):
         window: occluding window side, as a fraction of the encoder's input side; a list of fractions combines
             several sizes (see ``zero_shot.occlusion_maps``).
         overlap: overlap of neighbouring occlusion windows.
-        fill: what replaces an occluded window: ``mean_img`` (the image mean) or ``mean_patch`` (the window's mean).
+        fill: what replaces an occluded window: ``mean_img`` (the image mean), ``mean_patch`` (the window's mean),
+            ``gaussian`` (MONAI's Gaussian-weighted window) or ``dark`` (the image's 5th-percentile value).
     """
 
     method: Literal["similarity", "occlusion", "flair-attention", "interaction-cam"] = "occlusion"
     window: float | list[float] = 0.25
     overlap: float = Field(0.5, ge=0, lt=1)
-    fill: Literal["mean_img", "mean_patch"] = "mean_img"
+    fill: Literal["mean_img", "mean_patch", "gaussian", "dark"] = "dark"
 
     @field_validator("window")
     @classmethod

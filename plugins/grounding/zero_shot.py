@@ -9,7 +9,8 @@ Four methods, each giving one ``(H, W)`` heatmap per phrase at the image's own s
   a ViT whose pooled output is its class token leaves them untrained.
 - ``occlusion`` (Zeiler and Fergus, ECCV 2014; MONAI ``OcclusionSensitivity``):
   how much the global image-phrase similarity drops when a window of the image
-  is replaced by the image mean. It only uses the global embedding, which
+  is replaced by a fill (by default the image's dark level: occluding aerated lung
+  then removes a finding without painting a new opacity). It only uses the global embedding, which
   contrastive training does align, so it works for any encoder (CNN towers too).
 - ``flair-attention`` (Xiao et al., CVPR 2025): the attention of FLAIR's
   text-conditioned pool over the patches, when the stored encoder carries the pool.
@@ -33,8 +34,10 @@ from workbench.errors import ConfigError
 from workbench_plugins.grounding.encoder import GroundingEncoder, check_phrases
 
 METHODS: tuple[str, ...] = ("similarity", "occlusion", "flair-attention", "interaction-cam")
-# MONAI's callable fill mode fails in monai 1.6 ("Shouldn't be here"), so only its built-in fills are offered.
-OCCLUSION_FILLS: tuple[str, ...] = ("mean_img", "mean_patch")
+# MONAI's callable fill mode fails in monai 1.6 ("Shouldn't be here"), so only its built-in fills are offered, plus
+# ``dark``: a constant (MONAI's float mode) at a low percentile of the image.
+OCCLUSION_FILLS: tuple[str, ...] = ("mean_img", "mean_patch", "gaussian", "dark")
+DARK_FILL_PERCENTILE = 5.0
 
 
 def _upsample(grid_maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -63,9 +66,31 @@ def similarity_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: 
     return similarity.reshape(len(phrases), rows, cols)
 
 
+class _DisplayUnitProbe(torch.nn.Module):
+    """The similarity probe on images in display units: ``(x - mean) / std`` per channel, then the probe.
+
+    MONAI fills a window with one value in every channel; occluding before the per-channel normalisation keeps
+    that fill one grey level (a grey image repeated to RGB stays grey), as the encoder saw in training.
+    """
+
+    def __init__(self, probe: torch.nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None):
+        super().__init__()
+        self.probe = probe
+        channels = len(mean) if mean else 1
+        self.register_buffer("mean", torch.tensor(mean or [0.0], dtype=torch.float32).view(1, channels, 1, 1))
+        self.register_buffer("std", torch.tensor(std or [1.0], dtype=torch.float32).view(1, channels, 1, 1))
+
+    def to_display(self, prepared: torch.Tensor) -> torch.Tensor:
+        """``(B, C, S, S)`` prepared images back in display units."""
+        return prepared * self.std.to(prepared.device) + self.mean.to(prepared.device)
+
+    def forward(self, display: torch.Tensor) -> torch.Tensor:
+        return self.probe((display - self.mean.to(display.device)) / self.std.to(display.device))
+
+
 @torch.no_grad()
 def occlusion_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: torch.Tensor, window: float | Sequence[float] = 0.25,
-                   overlap: float = 0.5, batch_size: int = 64, fill: str = "mean_img") -> torch.Tensor:
+                   overlap: float = 0.5, batch_size: int = 64, fill: str = "dark") -> torch.Tensor:
     """Similarity drop under occlusion, at the encoder's input size (one window size, or several combined).
 
     Several window sizes: each size's maps are divided by their largest absolute value over all phrases and pixels
@@ -80,7 +105,9 @@ def occlusion_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: t
         overlap: overlap of neighbouring windows (MONAI's ``overlap``).
         batch_size: occluded images per forward pass.
         fill: what replaces a window: ``mean_img`` (the image mean), ``mean_patch`` (the window's own
-            mean: keeps its brightness, removes its texture).
+            mean: keeps its brightness, removes its texture), ``gaussian`` (MONAI's: the window is multiplied
+            by a Gaussian) or ``dark`` (the image's 5th-percentile value: on a chest film, aerated lung, so
+            occluding lung removes a finding without painting an opacity where there was none).
 
     Returns:
         ``(T, S, S)``: base similarity minus the similarity with each pixel's windows
@@ -99,15 +126,17 @@ def occlusion_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: t
             return torch.stack([one / one.abs().max().clamp_min(1e-12) for one in maps]).mean(0)
         window = sizes[0]
     side = prepared.shape[-1]
-    probe = TextSimilarityProbe(encoder, phrases)
-    base = probe(prepared)[0]  # (T,)
+    probe = _DisplayUnitProbe(TextSimilarityProbe(encoder, phrases), encoder.preprocessing.mean, encoder.preprocessing.std)
+    display = probe.to_display(prepared)
+    base = probe(display)[0]  # (T,)
     mask_size = max(2, int(round(window * side)))
     if fill not in OCCLUSION_FILLS:
         raise ConfigError(f"occlusion fill must be one of {', '.join(OCCLUSION_FILLS)}, not {fill!r}")
-    occlusion = OcclusionSensitivity(probe, mask_size=mask_size, n_batch=batch_size, verbose=False, mode=fill, overlap=overlap, activate=False)
+    mode: str | float = float(torch.quantile(display.float().flatten(), DARK_FILL_PERCENTILE / 100)) if fill == "dark" else fill
+    occlusion = OcclusionSensitivity(probe, mask_size=mask_size, n_batch=batch_size, verbose=False, mode=mode, overlap=overlap, activate=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MONAI indexes with lists, which torch warns about
-        occluded, _ = occlusion(prepared)  # (1, T, S, S)
+        occluded, _ = occlusion(display)  # (1, T, S, S)
     drop = base[:, None, None] - torch.as_tensor(occluded)[0].float()
     # The sliding windows leave a map of flat steps; smoothing at the window's scale puts each peak at the centre
     # of its step rather than at a step's first pixel (what argmax, and so the pointing game, would pick).
@@ -139,7 +168,7 @@ def flair_attention_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phra
 
 
 def ground_phrases(encoder: GroundingEncoder, image: np.ndarray, phrases: Sequence[str], method: str = "similarity",
-                   window: float | Sequence[float] = 0.25, overlap: float = 0.5, fill: str = "mean_img") -> np.ndarray:
+                   window: float | Sequence[float] = 0.25, overlap: float = 0.5, fill: str = "dark") -> np.ndarray:
     """Heatmaps of phrases on one image, at the image's own size.
 
     Args:

@@ -73,6 +73,25 @@ def test_several_occlusion_windows_average_their_scaled_maps(workspace):
             ZeroShotSettings(window=bad)
 
 
+def test_dark_fill_leaves_dark_regions_unchanged_where_the_image_mean_would_paint_them(workspace):
+    from workbench_plugins.grounding.zero_shot import occlusion_maps
+
+    encoder = _encoder(workspace)
+    image = np.zeros((64, 64), dtype=np.float32)
+    image[:, 32:] = 1.0  # dark left half (aerated lung), bright right half (body)
+    prepared = encoder.prepare_images([image])
+    phrases = encoder.encode_phrases(["left pleural effusion", "right upper zone nodule"])
+    dark = occlusion_maps(encoder, prepared, phrases, window=0.25, fill="dark")
+    mean = occlusion_maps(encoder, prepared, phrases, window=0.25, fill="mean_img")
+    # 16-pixel windows that cover columns < 9 (after the smoothing at a quarter window) lie wholly in the dark half:
+    # a dark fill changes nothing there, the image mean (0.5 grey) does.
+    assert dark[:, :, :8].abs().max() <= 1e-4 * dark.abs().max()
+    assert mean[:, :, :8].abs().max() > 0.05 * mean.abs().max()
+    assert dark[:, :, 40:].abs().max() > 0.05 * dark.abs().max()  # occluding the bright half still moves the similarity
+    with pytest.raises(ConfigError, match="occlusion fill must be one of"):
+        occlusion_maps(encoder, prepared, phrases, window=0.25, fill="inpaint")
+
+
 def test_grounder_turns_heatmaps_into_scored_boxes_inside_the_image(workspace):
     grounding = ZeroShotGrounder(_encoder(workspace), method="similarity", threshold=0.6, max_boxes=2).ground(
         np.random.default_rng(1).random((64, 64)).astype(np.float32), ["right upper zone nodule"])
