@@ -106,8 +106,8 @@ def occlusion_maps(encoder: GroundingEncoder, prepared: torch.Tensor, phrases: t
         batch_size: occluded images per forward pass.
         fill: what replaces a window: ``mean_img`` (the image mean), ``mean_patch`` (the window's own
             mean: keeps its brightness, removes its texture), ``gaussian`` (MONAI's: the window is multiplied
-            by a Gaussian) or ``dark`` (the image's 5th-percentile value: on a chest film, aerated lung, so
-            occluding lung removes a finding without painting an opacity where there was none).
+            by a Gaussian) or ``dark`` (the image's 5th-percentile value: on a chest film, air, at or below
+            aerated lung, so occluding lung removes a finding without painting an opacity where there was none).
 
     Returns:
         ``(T, S, S)``: base similarity minus the similarity with each pixel's windows
