@@ -32,6 +32,11 @@ from workbench.text_tower import bundled_minilm_path
 
 # A ViT small enough to pretrain on 2 CPU cores within the demo's budget.
 VIT_TINY_CFG: dict[str, Any] = {"image_size": 128, "layers": 4, "width": 192, "head_width": 64, "patch_size": 16, "mlp_ratio": 4.0}
+# The same ViT with a convolutional stem in place of its linear patch embedding and one block
+# fewer, so a training step costs about the same (Xiao et al. 2021, "Early convolutions help
+# transformers see better").
+LOCAL_TOWERS: dict[str, dict[str, Any]] = {"vit-tiny": VIT_TINY_CFG, "vit-tiny-conv": {**VIT_TINY_CFG, "layers": 3}}
+CONV_STEM_TOWERS = frozenset({"vit-tiny-conv"})
 BUNDLED_TEXT = "bundled"
 
 
@@ -58,12 +63,12 @@ def _local_weights_path(value: str | None, what: str) -> Path | None:
 
 def vision_config(image_tower: str, image_size: int | None) -> dict[str, Any]:
     """The open_clip ``vision_cfg`` for ``image_tower`` (``vit-tiny`` or an open_clip model name)."""
-    if image_tower == "vit-tiny":
-        cfg = dict(VIT_TINY_CFG)
+    if image_tower in LOCAL_TOWERS:
+        cfg = dict(LOCAL_TOWERS[image_tower])
     else:
         model_cfg = open_clip.get_model_config(image_tower)
         if model_cfg is None:
-            known = ", ".join(["vit-tiny"] + [n for n in open_clip.list_models() if n in ("ViT-S-32", "ViT-S-16", "ViT-B-16", "ViT-B-32", "RN50")])
+            known = ", ".join([*LOCAL_TOWERS] + [n for n in open_clip.list_models() if n in ("ViT-S-32", "ViT-S-16", "ViT-B-16", "ViT-B-32", "RN50")])
             raise ConfigError(f"unknown image tower {image_tower!r}; try one of {known}")
         cfg = copy.deepcopy(model_cfg["vision_cfg"])
         cfg.pop("timm_model_pretrained", None)
@@ -76,11 +81,46 @@ def _is_vit(cfg: dict[str, Any]) -> bool:
     return not isinstance(cfg.get("layers"), (list, tuple)) and not cfg.get("timm_model_name")
 
 
+class ConvPatchStem(nn.Sequential):
+    """A convolutional patch embedding: image ``(B, 3, H, W)`` -> tokens grid ``(B, width, H/p, W/p)``.
+
+    A 4x4 stride-4 convolution, then 3x3 stride-2 convolutions doubling the channels up to
+    ``width`` (each with GroupNorm and ReLU), then a 1x1 convolution: the drop-in for a ViT's
+    ``conv1`` (a single ``p x p`` stride-``p`` linear patch embedding). Its nonlinear, overlapping
+    filters find a small bright blob wherever it sits in a patch, which a linear patch
+    embedding does poorly; the phantoms' nodules are such blobs. open_clip's ViT has no
+    stem option and timm's hybrid ViTs put a ResNet under the ViT (many times the cost), so
+    the stem is written here. GroupNorm, not BatchNorm: a frozen encoder then behaves the
+    same in train and eval mode, and DDP ranks need no synchronised statistics.
+
+    Args:
+        width: the ViT's token width (output channels).
+        patch_size: the ViT's patch side, a power of two >= 8 (the stem's total stride).
+    """
+
+    def __init__(self, width: int, patch_size: int):
+        if patch_size < 8 or patch_size & (patch_size - 1):
+            raise ConfigError(f"a convolutional stem needs a power-of-two patch size >= 8, got {patch_size}")
+        halvings = patch_size.bit_length() - 3  # stride 4, then one stride-2 step per halving
+        channels = [width // 2**k for k in range(halvings, -1, -1)]
+        layers: list[nn.Module] = [*self._block(3, channels[0], kernel=4, stride=4, padding=0)]
+        for before, after in zip(channels, channels[1:]):
+            layers += self._block(before, after, kernel=3, stride=2, padding=1)
+        layers.append(nn.Conv2d(channels[-1], width, kernel_size=1))
+        super().__init__(*layers)
+
+    @staticmethod
+    def _block(before: int, after: int, kernel: int, stride: int, padding: int) -> list[nn.Module]:
+        return [nn.Conv2d(before, after, kernel, stride, padding, bias=False), nn.GroupNorm(4, after), nn.ReLU(inplace=True)]
+
+
 class ReportImageDualEncoder(nn.Module):
     """An image encoder and a report encoder meeting in one joint space.
 
     Args:
-        image_tower: ``vit-tiny`` or an open_clip config name (``ViT-S-32``, ``ViT-B-16``, ``RN50``).
+        image_tower: ``vit-tiny`` (4-layer ViT), ``vit-tiny-conv`` (3 layers under a
+            convolutional stem, :class:`ConvPatchStem`) or an open_clip config name
+            (``ViT-S-32``, ``ViT-B-16``, ``RN50``).
         text_tower: ``minilm`` (the bundled MiniLM-L6, default) or ``open_clip``
             (the open_clip text transformer of the image tower's config).
         embed_dim: joint-space size; ``None`` keeps the open_clip config's.
@@ -149,6 +189,8 @@ class ReportImageDualEncoder(nn.Module):
             self._tokenizer_source = None
         else:
             raise ConfigError(f"unknown text tower {text_tower!r}; use 'minilm' or 'open_clip'")
+        if image_tower in CONV_STEM_TOWERS:
+            self.clip.visual.conv1 = ConvPatchStem(int(vision_cfg["width"]), int(vision_cfg["patch_size"]))
         self.embed_dim = joint_dim
         self._tokenizer: Any = None
         self._text_cache: dict[bytes, torch.Tensor] | None = None
@@ -339,4 +381,5 @@ PRESETS: tuple[DualEncoderPreset, ...] = (
     DualEncoderPreset("dual-vit-b-16-minilm", "ViT-B-16", embed_dim=512),
     DualEncoderPreset("dual-rn50-minilm", "RN50", embed_dim=512),
     DualEncoderPreset("dual-vit-s-32-openclip", "ViT-S-32", text_tower="open_clip", embed_dim=None),
+    DualEncoderPreset("dual-vit-tiny-conv-minilm", "vit-tiny-conv"),
 )

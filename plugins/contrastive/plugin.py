@@ -83,7 +83,7 @@ def demo_pretrain(context: Any) -> None:
                 "output_root": str(context.run.path)},
         "data": {"dataset": "phantom-cxr", "root": str(context.run.path / "data" / "cxr-pretrain"),
                  "options": {"n": 400, "size": 128, "seed": context.settings.run.seed}},
-        "model": {"preset": "dual-vit-tiny-minilm", "options": {"image_size": 64, "context_length": 64}, "text_unlocked_layers": 0},
+        "model": {"preset": "dual-vit-tiny-conv-minilm", "options": {"image_size": 64, "context_length": 64}, "text_unlocked_layers": 0},
         "train": {"steps": 120, "batch_size": 64, "lr": 1e-3, "warmup_steps": 10, "checkpoint_every": 60, "log_every": 20},
         "eval": {"examples": 3, "probe_fractions": [0.1, 1.0]},
         "save": {"name": "contrastive-demo"},
