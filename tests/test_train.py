@@ -19,7 +19,7 @@ from workbench.checkpoints import capture_rng_state, latest_checkpoint, load_che
 from workbench.data.loaders import build_loader
 from workbench.distributed import DistributedContext
 from workbench.errors import ConfigError, IntegrityError
-from workbench.train import Trainer, TrainSettings
+from workbench.train import Trainer, TrainSettings, build_optimizer
 
 WORKER = REPO_ROOT / "tests" / "helpers" / "train_worker.py"
 
@@ -101,6 +101,27 @@ def test_gradient_accumulation_matches_the_larger_batch():
     for first, second in zip(whole.parameters(), accumulated.parameters()):
         torch.testing.assert_close(first, second, rtol=0, atol=1e-6)
     assert not torch.equal(next(whole.parameters()), next(_train(None, steps=6, batch_size=8).parameters()))
+
+
+def test_optimizer_is_fused_adamw_without_decay_on_biases_and_norms():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+    reference = [parameter.detach().clone() for parameter in model.parameters()]
+    optimizer = build_optimizer(model, TrainSettings(lr=0.1, weight_decay=0.5))
+    assert optimizer.defaults["fused"] is True
+    decays = {id(parameter): group["weight_decay"] for group in optimizer.param_groups for parameter in group["params"]}
+    assert [decays[id(parameter)] for parameter in model.parameters()] == [0.5, 0.0, 0.0, 0.0, 0.5, 0.0]
+    # One step on the same gradients as torch's default (multi-tensor) AdamW, which the fused kernel must match.
+    plain = [nn.Parameter(value.clone()) for value in reference]
+    groups = [{"params": [plain[i] for i in (0, 4)], "weight_decay": 0.5}, {"params": [plain[i] for i in (1, 2, 3, 5)], "weight_decay": 0.0}]
+    default = torch.optim.AdamW(groups, lr=0.1)
+    for parameter, twin in zip(model.parameters(), plain):
+        parameter.grad = torch.full_like(parameter, 0.3)
+        twin.grad = torch.full_like(twin, 0.3)
+    optimizer.step()
+    default.step()
+    for parameter, twin in zip(model.parameters(), plain):
+        torch.testing.assert_close(parameter, twin, rtol=0, atol=1e-6)
 
 
 def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resume_matches(tmp_path):
