@@ -62,7 +62,7 @@ def _local_weights_path(value: str | None, what: str) -> Path | None:
 
 
 def vision_config(image_tower: str, image_size: int | None) -> dict[str, Any]:
-    """The open_clip ``vision_cfg`` for ``image_tower`` (``vit-tiny`` or an open_clip model name)."""
+    """The open_clip ``vision_cfg`` for ``image_tower`` (a :data:`LOCAL_TOWERS` name or an open_clip model name)."""
     if image_tower in LOCAL_TOWERS:
         cfg = dict(LOCAL_TOWERS[image_tower])
     else:
