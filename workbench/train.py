@@ -88,7 +88,7 @@ def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Op
     groups = [{"params": decayed, "weight_decay": settings.weight_decay}, {"params": plain, "weight_decay": 0.0}]
     # The fused kernel does the same update in one pass over each tensor (60M parameters on this CPU: 33 ms a step
     # instead of 97 ms for the default multi-tensor loop); it runs on CPU and CUDA tensors only.
-    fused = all(parameter.device.type in ("cpu", "cuda") and parameter.is_floating_point() for parameter in decayed + plain)
+    fused = all(parameter.device.type in ("cpu", "cuda") for parameter in decayed + plain)
     return torch.optim.AdamW([group for group in groups if group["params"]], lr=settings.lr, fused=fused or None)
 
 
