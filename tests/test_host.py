@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from workbench import hookspecs
+from workbench import hookimpl, hookspecs
 from workbench.cli import _pop_disabled_plugins, build_cli
 from workbench.host import create_plugin_manager, failed_plugins
 
@@ -173,3 +173,23 @@ def test_every_hook_is_documented_with_its_exact_signature():
         assert function.__doc__ and "Args:" in function.__doc__ and "Returns:" in function.__doc__
         parameters = ", ".join(inspect.signature(function).parameters)
         assert f"{name}({parameters})" in guide, f"docs/plugins.md does not document {name}({parameters})"
+
+
+def test_trace_switch_traces_every_hook_call(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    calls = []
+
+    class Recorder:
+        @hookimpl
+        def workbench_register_metrics(self, metrics):
+            calls.append(metrics.plugin)
+            metrics.add("trace-test-metric", lambda: (lambda a, b: 0.0))
+
+    monkeypatch.setenv("WORKBENCH_TRACE_HOOKS", "1")
+    host = create_plugin_manager(autoload=False, extra_plugins=[("recorder", Recorder())])
+    trace = capsys.readouterr().err
+    assert calls == ["recorder"] and host.metrics.entry("trace-test-metric").plugin == "recorder"
+    for hook in ("workbench_register_datasets", "workbench_register_metrics"):  # the hooks these two plugins implement
+        assert f"{hook} [hook]" in trace and f"finish {hook}" in trace
+    monkeypatch.delenv("WORKBENCH_TRACE_HOOKS")
+    create_plugin_manager(autoload=False, extra_plugins=[("recorder", Recorder())])
+    assert "[hook]" not in capsys.readouterr().err

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from workbench.data import manifests
-from workbench.data.manifests import read_manifest, register_manifest_format, validate_record, write_manifest
-from workbench.errors import ManifestError, PluginError
+from workbench import hookimpl
+from workbench.data.manifests import builtin_manifest_formats, install_manifest_formats, read_manifest, validate_record, write_manifest
+from workbench.errors import ManifestError
 
 
 def study_records(folder: Path) -> list[dict]:
@@ -125,21 +125,52 @@ def test_validate_record_lists_every_problem():
     assert validate_record({"image": "/a.png", "boxes": []}, require=("boxes",)) == []
 
 
-def test_registered_format_is_used_by_extension(tmp_path, monkeypatch):
-    monkeypatch.setattr(manifests, "MANIFEST_READERS", dict(manifests.MANIFEST_READERS))
+def read_tsv(path: Path) -> list[dict]:
+    header, *rows = path.read_text().splitlines()
+    keys = header.split("\t")
+    return [{**dict(zip(keys, row.split("\t"))), "_line": number} for number, row in enumerate(rows, start=2)]
 
-    def read_tsv(path: Path) -> list[dict]:
-        header, *rows = path.read_text().splitlines()
-        keys = header.split("\t")
-        return [{**dict(zip(keys, row.split("\t"))), "_line": number} for number, row in enumerate(rows, start=2)]
 
-    register_manifest_format("tsv", read_tsv)
-    register_manifest_format("tsv", read_tsv)  # the same reader again is harmless
-    with pytest.raises(PluginError, match="'tsv' is already registered"):
-        register_manifest_format("tsv", lambda path: [])
+def test_a_plugins_manifest_format_is_read_by_extension(tmp_path):
+    from workbench.host import create_plugin_manager
+
+    class TsvPlugin:
+        @hookimpl
+        def workbench_register_datasets(self, catalog):
+            catalog.add_manifest_format("tsv", read_tsv, description="tab-separated")
+
     path = tmp_path / "m.tsv"
     path.write_text("image\tlabel\nimgs/a.png\t4\n\t5\n")
+    create_plugin_manager(autoload=False)
+    with pytest.raises(ManifestError, match="unknown manifest format 'tsv'"):
+        read_manifest(path)
+    host = create_plugin_manager(autoload=False, extra_plugins=[("tsv-plugin", TsvPlugin())])
+    assert host.datasets.manifest_formats.entry("tsv").plugin == "tsv-plugin"
     with pytest.raises(ManifestError, match="m.tsv: line 3, field 'image'"):
         read_manifest(path)
+    records, skipped = read_manifest(path, on_error="skip")
+    assert [record["label"] for record in records] == [4] and records[0]["image"] == str(tmp_path / "imgs" / "a.png")
+    assert skipped == [(3, "field 'image': required but missing or empty")]
     with pytest.raises(ManifestError, match="unknown manifest format 'xml'"):
         read_manifest(tmp_path / "m.xml")
+
+
+def test_a_second_csv_format_is_an_error_naming_both_plugins():
+    from workbench.host import create_plugin_manager, failed_plugins
+
+    class CsvAgain:
+        @hookimpl
+        def workbench_register_datasets(self, catalog):
+            catalog.add_manifest_format("csv", read_tsv)
+
+    host = create_plugin_manager(autoload=False, extra_plugins=[("csv-again", CsvAgain())])
+    [failed] = failed_plugins(host)
+    assert failed.name == "csv-again" and "'csv' is added by plugin 'builtin' and again by plugin 'csv-again'" in failed.error
+
+
+def test_without_a_host_the_builtin_formats_are_read(tmp_path):
+    install_manifest_formats(None)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps([{"image": "a.png", "label": 1}]))
+    assert read_manifest(path)[0]["label"] == 1
+    assert builtin_manifest_formats().names() == ["csv", "json", "jsonl"]

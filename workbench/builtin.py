@@ -65,12 +65,13 @@ def build_fundus_phantoms(root: Path, n: int = 20, seed: int = 0, size: int = 25
 @hookimpl
 def workbench_register_datasets(catalog: Any) -> None:
     """Register the phantom builders and the CSV / JSONL manifest formats."""
-    from workbench.data.manifests import read_manifest
+    from workbench.data.manifests import read_csv_records, read_json_records, read_jsonl_records
 
     catalog.add_builder("phantom-cxr", build_cxr_phantoms, description="synthetic chest radiographs with reports, masks and boxes")
     catalog.add_builder("phantom-fundus", build_fundus_phantoms, description="synthetic fundus images with exact vessel masks")
-    catalog.add_manifest_format("csv", read_manifest, description="CSV, one record per row; nested fields JSON-encoded")
-    catalog.add_manifest_format("jsonl", read_manifest, description="JSON lines, one record per line")
+    catalog.add_manifest_format("csv", read_csv_records, description="CSV, one record per row; nested fields JSON-encoded")
+    catalog.add_manifest_format("jsonl", read_jsonl_records, description="JSON lines, one record per line")
+    catalog.add_manifest_format("json", read_json_records, description="a JSON list of records")
 
 
 @click.command("phantoms")

@@ -29,6 +29,7 @@ import pluggy
 
 from workbench import ENTRY_POINT_GROUP, PROJECT_NAME, __version__, hookspecs
 from workbench.catalogs import DatasetCatalog, MetricCatalog, NamedCatalog, PluginScope
+from workbench.data.manifests import install_manifest_formats
 from workbench.demo import DemoSteps
 from workbench.errors import PluginError
 
@@ -134,10 +135,18 @@ class Host:
         self.commands: NamedCatalog[Any] = NamedCatalog("command")
 
     def call_per_plugin(self, hook_name: str, make_argument: Callable[[str], Any], argument_name: str) -> None:
-        """Call ``hook_name`` once per plugin with its own scoped argument.
+        """Call ``hook_name`` once per plugin, through pluggy, with the plugin's own scoped argument.
 
-        A hook that raises marks its plugin failed (the error is kept) and the
-        remaining plugins are still called.
+        Each call goes through ``pm.subset_hook_caller`` (the hook limited to one
+        plugin), so pluggy's tracing and monitoring (``WORKBENCH_TRACE_HOOKS``)
+        see it and argument matching is pluggy's own. A hook that raises marks
+        its plugin failed (the error is kept) and the remaining plugins are
+        still called.
+
+        Args:
+            hook_name: a hook in :mod:`workbench.hookspecs`.
+            make_argument: ``fn(plugin_name)`` -> the scoped argument for that plugin.
+            argument_name: the hook's keyword for that argument.
         """
         hook_caller = getattr(self.pm.hook, hook_name)
         for implementation in hook_caller.get_hookimpls():
@@ -145,10 +154,10 @@ class Host:
             info = self.plugins.get(plugin_name)
             if info is not None and not info.ok:
                 continue
-            kwargs = {argument_name: make_argument(plugin_name)}
-            kwargs = {key: value for key, value in kwargs.items() if key in implementation.argnames}
+            others = [plugin for plugin in self.pm.get_plugins() if plugin is not implementation.plugin]
+            only_this_plugin = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
             try:
-                implementation.function(**kwargs)
+                only_this_plugin(**{argument_name: make_argument(plugin_name)})
             except Exception as error:  # a plugin's bug must not take the host down
                 message = f"{hook_name} failed: {type(error).__name__}: {error}"
                 logger.warning("plugin %r: %s", plugin_name, message)
@@ -165,6 +174,8 @@ class Host:
         self.call_per_plugin("workbench_register_models", lambda p: PluginModelRegistry(self.models, p), "registry")
         self.call_per_plugin("workbench_register_datasets", self.datasets.scoped, "catalog")
         self.call_per_plugin("workbench_register_metrics", self.metrics.scoped, "metrics")
+        # read_manifest reads by this host's formats, so a plugin's add_manifest_format takes effect
+        install_manifest_formats(self.datasets.manifest_formats)
 
     def add_commands(self, group: Any) -> None:
         """Let every plugin add its sub-commands to the click ``group``."""

@@ -25,7 +25,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence, overload
 
-from workbench.errors import ManifestError, PluginError
+from workbench.catalogs import NamedCatalog
+from workbench.errors import ManifestError
 from workbench.fsutil import atomic_write_text
 
 PATH_FIELDS = ("image", "image_png", "mask", "fov")
@@ -99,22 +100,37 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
     return [dict(item) for item in value]
 
 
-MANIFEST_READERS: dict[str, ManifestReader] = {"csv": read_csv_records, "jsonl": read_jsonl_records, "json": read_json_records}
+BUILTIN_MANIFEST_READERS: dict[str, ManifestReader] = {"csv": read_csv_records, "jsonl": read_jsonl_records, "json": read_json_records}
 _FORMAT_ALIASES = {"ndjson": "jsonl"}
 
+# The table :func:`read_manifest` consults: the host's manifest-format catalog
+# (filled by every plugin's ``workbench_register_datasets`` hook) once a host
+# is built, the built-in readers before that (library use without a host).
+_installed_formats: NamedCatalog[ManifestReader] | None = None
 
-def register_manifest_format(name: str, reader: ManifestReader) -> None:
-    """Add a manifest format read by ``reader(path) -> list[dict]`` for files ending in ``.name``.
 
-    The reader returns raw records; :func:`read_manifest` validates them and
-    resolves paths. A record may carry its line in the file under ``"_line"``.
+def builtin_manifest_formats() -> NamedCatalog[ManifestReader]:
+    """A fresh catalog of the built-in formats (``csv``, ``jsonl``, ``json``), owned by ``"workbench"``."""
+    catalog: NamedCatalog[ManifestReader] = NamedCatalog("manifest format")
+    for name, reader in BUILTIN_MANIFEST_READERS.items():
+        catalog.add(name, reader, plugin="workbench")
+    return catalog
 
-    Raises:
-        PluginError: the name is already registered.
+
+def install_manifest_formats(formats: NamedCatalog[ManifestReader] | None) -> None:
+    """Make ``formats`` the table :func:`read_manifest` reads by (the host does this); ``None`` restores the built-ins.
+
+    Args:
+        formats: a catalog of ``reader(path) -> list[dict]`` by format name
+            (the host's ``datasets.manifest_formats``), or ``None``.
     """
-    if name in MANIFEST_READERS and MANIFEST_READERS[name] is not reader:
-        raise PluginError(f"manifest format {name!r} is already registered ({MANIFEST_READERS[name].__qualname__})")
-    MANIFEST_READERS[name] = reader
+    global _installed_formats
+    _installed_formats = formats
+
+
+def manifest_formats() -> NamedCatalog[ManifestReader]:
+    """The manifest formats in force: the installed host catalog, else the built-ins."""
+    return _installed_formats if _installed_formats is not None else builtin_manifest_formats()
 
 
 def manifest_format(path: str | Path) -> str:
@@ -217,9 +233,11 @@ def _absolute(value: str, base_dir: Path) -> str:
 
 
 @overload
-def read_manifest(path: str | Path, *, require: Sequence[str] = ..., on_error: Literal["raise"] = ..., format_name: str | None = ...) -> list[dict[str, Any]]: ...
+def read_manifest(path: str | Path, *, require: Sequence[str] = ..., on_error: Literal["raise"] = ..., format_name: str | None = ...,
+                  formats: NamedCatalog[ManifestReader] | None = ...) -> list[dict[str, Any]]: ...
 @overload
-def read_manifest(path: str | Path, *, require: Sequence[str] = ..., on_error: Literal["skip"], format_name: str | None = ...) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]: ...
+def read_manifest(path: str | Path, *, require: Sequence[str] = ..., on_error: Literal["skip"], format_name: str | None = ...,
+                  formats: NamedCatalog[ManifestReader] | None = ...) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]: ...
 
 
 def read_manifest(
@@ -228,6 +246,7 @@ def read_manifest(
     require: Sequence[str] = ("image",),
     on_error: Literal["raise", "skip"] = "raise",
     format_name: str | None = None,
+    formats: NamedCatalog[ManifestReader] | None = None,
 ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], list[tuple[int, str]]]:
     """Read and validate a manifest.
 
@@ -236,7 +255,9 @@ def read_manifest(
         require: fields every record must have for the task (``image`` always).
         on_error: ``"raise"`` refuses the manifest at its first bad record;
             ``"skip"`` drops bad records and reports them.
-        format_name: a name in :data:`MANIFEST_READERS`; default from the extension.
+        format_name: a registered manifest format; default from the extension.
+        formats: the format catalog to read by; default :func:`manifest_formats`
+            (the host's catalog, where a plugin's ``add_manifest_format`` lands).
 
     Returns:
         With ``"raise"``, the records (paths absolute, ``id`` filled in from
@@ -249,12 +270,13 @@ def read_manifest(
     """
     path = Path(path)
     name = format_name or manifest_format(path)
-    if name not in MANIFEST_READERS:
-        raise ManifestError(path, f"unknown manifest format {name!r}; known: {', '.join(sorted(MANIFEST_READERS))}")
+    formats = formats if formats is not None else manifest_formats()
+    if name not in formats:
+        raise ManifestError(path, f"unknown manifest format {name!r}; known: {', '.join(formats.names())}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     try:
-        raw_records = MANIFEST_READERS[name](path)
+        raw_records = formats.get(name)(path)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ManifestError(path, f"cannot read manifest: {exc}") from exc
     records, skipped, seen_ids = [], [], {}
