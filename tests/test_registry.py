@@ -213,3 +213,14 @@ def test_unlimited_budget_and_oversized_model(tmp_path: Path, registry: ModelReg
         tiny.get("b", device="cpu")
     assert [k.name for k in tiny.keys()] == ["b"]  # each is held alone, the older one evicted
     assert "more than the 16-byte budget" in caplog.text
+
+
+def test_dual_encoder_protocols_name_what_a_model_lacks():
+    from workbench.dual_encoder import DualEncoder, ImageTokenEncoder, PatchDualEncoder, missing_methods, protocol_methods
+
+    assert protocol_methods(DualEncoder) == ("encode_image", "encode_text", "image_features", "tokenize")
+    assert protocol_methods(PatchDualEncoder) == ("encode_image", "encode_text", "image_features", "patch_grid", "project_patch_tokens", "tokenize")
+    assert protocol_methods(ImageTokenEncoder) == ("image_features", "patch_grid")
+    linear = torch.nn.Linear(2, 2)
+    assert missing_methods(linear, ImageTokenEncoder) == ["image_features", "patch_grid"]
+    assert not isinstance(linear, DualEncoder)

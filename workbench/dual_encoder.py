@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,12 +21,68 @@ from torch import nn
 
 from workbench.errors import ConfigError, DataError
 from workbench.model_records import ModelRecord, Preprocessing, parse_ref
-from workbench.model_store import ModelStore
+from workbench.model_store import ModelStore, open_store
 
 
-def open_store(path: str | Path | None) -> ModelStore:
-    """The model store at ``path``, or the default one when ``path`` is empty."""
-    return ModelStore(path) if path else ModelStore()
+@runtime_checkable
+class ImageTokenEncoder(Protocol):
+    """What an image-side consumer (the reporting decoder) calls on a stored encoder."""
+
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, C, S, S)`` prepared images -> ``(pooled (B, D), patch tokens (B, N, Dv) or None)``."""
+
+    def patch_grid(self) -> tuple[int, int]:
+        """``(rows, columns)`` of the patch-token grid (``rows * columns == N``)."""
+
+
+@runtime_checkable
+class DualEncoder(Protocol):
+    """The dual image-text encoder interface the plugins stand on (the contrastive plugin's models give it).
+
+    Every consumer (grounding, VLM explanations, reporting) checks a stored
+    model against one of these protocols instead of a list of method names.
+    """
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> token ids ``(T, L)``."""
+
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids ``(T, L)`` -> L2-normalised text embeddings ``(T, D)``."""
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Prepared images ``(B, C, S, S)`` -> L2-normalised image embeddings ``(B, D)``."""
+
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, C, S, S)`` -> ``(pooled (B, D) unnormalised, patch tokens (B, N, Dv) or None)``."""
+
+
+@runtime_checkable
+class PatchDualEncoder(DualEncoder, Protocol):
+    """A dual encoder whose patch tokens live in the joint space too (grounding's heatmaps need it)."""
+
+    def project_patch_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``(B, N, Dv)`` -> L2-normalised joint-space tokens ``(B, N, D)``."""
+
+    def patch_grid(self) -> tuple[int, int]:
+        """``(rows, columns)`` of the patch-token grid."""
+
+
+def protocol_methods(protocol: type) -> tuple[str, ...]:
+    """The public method names a ``Protocol`` class (and its protocol bases) declares, sorted.
+
+    ``typing.get_protocol_members`` does this from Python 3.12 on; 3.10 and 3.11 lack it.
+    """
+    names = set()
+    for klass in protocol.__mro__:
+        if klass is Protocol or klass is object or not getattr(klass, "_is_protocol", False):
+            continue
+        names.update(name for name, value in vars(klass).items() if callable(value) and not name.startswith("_"))
+    return tuple(sorted(names))
+
+
+def missing_methods(model: Any, protocol: type) -> list[str]:
+    """The methods of ``protocol`` that ``model`` lacks (empty when it conforms)."""
+    return [name for name in protocol_methods(protocol) if not callable(getattr(model, name, None))]
 
 
 def check_texts(texts: Sequence[str], what: str = "text", source: str | None = None, hint: str = "") -> list[str]:
@@ -62,7 +118,7 @@ class StoredDualEncoder:
         device: where it runs.
     """
 
-    REQUIRED_METHODS: ClassVar[tuple[str, ...]] = ("tokenize", "encode_text", "image_features")
+    PROTOCOL: ClassVar[type] = DualEncoder
 
     model: nn.Module
     record: ModelRecord
@@ -80,7 +136,7 @@ class StoredDualEncoder:
         name, version = parse_ref(reference)
         record = store.resolve(name, version)
         model = store.get(name, version, device=device)
-        missing = [method for method in cls.REQUIRED_METHODS if not callable(getattr(model, method, None))]
+        missing = missing_methods(model, cls.PROTOCOL)
         if missing:
             raise ConfigError(f"{record.ref} (task {record.task!r}) is not a dual image-text encoder: it lacks {', '.join(missing)}")
         return cls(model=model, record=record, device=next(model.parameters()).device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -21,7 +21,16 @@ from workbench.devices import memory_budget_bytes, select_device, select_precisi
 
 if TYPE_CHECKING:  # pragma: no cover - type hints only
     from workbench.model_records import ModelRecord
-    from workbench.model_store import ModelStore
+
+
+class VersionLoader(Protocol):
+    """What the cache needs of a store (:class:`~workbench.model_store.ModelStore` gives it); the cache never imports the store."""
+
+    def resolve(self, name: str, version: int | str) -> ModelRecord:
+        """The record of ``name`` at ``version`` (a number or an alias)."""
+
+    def load(self, name: str, version: int | str) -> tuple[nn.Module, ModelRecord]:
+        """A fresh CPU instance with verified weights, and its record."""
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +60,7 @@ class ModelCache:
     """Shared placed instances of stored models, evicted least-recently-used per device.
 
     Args:
-        store: the :class:`~workbench.model_store.ModelStore` to load from.
+        store: what to load from (a :class:`~workbench.model_store.ModelStore`).
         memory_budget_bytes: per-device limit on the bytes of cached instances:
             ``"auto"`` asks :func:`workbench.devices.memory_budget_bytes` for each
             device (a share of CUDA memory; unlimited on CPU), an int applies to
@@ -60,7 +69,7 @@ class ModelCache:
     Instances are shared: callers must not train or modify them in place.
     """
 
-    def __init__(self, store: ModelStore, *, memory_budget_bytes: int | str | None = "auto") -> None:
+    def __init__(self, store: VersionLoader, *, memory_budget_bytes: int | str | None = "auto") -> None:
         if isinstance(memory_budget_bytes, str) and memory_budget_bytes != "auto":
             raise ValueError(f"memory_budget_bytes must be 'auto', an int or None, got {memory_budget_bytes!r}")
         self.store = store

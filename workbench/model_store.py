@@ -28,7 +28,7 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import platformdirs
 import torch
@@ -51,10 +51,8 @@ from workbench.model_records import (
     parse_ref,
 )
 from workbench.model_index import LATEST, ModelIndex
-from workbench.registry import ModelRegistry, get_registry
-
-if TYPE_CHECKING:  # pragma: no cover - type hints only
-    from workbench.model_cache import ModelCache
+from workbench.model_cache import ModelCache
+from workbench.model_factories import ModelRegistry, get_registry
 
 __all__ = [
     "ModelRecord", "ModelStore", "Preprocessing", "default_store_root", "describe_record", "parse_ref",
@@ -394,8 +392,6 @@ class ModelStore:
     def cache(self) -> ModelCache:
         """The store's shared-instance cache (created on first use)."""
         if self._cache is None:
-            from workbench.model_cache import ModelCache
-
             self._cache = ModelCache(self, memory_budget_bytes=self._memory_budget)
         return self._cache
 
@@ -430,3 +426,8 @@ class ModelStore:
                 if (stored_name, number) not in indexed:
                     problems.append(f"{self.version_dir(stored_name, number)}: folder not in the index")
         return problems
+
+
+def open_store(path: str | Path | None) -> ModelStore:
+    """The model store at ``path``, or the default one (``WORKBENCH_HOME`` or the user cache dir) when ``path`` is empty."""
+    return ModelStore(path) if path else ModelStore()

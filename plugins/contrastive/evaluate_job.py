@@ -10,7 +10,7 @@ from workbench.checkpoints import seed_everything
 from workbench.data.skipped import SkippedRecords
 from workbench.devices import select_device
 from workbench.model_records import parse_ref
-from workbench.model_store import ModelStore
+from workbench.model_store import open_store
 from workbench.registry import create_model
 from workbench.report import HtmlReport, RunFolder
 from workbench_plugins.contrastive.data import pair_dataset
@@ -38,7 +38,7 @@ def load_encoder(settings: EvaluateSettings) -> tuple[ReportImageDualEncoder, An
         options.setdefault("pretrained_image", None)
         encoder = create_model(settings.model, **options)
         return encoder, dual_encoder_preprocessing(encoder), f"{settings.model} (random image tower)"
-    store = ModelStore(settings.store) if settings.store else ModelStore()
+    store = open_store(settings.store)
     name, version = parse_ref(settings.model)
     encoder, record = store.load(name, version)
     return encoder, record.preprocessing, f"{record.name}:v{record.version}"

@@ -23,7 +23,7 @@ from workbench.data.skipped import SkippedRecords
 from workbench.distributed import DistributedContext, barrier, unwrap, wrap_ddp
 from workbench.errors import ConfigError, DataError
 from workbench.jobs import build_records, load_on_main_first, split_records, start_job
-from workbench.model_store import ModelStore
+from workbench.model_store import open_store
 from workbench.registry import create_model
 from workbench.report import HtmlReport, RunFolder
 from workbench.train import Trainer
@@ -212,7 +212,7 @@ def _finish(settings: PretrainSettings, outcome: PretrainOutcome, encoder: Repor
     metrics.update(extra, steps=outcome.steps, skipped_records=len(skipped))
     outcome.metrics = metrics
     if settings.save.name:
-        store = ModelStore(settings.save.store) if settings.save.store else ModelStore()
+        store = open_store(settings.save.store)
         record = store.save(encoder, name=settings.save.name, factory=settings.model.preset, task="contrastive",
                             config=_factory_config(settings), preprocessing=preprocessing, metrics=_flat_metrics(metrics),
                             aliases=("best",) if settings.save.alias_best else (), plugin="contrastive",

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from workbench.dual_encoder import StoredDualEncoder, check_texts, open_store
+from workbench.dual_encoder import PatchDualEncoder, StoredDualEncoder, check_texts, open_store
 from workbench.errors import ConfigError
 
 __all__ = ["GroundingEncoder", "check_phrases", "open_store"]
@@ -35,8 +35,7 @@ def check_phrases(phrases: Sequence[str], source: str | None = None) -> list[str
 class GroundingEncoder(StoredDualEncoder):
     """A stored dual encoder with its preprocessing, as grounding uses it (global and patch embeddings)."""
 
-    REQUIRED_METHODS: ClassVar[tuple[str, ...]] = ("tokenize", "encode_text", "encode_image", "image_features",
-                                                   "project_patch_tokens", "patch_grid")
+    PROTOCOL: ClassVar[type] = PatchDualEncoder
 
     @torch.no_grad()
     def encode_phrases(self, phrases: Sequence[str]) -> torch.Tensor:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import track
 
 from workbench.data.readers import read_image
-from workbench.dual_encoder import StoredDualEncoder
+from workbench.dual_encoder import ImageTokenEncoder, StoredDualEncoder
 from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError, DataError
 from workbench.model_store import ModelStore
@@ -47,7 +47,7 @@ class ImageTokens:
 class ReportingEncoder(StoredDualEncoder):
     """A frozen stored image encoder with its preprocessing (only its image side is used)."""
 
-    REQUIRED_METHODS: ClassVar[tuple[str, ...]] = ("image_features", "patch_grid")
+    PROTOCOL: ClassVar[type] = ImageTokenEncoder
 
     @classmethod
     def from_store(cls, reference: str, store: ModelStore | None = None, device: str = "auto") -> "ReportingEncoder":

@@ -29,7 +29,7 @@ from workbench.distributed import barrier, init_distributed, unwrap, wrap_ddp
 from workbench.errors import ConfigError, DataError, WorkbenchError
 from workbench.jobs import build_records, load_on_main_first, split_records, start_job
 from workbench.model_records import parse_ref
-from workbench.model_store import ModelStore
+from workbench.model_store import open_store
 from workbench.registry import create_model
 from workbench.report import HtmlReport, RunFolder
 from workbench.train import Trainer
@@ -194,7 +194,7 @@ def _store(settings: VesselTrainSettings, network: nn.Module, inference: Inferen
            run: RunFolder) -> str | None:
     if not settings.save.name:
         return None
-    store = ModelStore(settings.save.store) if settings.save.store else ModelStore()
+    store = open_store(settings.save.store)
     record = store.save(network, name=settings.save.name, factory=settings.model.name, task="segmentation",
                         config=dict(settings.model.options),
                         preprocessing=inference_preprocessing(network, normalisation=settings.data.normalisation),
@@ -284,7 +284,7 @@ def run_predict(settings: VesselPredictSettings, builders: Any, *, score: bool) 
     run = RunFolder.create("vessels-evaluate" if score else "vessels-predict", settings.run.output_root, settings.run.name)
     run.attach_log()
     run.save_settings(settings)
-    store = ModelStore(settings.save.store) if settings.save.store else ModelStore()
+    store = open_store(settings.save.store)
     try:
         reference = settings.weights_ref()
     except ValueError as error:
