@@ -30,6 +30,11 @@ class JobSettings(StrictModel):
         ("optim.betas=[0.5, 0.9]", ["optim", "betas"], [0.5, 0.9]),
         ("run.name=", ["run", "name"], ""),
         ("flag=true", ["flag"], True),
+        ("optim.lr=1e-3", ["optim", "lr"], 0.001),
+        ("run.name=null", ["run", "name"], None),
+        ("run.output_root=runs/a=b", ["run", "output_root"], "runs/a=b"),
+        ("model.options.pretrained_image=/w/enc.safetensors", ["model", "options", "pretrained_image"], "/w/enc.safetensors"),
+        ("text='1.5'", ["text"], "1.5"),
     ],
 )
 def test_parse_override_types_values_with_yaml(text, keys, value):

@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterable, Literal, Mapping, TypeVar
 
 import click
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workbench.errors import ConfigError
@@ -85,17 +87,21 @@ class ModelSaveSettings(StrictModel):
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``"a.b.c=value"`` into its key path and its YAML-typed value.
+    """Split ``"a.b.c=value"`` into its key path and its typed value (OmegaConf's dotlist grammar).
+
+    Values are typed the way Hydra and OmegaConf users expect: ``3`` an int,
+    ``1e-3`` a float (plain YAML would keep it a string), ``true`` a bool,
+    ``null`` None, ``[1, 2]`` a list, ``abc`` and ``a/b.yaml`` strings; an
+    empty value is the empty string. Interpolations (``${...}``) stay text.
 
     Args:
         text: one override argument.
 
     Returns:
-        ``(["a", "b", "c"], value)`` where value is parsed with ``yaml.safe_load``
-        (so ``3`` is an int, ``true`` a bool, ``[1, 2]`` a list, ``abc`` a string).
+        ``(["a", "b", "c"], value)``.
 
     Raises:
-        ConfigError: no ``=``, or an empty key.
+        ConfigError: no ``=``, an empty key or key part, or a value OmegaConf cannot parse.
     """
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key.sub=value")
@@ -103,11 +109,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [part for part in key.strip().split(".")]
     if not key.strip() or any(not part for part in parts):
         raise ConfigError(f"override {text!r} has an empty key")
+    if not raw_value.strip():
+        return parts, ""
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
-    except yaml.YAMLError:
-        value = raw_value
-    return parts, value
+        # Parsed under a fixed key, so the user's key never meets OmegaConf's own key rules.
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw_value}"]), resolve=False)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"override {text!r}: cannot parse the value: {error}") from error
+    return parts, parsed["value"]
 
 
 def apply_overrides(mapping: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
