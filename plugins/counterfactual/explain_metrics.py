@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+from monai.metrics import compute_dice
 from skimage.metrics import structural_similarity
 
 
@@ -31,9 +33,9 @@ def topk_dice(saliency: np.ndarray, mask: np.ndarray, percent: float = 5.0) -> f
     count = max(1, int(round(saliency.size * percent / 100.0)))
     top = np.zeros(saliency.size, dtype=bool)
     top[np.argsort(saliency, axis=None, kind="stable")[-count:]] = True
-    top = top.reshape(saliency.shape)
-    denominator = top.sum() + mask.sum()
-    return float(2.0 * (top & mask).sum() / denominator) if denominator else 0.0
+    as_batch = lambda values: torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))[None, None]  # noqa: E731
+    # top holds at least one pixel, so MONAI's empty-mask rule never applies: Dice is 0 against an empty mask
+    return float(compute_dice(as_batch(top.reshape(saliency.shape)), as_batch(mask), include_background=True, ignore_empty=False))
 
 
 def localisation(saliency: np.ndarray, mask: np.ndarray, percent: float = 5.0) -> dict[str, float]:

@@ -13,6 +13,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from skimage import measure
+from torchvision.ops import box_convert
+from torchvision.ops import box_iou as torchvision_box_iou
 
 from workbench.errors import DataError
 
@@ -65,14 +67,15 @@ def box_mask(box: Mapping[str, Any], height: int, width: int) -> np.ndarray:
 
 
 def box_iou(first: Mapping[str, Any], second: Mapping[str, Any]) -> float:
-    """Intersection over union of two pixel boxes (continuous coordinates); 0 when disjoint."""
-    ax, ay, aw, ah = (float(first[key]) for key in BOX_KEYS)
-    bx, by, bw, bh = (float(second[key]) for key in BOX_KEYS)
-    inter_w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    inter_h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = inter_w * inter_h
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
+    """Intersection over union of two pixel boxes ``{x, y, w, h}`` (continuous coordinates), by ``torchvision.ops.box_iou``.
+
+    Returns:
+        The IoU in ``[0, 1]``; 0 when the boxes are disjoint or both have no area.
+    """
+    xywh = torch.tensor([[float(box[key]) for key in BOX_KEYS] for box in (first, second)], dtype=torch.float64)
+    corners = box_convert(xywh, in_fmt="xywh", out_fmt="xyxy")
+    iou = float(torchvision_box_iou(corners[:1], corners[1:])[0, 0])
+    return iou if iou == iou else 0.0  # 0/0 (two empty boxes) is NaN there
 
 
 def heatmap_to_boxes(heatmap: np.ndarray, threshold: float = 0.5, max_boxes: int = 3, min_area: int = 4) -> list[dict[str, Any]]:

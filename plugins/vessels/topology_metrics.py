@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import cc3d
 import numpy as np
+import torch
+from monai.metrics import compute_dice
 from scipy import ndimage
 from skimage.measure import euler_number
 from skimage.morphology import ball, disk, skeletonize
@@ -105,9 +107,13 @@ def skeleton(mask: np.ndarray) -> np.ndarray:
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """Dice overlap ``2|P & R| / (|P| + |R|)``; 1.0 when both masks are empty."""
-    total = int(np.count_nonzero(prediction)) + int(np.count_nonzero(reference))
-    return _ratio(2 * np.count_nonzero(prediction & reference), total, empty=1.0)
+    """Dice overlap ``2|P & R| / (|P| + |R|)`` of two bool masks (2-D or 3-D), by MONAI's ``compute_dice``.
+
+    Returns:
+        The Dice in ``[0, 1]``; 1.0 when both masks are empty, 0.0 when only the reference is.
+    """
+    as_batch = lambda mask: torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float64))[None, None]  # noqa: E731
+    return float(compute_dice(as_batch(prediction), as_batch(reference), include_background=True, ignore_empty=False))
 
 
 def cldice(prediction: np.ndarray, reference: np.ndarray, prediction_skeleton: np.ndarray | None = None,

@@ -183,3 +183,15 @@ def test_chase_second_observer_against_first_inside_derived_fov():
     assert 0.82 < report.cldice < 0.92
     assert 0.75 < report.cal < 0.92
     assert report.reference_components <= 5 and report.betti0_error <= 6
+
+
+@pytest.mark.parametrize("shape", [(48, 40), (12, 10, 9)])
+@pytest.mark.parametrize("prediction_rate, reference_rate", [(0.3, 0.2), (0.0, 0.2), (0.3, 0.0), (0.0, 0.0), (1.0, 1.0)])
+def test_dice_by_monai_is_the_overlap_formula(shape, prediction_rate, reference_rate):
+    from workbench_plugins.vessels.topology_metrics import dice
+
+    rng = np.random.default_rng(7)
+    prediction, reference = rng.random(shape) < prediction_rate, rng.random(shape) < reference_rate
+    total = prediction.sum() + reference.sum()
+    expected = 2 * (prediction & reference).sum() / total if total else 1.0
+    assert dice(prediction, reference) == pytest.approx(expected, abs=1e-6)
