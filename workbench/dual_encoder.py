@@ -11,7 +11,6 @@ Each plugin subclasses :class:`StoredDualEncoder` with what it needs on top.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -21,7 +20,7 @@ from torch import nn
 
 from workbench.errors import ConfigError, DataError
 from workbench.model_records import ModelRecord, Preprocessing, parse_ref
-from workbench.model_store import ModelStore, open_store
+from workbench.model_store import ModelStore
 
 
 @runtime_checkable

@@ -34,6 +34,8 @@ class TrainOutcome:
         stored: ``name:vN`` of the version saved in the model store, or ``None``.
         steps: optimizer steps taken in total.
         history: the logged training scalars, one dict per log step.
+        model: the trained module (eval mode, unwrapped; rank 0), for callers that go on with it.
+        details: what a job hands its caller besides (its evaluation object, vocabulary...), by name.
     """
 
     run: RunFolder
@@ -41,6 +43,8 @@ class TrainOutcome:
     stored: str | None = None
     steps: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    model: Any = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from workbench.checkpoints import seed_everything
 from workbench.data.loaders import build_loader
 from workbench.distributed import barrier, unwrap, wrap_ddp
 from workbench.errors import ConfigError
-from workbench.dual_encoder import open_store
+from workbench.model_store import open_store
 from workbench.jobs import TrainOutcome, load_on_main_first, start_job
 from workbench.model_records import Preprocessing, parse_ref
 from workbench.registry import create_model

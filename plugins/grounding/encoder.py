@@ -16,10 +16,10 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from workbench.dual_encoder import PatchDualEncoder, StoredDualEncoder, check_texts, open_store
+from workbench.dual_encoder import PatchDualEncoder, StoredDualEncoder, check_texts
 from workbench.errors import ConfigError
 
-__all__ = ["GroundingEncoder", "check_phrases", "open_store"]
+__all__ = ["GroundingEncoder", "check_phrases"]
 
 
 def check_phrases(phrases: Sequence[str], source: str | None = None) -> list[str]:

@@ -14,7 +14,8 @@ from workbench.errors import ConfigError
 from workbench.jobs import build_records, split_records
 from workbench.report import HtmlReport, RunFolder, save_png
 from workbench_plugins.grounding.data import GroundingSample, grounding_records, iter_samples
-from workbench_plugins.grounding.encoder import check_phrases, open_store
+from workbench_plugins.grounding.encoder import check_phrases
+from workbench.model_store import open_store
 from workbench_plugins.grounding.evaluate import GroundedPhrase, evaluate_grounder, worst_kept
 from workbench_plugins.grounding.grounders import build_grounder
 from workbench_plugins.grounding.pages import (

@@ -11,10 +11,9 @@ cached features an augmented image would need a new encoder pass per step.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch.utils.data import Dataset
@@ -22,13 +21,13 @@ from torch.utils.data import Dataset
 from workbench.checkpoints import seed_everything
 from workbench.data.loaders import build_loader
 from workbench.data.skipped import SkippedRecords
-from workbench.distributed import init_distributed
-from workbench.jobs import TrainOutcome, open_run_folder
-from workbench.report import HtmlReport, RunFolder
-from workbench.train import Trainer
+from workbench.jobs import JobStart, TrainOutcome
+from workbench.report import HtmlReport
+from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.grounding.boxes import box_mask, boxes_to_cxcywh
 from workbench_plugins.grounding.data import GroundingSample, iter_samples
-from workbench_plugins.grounding.encoder import GroundingEncoder, open_store
+from workbench_plugins.grounding.encoder import GroundingEncoder
+from workbench.model_store import open_store
 from workbench_plugins.grounding.evaluate import evaluate_grounder, worst_kept
 from workbench_plugins.grounding.grounders import HEAD_TASK, HeadGrounder
 from workbench_plugins.grounding.losses import GroundingLoss, patch_coverage
@@ -108,16 +107,75 @@ def head_features(encoder: GroundingEncoder, samples: Iterable[GroundingSample],
     return HeadFeatures(torch.cat(tokens), torch.tensor(image_index), torch.cat(phrases), torch.cat(boxes), torch.stack(heatmaps))
 
 
-def _stored_by_finished_run(run: RunFolder, resumed_from: int | None, steps: int) -> str | None:
-    """The head a run already stored when it is resumed after its last step (so resuming stores no duplicate)."""
-    metrics_file = run.path / "metrics.json"
-    if resumed_from is None or resumed_from < steps or not metrics_file.exists():
-        return None
-    return json.loads(metrics_file.read_text(encoding="utf-8")).get("grounding", {}).get("stored_model")
+class GroundTrainJob(TrainingJob):
+    """``ground train`` in the shared job shape: frozen features once, the head trained on them, evaluated, stored."""
+
+    kind, section, plugin = "ground-train", "grounding", "grounding"
+
+    def prepare(self, start: JobStart, skipped: SkippedRecords | None) -> None:
+        """Records of both splits, the frozen encoder, and the training phrases' features."""
+        settings, output_root = self.settings, Path(self.settings.run.output_root)
+        self.skipped = skipped
+        self.train_records = load_grounding_records(settings.data, self.builders, output_root, settings.data.train_split,
+                                                    settings.data.max_train, skipped)
+        self.eval_records = load_grounding_records(settings.data, self.builders, output_root, settings.data.eval_split,
+                                                   settings.data.max_eval, skipped)
+        self.store = open_store(settings.encoder.store)
+        self.encoder = GroundingEncoder.from_store(settings.encoder.name, self.store, device=str(start.context.device))
+        seed_everything(settings.run.seed)
+        self.features = head_features(self.encoder, iter_samples(self.train_records, skipped), heatmap_target=settings.heatmap_target)
+        logger.info("%d training phrases on %d images", len(self.features), len(self.features.tokens))
+        self.criterion = GroundingLoss(settings.loss)
+
+    def build_model(self, start: JobStart) -> torch.nn.Module:
+        """The head, sized to the encoder's tokens, phrase embeddings and patch grid."""
+        self.config = {"token_dim": int(self.features.tokens.shape[-1]), "text_dim": int(self.features.phrases.shape[-1]),
+                       "grid": list(self.encoder.grid()), **self.settings.head.model_dump()}
+        return PhraseGroundingHead(**self.config)
+
+    def loader(self, start: JobStart) -> Any:
+        """Shuffled batches of cached (tokens, phrase, box, heatmap) items."""
+        return build_loader(self.features, batch_size=self.settings.train.batch_size, shuffle=True, seed=self.settings.run.seed,
+                            drop_last=True)
+
+    def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The grounding loss of one batch (box and heatmap terms)."""
+        return self.criterion(model(batch["tokens"], batch["phrase"]), batch["box"], batch["heatmap"])
+
+    def evaluate(self, model: torch.nn.Module, start: JobStart, result: Any) -> dict[str, Any]:
+        """Grounding scores on the held-out split (kept on ``self.evaluation`` for the page)."""
+        grounder = HeadGrounder(self.encoder, model, f"head on {self.encoder.record.ref}")
+        self.evaluation = evaluate_grounder(grounder, iter_samples(self.eval_records, self.skipped), self.settings.boxes.thresholds,
+                                            self.settings.boxes.miou_threshold, progress=self.progress, total=len(self.eval_records))
+        return dict(self.evaluation.metrics, train_phrases=len(self.features), encoder=self.encoder.record.ref)
+
+    def store_request(self, model: torch.nn.Module, metrics: Mapping[str, Any], start: JobStart) -> StoreRequest | None:
+        """The head, in ``save.store`` (default: the encoder's store), its parent the encoder when both share a store."""
+        if not self.settings.save.name:
+            return None
+        head_store = open_store(self.settings.save.store) if self.settings.save.store else self.store
+        overall = metrics["overall"]
+        return StoreRequest(head_store, model, HEAD_FACTORY, HEAD_TASK, self.config, self.encoder.preprocessing,
+                            metrics={key: overall.get(key) for key in ("box_acc@0.5", "miou", "cnr", "pointing")},
+                            parent=self.encoder.record.ref if head_store.root == self.store.root else None,
+                            extra={"encoder": self.encoder.record.ref, "run": start.run.path.name})
+
+    def write_pages(self, start: JobStart, metrics: Mapping[str, Any], result: Any, outcome: TrainOutcome) -> None:
+        """``index.html``: training summary, held-out scores with the worst cases, the config."""
+        run, features = start.run, self.features
+        page = HtmlReport(f"Grounding head on {self.encoder.record.ref}", run.path)
+        page.section("Training").text(f"{result.step} steps on {len(features)} phrases of {len(features.tokens)} images; "
+                                      f"{metrics['skipped_records']} records skipped (see skipped.csv)."
+                                      + (f" Stored as {outcome.stored}." if outcome.stored else ""))
+        if result.history:
+            page.table(result.history[-5:])
+        write_evaluation_section(page, run, dict(metrics), worst_kept(self.evaluation, self.settings.examples), title="Held-out grounding")
+        page.section("Config").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
+        page.write()
 
 
 def run_ground_train(settings: GroundTrainSettings, builders: Any, *, resume: Path | None = None, progress: bool = True) -> TrainOutcome:
-    """Train, evaluate and store a grounding head (see the module docstring).
+    """Train, evaluate and store a grounding head (see the module docstring and :class:`GroundTrainJob`).
 
     Args:
         settings: the job's settings.
@@ -128,60 +186,4 @@ def run_ground_train(settings: GroundTrainSettings, builders: Any, *, resume: Pa
     Returns:
         The :class:`TrainOutcome`; ``metrics`` as in :meth:`GroundingScores.aggregate`.
     """
-    context = init_distributed(settings.run.device)
-    run = open_run_folder(settings.run, context, resume, "ground-train")
-    run.attach_log()
-    if resume is None:
-        run.save_settings(settings)
-    skipped = SkippedRecords(run.skipped_csv)
-    output_root = Path(settings.run.output_root)
-    train_records = load_grounding_records(settings.data, builders, output_root, settings.data.train_split, settings.data.max_train, skipped)
-    eval_records = load_grounding_records(settings.data, builders, output_root, settings.data.eval_split, settings.data.max_eval, skipped)
-    store = open_store(settings.encoder.store)
-    encoder = GroundingEncoder.from_store(settings.encoder.name, store, device=str(context.device))
-    seed_everything(settings.run.seed)
-    features = head_features(encoder, iter_samples(train_records, skipped), heatmap_target=settings.heatmap_target)
-    logger.info("%d training phrases on %d images", len(features), len(features.tokens))
-    config = {"token_dim": int(features.tokens.shape[-1]), "text_dim": int(features.phrases.shape[-1]), "grid": list(encoder.grid()),
-              **settings.head.model_dump()}
-    head = PhraseGroundingHead(**config).to(context.device)
-    criterion = GroundingLoss(settings.loss)
-
-    def step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return criterion(model(batch["tokens"], batch["phrase"]), batch["box"], batch["heatmap"])
-
-    loader = build_loader(features, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed, drop_last=True)
-    trainer = Trainer(head, step, loader, settings.train, context, seed=settings.run.seed, precision=settings.run.precision,
-                      checkpoint_dir=run.checkpoint_dir, tensorboard_dir=run.tensorboard_dir, progress=progress)
-    result = trainer.fit()
-    head.eval()
-    outcome = TrainOutcome(run=run, steps=result.step, history=result.history)
-    evaluation = evaluate_grounder(HeadGrounder(encoder, head, f"head on {encoder.record.ref}"), iter_samples(eval_records, skipped),
-                                   settings.boxes.thresholds, settings.boxes.miou_threshold, progress=progress, total=len(eval_records))
-    metrics = dict(evaluation.metrics, steps=result.step, train_phrases=len(features), skipped_records=len(skipped), encoder=encoder.record.ref)
-    already_stored = _stored_by_finished_run(run, result.resumed_from, settings.train.steps)
-    if already_stored:
-        outcome.stored = metrics["stored_model"] = already_stored
-    elif settings.save.name:
-        head_store = open_store(settings.save.store) if settings.save.store else store
-        overall = metrics["overall"]
-        record = head_store.save(head, name=settings.save.name, factory=HEAD_FACTORY, task=HEAD_TASK, config=config,
-                                 preprocessing=encoder.preprocessing, plugin="grounding",
-                                 metrics={"box_acc@0.5": overall.get("box_acc@0.5"), "miou": overall.get("miou"), "cnr": overall.get("cnr"),
-                                          "pointing": overall.get("pointing")},
-                                 parent=encoder.record.ref if head_store.root == store.root else None,
-                                 extra={"encoder": encoder.record.ref, "run": run.path.name})
-        outcome.stored = record.ref
-        metrics["stored_model"] = record.ref
-    outcome.metrics = metrics
-    run.write_metrics({"grounding": metrics, "history": result.history})
-    page = HtmlReport(f"Grounding head on {encoder.record.ref}", run.path)
-    page.section("Training").text(f"{result.step} steps on {len(features)} phrases of {len(features.tokens)} images; "
-                                  f"{len(skipped)} records skipped (see skipped.csv)." + (f" Stored as {outcome.stored}." if outcome.stored else ""))
-    if result.history:
-        page.table(result.history[-5:])
-    worst = worst_kept(evaluation, settings.examples)
-    write_evaluation_section(page, run, metrics, worst, title="Held-out grounding")
-    page.section("Config").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
-    page.write()
-    return outcome
+    return run_training_job(GroundTrainJob(settings, builders, progress=progress), resume=resume)

@@ -21,7 +21,7 @@ from workbench.data.manifests import read_manifest
 from workbench.data.readers import read_image
 from workbench.data.skipped import SkippedRecords
 from workbench.devices import select_device
-from workbench.dual_encoder import open_store
+from workbench.model_store import open_store
 from workbench.errors import ConfigError, DataError
 from workbench.model_records import ModelRecord, parse_ref
 from workbench.model_store import ModelStore

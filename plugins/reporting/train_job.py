@@ -10,30 +10,26 @@ config), and the run's ``metrics.json`` and ``index.html`` are written.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from workbench.checkpoints import seed_everything
 from workbench.data.loaders import build_loader
 from workbench.data.skipped import SkippedRecords
-from workbench.dual_encoder import open_store
+from workbench.model_store import open_store
 from workbench.errors import ConfigError
-from workbench.jobs import TrainOutcome, build_records, split_records, start_job
-from workbench.report import RunFolder
-from workbench.train import Trainer
+from workbench.jobs import JobStart, TrainOutcome, build_records, split_records
+from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.reporting.corrupt import Corruption
 from workbench_plugins.reporting.datasets import IGNORE, EditDataset, EditPair, ExplainDataset, drop_images, make_edit_pairs
-from workbench_plugins.reporting.evaluate import Evaluation, evaluate_editor, evaluate_explainer
+from workbench_plugins.reporting.evaluate import evaluate_editor, evaluate_explainer
 from workbench_plugins.reporting.faithful import choose_judge
 from workbench_plugins.reporting.features import ImageTokens, ReportingEncoder, encode_records
 from workbench_plugins.reporting.findings import SIDE_WORDS, SIZE_WORDS, join_report, label_key, presence_question, report_sentences
 from workbench_plugins.reporting.models import (
-    EDITOR_FACTORY, EXPLAINER_FACTORY, TASK, ReportDecoder, reporting_editor, reporting_explainer, sequence_loss, verdict_loss,
+    EDITOR_FACTORY, EXPLAINER_FACTORY, TASK, reporting_editor, reporting_explainer, sequence_loss, verdict_loss,
     weighted_sequence_loss,
 )
 from workbench_plugins.reporting.questions import MAIN_QUESTION, dataset_questions, negative_template, positive_template
@@ -98,18 +94,120 @@ def _trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return trimmed
 
 
-@dataclass
-class ReportTrainOutcome(TrainOutcome):
-    """What ``report train`` produced: a :class:`~workbench.jobs.TrainOutcome` with the evaluation and the model."""
+class ReportTrainJob(TrainingJob):
+    """``report train`` in the shared job shape: images encoded once, the decoder trained on the cached tokens, evaluated, stored."""
 
-    evaluation: Evaluation | None = None
-    model: ReportDecoder | None = None
-    vocab: ReportVocabulary | None = None
+    kind, section, plugin = "report-train", "reporting", "reporting"
+
+    def __init__(self, settings: ReportTrainSettings, builders: Any, *, progress: bool = True,
+                 encoded: tuple[ImageTokens, ImageTokens] | None = None) -> None:
+        super().__init__(settings, builders, progress=progress)
+        self.encoded = encoded
+
+    def prepare(self, start: JobStart, skipped: SkippedRecords | None) -> None:
+        """Records of both splits, the findings asked about, the frozen encoder and every image's tokens."""
+        data, output_root = self.settings.data, Path(self.settings.run.output_root)
+        self.skipped = skipped
+        self.train_records = load_report_records(data, self.builders, output_root, data.train_split, data.max_train, skipped)
+        self.eval_records = load_report_records(data, self.builders, output_root, data.eval_split, data.max_eval, skipped)
+        self.findings = record_findings(data, self.train_records)
+        self.store = open_store(self.settings.encoder.store)
+        self.encoder = ReportingEncoder.from_store(self.settings.encoder.name, self.store, device=str(start.context.device))
+        if self.encoded is None:
+            self.encoded = (encode_records(self.encoder, self.train_records, "image", skipped=skipped, progress=self.progress),
+                            encode_records(self.encoder, self.eval_records, "image", skipped=skipped, progress=self.progress))
+
+    def build_model(self, start: JobStart) -> torch.nn.Module:
+        """The explainer or the editor, with its vocabulary and training items (built after the run's seed is set)."""
+        settings, findings = self.settings, self.findings
+        train_tokens = self.encoded[0]
+        rows = {record_index: row for row, record_index in enumerate(train_tokens.kept)}
+        if settings.model == "explainer":
+            items = dataset_questions(self.train_records, findings, settings.data.uncertain)
+            self.vocab = ReportVocabulary.from_texts([item.question for item in items] + [item.target for item in items]
+                                                     + vocabulary_texts(findings))
+            self.dataset: Any = ExplainDataset(items, train_tokens.tokens, train_tokens.pooled, rows, self.vocab, settings.decoder.max_length)
+            self.factory, build, self.extra_vocab = EXPLAINER_FACTORY, reporting_explainer, 0
+        else:
+            pairs = _edit_pairs(settings, self.train_records, rows, findings)
+            self.vocab = ReportVocabulary.from_texts([str(r.get("report") or "") for r in self.train_records] + vocabulary_texts(findings))
+            self.dataset = EditDataset(pairs, train_tokens.tokens, train_tokens.pooled, self.vocab, settings.decoder.max_length,
+                                       settings.decoder.max_length, verdicts=settings.decoder.verdict)
+            self.factory, build, self.extra_vocab = EDITOR_FACTORY, reporting_editor, self.dataset.extra_vocab
+        logger.info("%d training items on %d images, vocabulary of %d word pieces", len(self.dataset), len(train_tokens), len(self.vocab))
+        self.config = decoder_config(settings, self.vocab, train_tokens)
+        model = build(**self.config)
+        if settings.decoder.minilm_embeddings:
+            model.init_word_embeddings(minilm_word_embeddings(self.vocab.wordpiece_ids))
+        editor = settings.model == "editor"
+        self.changed_weight = float(settings.edit.changed_weight) if editor else 1.0
+        self.verdict_weight = float(settings.edit.verdict_weight)
+        self.image_dropout = float(settings.edit.image_dropout) if editor else 0.0
+        return model
+
+    def loader(self, start: JobStart) -> Any:
+        """Shuffled batches of training items (questions or draft/report pairs)."""
+        return build_loader(self.dataset, batch_size=self.settings.train.batch_size, shuffle=True, seed=self.settings.run.seed, drop_last=True)
+
+    def step(self, module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sequence loss (changed tokens weighted for the editor) plus the verdict loss where the batch has verdicts."""
+        batch = _trimmed(batch)
+        if self.image_dropout:
+            batch["tokens"], batch["pooled"] = drop_images(batch["tokens"], batch["pooled"], self.image_dropout)
+        verdict_logits = None
+        if "verdict_labels" in batch:
+            log_probs, verdict_logits = module(batch["tokens"], batch["pooled"], batch["input_ids"], batch["draft_ids"], batch["draft_extended"],
+                                               self.extra_vocab, with_verdicts=True)
+        else:
+            log_probs = module(batch["tokens"], batch["pooled"], batch["input_ids"], batch.get("draft_ids"), batch.get("draft_extended"),
+                               self.extra_vocab)
+        if "changed" in batch and self.changed_weight != 1.0:
+            weights = 1.0 + (self.changed_weight - 1.0) * batch["changed"].float()
+            loss = weighted_sequence_loss(log_probs, batch["targets"], weights)
+        else:
+            loss = sequence_loss(log_probs, batch["targets"])
+        if verdict_logits is not None:
+            loss = loss + self.verdict_weight * verdict_loss(verdict_logits, batch["verdict_labels"], self.settings.edit.verdict_class_weights)
+        return {"loss": loss}
+
+    def evaluate(self, model: torch.nn.Module, start: JobStart, result: Any) -> dict[str, Any]:
+        """Answer accuracy and explanation scores (explainer) or errors fixed vs sentences damaged (editor) on the held-out split."""
+        settings, generation, eval_tokens = self.settings, self.settings.generation, self.encoded[1]
+        if settings.model == "explainer":
+            judge, judge_name = choose_judge(settings.faithfulness.source, settings.faithfulness.grounding_head, self.store, self.encoder,
+                                             eval_tokens, self.eval_records)
+            self.evaluation = evaluate_explainer(model, self.vocab, eval_tokens, self.eval_records, self.findings, settings.data.uncertain,
+                                                 generation.beam_size, generation.max_new_tokens, judge, judge_name)
+        else:
+            drafts = [str(r.get("draft") or "") for r in self.eval_records] if settings.edit.source == "prior" else None
+            self.evaluation = evaluate_editor(model, self.vocab, eval_tokens, self.eval_records, self.findings, settings.run.seed + 1,
+                                              settings.edit.kinds, generation.beam_size, drafts=drafts)
+        return dict(self.evaluation.metrics, train_items=len(self.dataset), encoder=self.encoder.record.ref, model=settings.model)
+
+    def store_request(self, model: torch.nn.Module, metrics: Mapping[str, Any], start: JobStart) -> StoreRequest | None:
+        """The decoder in ``save.store`` (default: the encoder's store), its record naming the encoder and the findings."""
+        settings = self.settings
+        if not settings.save.name:
+            return None
+        target = open_store(settings.save.store) if settings.save.store else self.store
+        keys = ("answer_accuracy", "explanation_bleu4", "faithfulness_rate") if settings.model == "explainer" else (
+            "edit_fix_rate", "edit_damage_rate", "edit_bleu4")
+        encoder = self.encoder.record
+        return StoreRequest(target, model, self.factory, TASK, self.config, encoder.preprocessing,
+                            metrics={key: metrics.get(key) for key in keys},
+                            parent=encoder.ref if target.root == self.store.root else None,
+                            extra={"encoder": encoder.ref, "encoder_store": str(settings.encoder.store or ""), "kind": settings.model,
+                                   "findings": self.findings, "run": start.run.path.name})
+
+    def write_pages(self, start: JobStart, metrics: Mapping[str, Any], result: Any, outcome: TrainOutcome) -> None:
+        """``index.html``: the held-out figures, examples and the training curve; the outcome keeps the evaluation and vocabulary."""
+        outcome.details.update(evaluation=self.evaluation, vocab=self.vocab)
+        write_training_page(start.run, self.settings, dict(metrics), self.evaluation, self.eval_records, result.history, self.settings.examples)
 
 
 def run_report_train(settings: ReportTrainSettings, builders: Any, *, resume: Path | None = None, progress: bool = True,
-                     encoded: tuple[ImageTokens, ImageTokens] | None = None) -> ReportTrainOutcome:
-    """Train, evaluate and store one reporting decoder (see the module docstring).
+                     encoded: tuple[ImageTokens, ImageTokens] | None = None) -> TrainOutcome:
+    """Train, evaluate and store one reporting decoder (see the module docstring and :class:`ReportTrainJob`).
 
     Args:
         settings: the job's settings.
@@ -119,103 +217,9 @@ def run_report_train(settings: ReportTrainSettings, builders: Any, *, resume: Pa
         encoded: the train and held-out records' cached tokens, when the caller already has them (the benchmark).
 
     Returns:
-        The :class:`ReportTrainOutcome`.
+        The :class:`~workbench.jobs.TrainOutcome`; ``details`` holds ``evaluation`` and ``vocab``.
     """
-    start = start_job(settings, "report-train", resume)
-    run, skipped, context = start.run, start.skipped, start.context
-    output_root = Path(settings.run.output_root)
-    data = settings.data
-    train_records = load_report_records(data, builders, output_root, data.train_split, data.max_train, skipped)
-    eval_records = load_report_records(data, builders, output_root, data.eval_split, data.max_eval, skipped)
-    findings = record_findings(data, train_records)
-    store = open_store(settings.encoder.store)
-    encoder = ReportingEncoder.from_store(settings.encoder.name, store, device=str(context.device))
-    if encoded is None:
-        encoded = (encode_records(encoder, train_records, "image", skipped=skipped, progress=progress),
-                   encode_records(encoder, eval_records, "image", skipped=skipped, progress=progress))
-    train_tokens, eval_tokens = encoded
-    rows = {record_index: row for row, record_index in enumerate(train_tokens.kept)}
-    seed_everything(settings.run.seed)
-    if settings.model == "explainer":
-        items = dataset_questions(train_records, findings, data.uncertain)
-        vocab = ReportVocabulary.from_texts([item.question for item in items] + [item.target for item in items] + vocabulary_texts(findings))
-        dataset: Any = ExplainDataset(items, train_tokens.tokens, train_tokens.pooled, rows, vocab, settings.decoder.max_length)
-        factory, build = EXPLAINER_FACTORY, reporting_explainer
-        extra_vocab = 0
-    else:
-        pairs = _edit_pairs(settings, train_records, rows, findings)
-        vocab = ReportVocabulary.from_texts([str(r.get("report") or "") for r in train_records] + vocabulary_texts(findings))
-        dataset = EditDataset(pairs, train_tokens.tokens, train_tokens.pooled, vocab, settings.decoder.max_length, settings.decoder.max_length,
-                              verdicts=settings.decoder.verdict)
-        factory, build = EDITOR_FACTORY, reporting_editor
-        extra_vocab = dataset.extra_vocab
-    logger.info("%d training items on %d images, vocabulary of %d word pieces", len(dataset), len(train_tokens), len(vocab))
-    config = decoder_config(settings, vocab, train_tokens)
-    model = build(**config)
-    if settings.decoder.minilm_embeddings:
-        model.init_word_embeddings(minilm_word_embeddings(vocab.wordpiece_ids))
-    model = model.to(context.device)
-
-    changed_weight = float(settings.edit.changed_weight) if settings.model == "editor" else 1.0
-    verdict_weight = float(settings.edit.verdict_weight)
-    image_dropout = float(settings.edit.image_dropout) if settings.model == "editor" else 0.0
-
-    def step(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        batch = _trimmed(batch)
-        if image_dropout:
-            batch["tokens"], batch["pooled"] = drop_images(batch["tokens"], batch["pooled"], image_dropout)
-        verdict_logits = None
-        if "verdict_labels" in batch:
-            log_probs, verdict_logits = module(batch["tokens"], batch["pooled"], batch["input_ids"], batch["draft_ids"], batch["draft_extended"],
-                                               extra_vocab, with_verdicts=True)
-        else:
-            log_probs = module(batch["tokens"], batch["pooled"], batch["input_ids"], batch.get("draft_ids"), batch.get("draft_extended"),
-                               extra_vocab)
-        if "changed" in batch and changed_weight != 1.0:
-            weights = 1.0 + (changed_weight - 1.0) * batch["changed"].float()
-            loss = weighted_sequence_loss(log_probs, batch["targets"], weights)
-        else:
-            loss = sequence_loss(log_probs, batch["targets"])
-        if verdict_logits is not None:
-            loss = loss + verdict_weight * verdict_loss(verdict_logits, batch["verdict_labels"], settings.edit.verdict_class_weights)
-        return {"loss": loss}
-
-    loader = build_loader(dataset, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed, drop_last=True)
-    trainer = Trainer(model, step, loader, settings.train, context, seed=settings.run.seed, precision=settings.run.precision,
-                      checkpoint_dir=run.checkpoint_dir, tensorboard_dir=run.tensorboard_dir, progress=progress)
-    result = trainer.fit()
-    model.eval()
-    generation = settings.generation
-    if settings.model == "explainer":
-        judge, judge_name = choose_judge(settings.faithfulness.source, settings.faithfulness.grounding_head, store, encoder, eval_tokens,
-                                         eval_records)
-        evaluation = evaluate_explainer(model, vocab, eval_tokens, eval_records, findings, data.uncertain, generation.beam_size,
-                                        generation.max_new_tokens, judge, judge_name)
-    else:
-        drafts = [str(r.get("draft") or "") for r in eval_records] if settings.edit.source == "prior" else None
-        evaluation = evaluate_editor(model, vocab, eval_tokens, eval_records, findings, settings.run.seed + 1, settings.edit.kinds,
-                                     generation.beam_size, drafts=drafts)
-    metrics = dict(evaluation.metrics, steps=result.step, train_items=len(dataset), skipped_records=len(skipped),
-                   encoder=encoder.record.ref, model=settings.model)
-    outcome = ReportTrainOutcome(run=run, steps=result.step, history=result.history, evaluation=evaluation, model=model, vocab=vocab)
-    already = _stored_by_finished_run(run, result.resumed_from, settings.train.steps)
-    if already:
-        metrics["stored_model"] = outcome.stored = already
-    elif settings.save.name:
-        target = open_store(settings.save.store) if settings.save.store else store
-        keys = ("answer_accuracy", "explanation_bleu4", "faithfulness_rate") if settings.model == "explainer" else (
-            "edit_fix_rate", "edit_damage_rate", "edit_bleu4")
-        record = target.save(model, name=settings.save.name, factory=factory, task=TASK, config=config,
-                             preprocessing=encoder.record.preprocessing, plugin="reporting",
-                             metrics={key: metrics.get(key) for key in keys},
-                             parent=encoder.record.ref if target.root == store.root else None,
-                             extra={"encoder": encoder.record.ref, "encoder_store": str(settings.encoder.store or ""), "kind": settings.model,
-                                    "findings": findings, "run": run.path.name})
-        metrics["stored_model"] = outcome.stored = record.ref
-    outcome.metrics = metrics
-    run.write_metrics({"reporting": metrics, "history": result.history})
-    write_training_page(run, settings, metrics, evaluation, eval_records, result.history, settings.examples)
-    return outcome
+    return run_training_job(ReportTrainJob(settings, builders, progress=progress, encoded=encoded), resume=resume)
 
 
 def _edit_pairs(settings: ReportTrainSettings, records: Sequence[Mapping[str, Any]], rows: Mapping[int, int],
@@ -233,11 +237,3 @@ def _edit_pairs(settings: ReportTrainSettings, records: Sequence[Mapping[str, An
     if not pairs:
         raise ConfigError("edit.source 'prior' needs records with a 'draft' field (the mimic-cxr-reporting builder's prior_pairs option)")
     return pairs
-
-
-def _stored_by_finished_run(run: RunFolder, resumed_from: int | None, steps: int) -> str | None:
-    """The model a run already stored when it is resumed after its last step (so resuming stores no duplicate)."""
-    metrics_file = run.path / "metrics.json"
-    if resumed_from is None or resumed_from < steps or not metrics_file.exists():
-        return None
-    return json.loads(metrics_file.read_text(encoding="utf-8")).get("reporting", {}).get("stored_model")

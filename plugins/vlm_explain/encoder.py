@@ -18,10 +18,10 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from workbench.dual_encoder import StoredDualEncoder, check_texts, open_store
+from workbench.dual_encoder import StoredDualEncoder, check_texts
 from workbench.errors import ConfigError
 
-__all__ = ["ExplainedEncoder", "check_texts", "open_store"]
+__all__ = ["ExplainedEncoder", "check_texts"]
 
 # CLIP's logit scale is clamped to 100 during training; a model without one gets CLIP's initial 1/0.07.
 MAX_LOGIT_SCALE, DEFAULT_LOGIT_SCALE = 100.0, 1.0 / 0.07

@@ -17,7 +17,8 @@ from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError, DataError
 from workbench.report import HtmlReport, RunFolder
 from workbench_plugins.vlm_explain.concepts import mine_concepts, read_concept_bank, write_concept_bank
-from workbench_plugins.vlm_explain.encoder import ExplainedEncoder, open_store
+from workbench.model_store import open_store
+from workbench_plugins.vlm_explain.encoder import ExplainedEncoder
 from workbench_plugins.vlm_explain.explain import Explainer, ImageExplanation
 from workbench_plugins.vlm_explain.pages import write_image_section
 from workbench_plugins.vlm_explain.scoring import aggregate_rows, report_sentence_for, score_record, write_summary_section
