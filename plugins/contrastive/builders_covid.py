@@ -34,12 +34,22 @@ COVID_METADATA = "metadata.csv"
 COVID_COLUMNS = ("patientid", "finding", "view", "modality", "clinical_notes", "filename")
 COVID_LABEL = "covid_19"
 REPORT_TEXT_FORMS = ("imaging-first", "all")
-# Words of a sentence about the radiograph (or CT) itself; history, dates and lab values rarely use them.
+# Words only a sentence about the image uses (a finding or the imaging test itself).
 _IMAGING_WORDS = re.compile(
-    r"\b(?:x-?rays?|radiograph\w*|radiolog\w*|films?|cxr|ct|computed tomography|opacit\w*|consolidat\w*|infiltrat\w*|"
-    r"ground[- ]glass|ggos?|effusions?|lobes?|lobar|lungs?|pleura\w*|hil(?:ar|um)|perihilar|nodul\w*|atelecta\w*|"
-    r"pneumothora\w*|cardiomegaly|silhouette|mediastin\w*|interstitial|reticul\w*|air-?space|zones?|"
-    r"bilateral\w*|shadows?|fissures?|costophrenic|diaphragm\w*|trachea\w*|airways?|cavit\w*)\b",
+    r"\b(?:x-?rays?|radiograph\w*|radiolog\w*|chest films?|cxr|ct|computed tomography|opacit\w*|consolidat\w*|infiltrat\w*|"
+    r"ground[- ]glass|ggos?|effusions?|nodul\w*|atelecta\w*|pneumothora\w*|cardiomegaly|interstitial|reticul\w*|air-?space|"
+    r"shadows?|cavit\w*)\b",
+    re.IGNORECASE,
+)
+# Words of anatomy: imaging when the sentence is not a history ("lung cancer" in "a 65-year-old man with ...").
+_ANATOMY_WORDS = re.compile(
+    r"\b(?:lungs?|lobes?|lobar|pleura\w*|hil(?:ar|um)|perihilar|silhouette|mediastin\w*|zones?|bilateral\w*|fissures?|"
+    r"costophrenic|diaphragm\w*|trachea\w*)\b",
+    re.IGNORECASE,
+)
+_HISTORY_WORDS = re.compile(
+    r"\b(?:\d+[- ]years?[- ]old|history|admitted|admission|presented|fever|temperature|"
+    r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.? \d+|\d+ ?(?:mg|mmol|g/dl|u/l|mm ?hg))",
     re.IGNORECASE,
 )
 # A full stop glued to the next sentence ("bilaterally.Subpleural"), common in these notes.
@@ -50,8 +60,14 @@ _NUMBER_END = re.compile(r"(?:(?<=[a-z] \d\.)|(?<=[a-z] \d\d\.))\s+(?=[A-Z])")
 
 
 def is_imaging_sentence(sentence: str) -> bool:
-    """Whether a sentence speaks about the image (opacities, lobes, "chest radiograph showed ...")."""
-    return bool(_IMAGING_WORDS.search(sentence))
+    """Whether a sentence speaks about the image: it names a finding or the imaging test, or anatomy outside a history.
+
+    ``"Chest radiograph showed an infiltrate."`` and ``"Both lungs are clear."`` are imaging;
+    ``"A 65-year-old man with lung cancer was admitted."`` is not.
+    """
+    if _IMAGING_WORDS.search(sentence):
+        return True
+    return bool(_ANATOMY_WORDS.search(sentence)) and not _HISTORY_WORDS.search(sentence)
 
 
 def note_sentences(notes: str) -> list[str]:

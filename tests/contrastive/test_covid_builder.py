@@ -13,7 +13,7 @@ from PIL import Image
 from tests.helpers.shared_data import COVID_CHESTXRAY, requires_covid_chestxray
 from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError, DataError
-from workbench_plugins.contrastive.builders_covid import build_covid_chestxray, fit_sentences, imaging_first, note_sentences
+from workbench_plugins.contrastive.builders_covid import build_covid_chestxray, fit_sentences, imaging_first, is_imaging_sentence, note_sentences
 
 HEADER = ["patientid", "offset", "finding", "view", "modality", "clinical_notes", "filename", "license"]
 HISTORY = "A 65-year-old man with fever since January 17."
@@ -150,4 +150,16 @@ def test_real_covid_chestxray_records_and_patient_splits():
 def test_real_covid_chestxray_cut_to_the_minilm_context():
     records = build_covid_chestxray(COVID_CHESTXRAY, context_length=64)
     cut = [record for record in records if record["report_sentences_dropped"]]
-    assert len(cut) == 187 and sum(record["report_sentences_dropped"] for record in records) == 951
+    assert len(cut) == 187 and sum(record["report_sentences_dropped"] for record in records) == 952
+
+
+@pytest.mark.parametrize(("sentence", "imaging"), [
+    ("Chest radiograph showed an infiltrate in the upper lobe of the left lung.", True),
+    ("Both lungs are clear.", True),
+    ("Large consolidations in the right upper lobe, with a bulging horizontal fissure.", True),
+    ("A 65-year-old man with a history of hypertension and lung cancer was admitted.", False),
+    ("On January 25 he received oxygen at 5 liters per minute.", False),
+    ("The partial pressure of oxygen was 57.2 mm Hg.", False),
+])
+def test_imaging_sentences(sentence, imaging):
+    assert is_imaging_sentence(sentence) is imaging
