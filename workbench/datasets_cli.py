@@ -114,6 +114,7 @@ def inspect_command(context: click.Context, name: str, root: Path, options: tupl
     """Build dataset NAME from ROOT and show its records per split and the records skipped, with their reasons.
 
     Options after ROOT go to the builder, e.g. ``seed=3 val_fraction=0.2 report_text=all``.
+    The synthetic builders (phantom-cxr, phantom-fundus) write their files into ROOT when it is missing.
     """
     builder_options = apply_overrides({}, options)
     skipped = SkippedRecords()
