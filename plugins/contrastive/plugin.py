@@ -25,11 +25,14 @@ def workbench_register_models(registry: Any) -> None:
 
 @hookimpl
 def workbench_register_datasets(catalog: Any) -> None:
-    """Register the MIMIC-CXR-JPG, IU X-ray and generic report-manifest builders."""
+    """Register the MIMIC-CXR-JPG, IU X-ray, COVID-19 chest X-ray and generic report-manifest builders."""
     from workbench_plugins.contrastive.builders import build_iu_xray, build_mimic_cxr_jpg, build_report_manifest
+    from workbench_plugins.contrastive.builders_covid import build_covid_chestxray
 
     catalog.add_builder("mimic-cxr-jpg", build_mimic_cxr_jpg, description="MIMIC-CXR-JPG files/ tree with metadata, split, CheXpert labels and report texts")
     catalog.add_builder("iu-xray", build_iu_xray, description="IU X-ray (Indiana) reports and projections CSVs with the PNG folder")
+    catalog.add_builder("covid-chestxray", build_covid_chestxray,
+                        description="COVID-19 chest X-ray collection: metadata.csv + images/, clinical notes as text, split by patient")
     catalog.add_builder("report-manifest", build_report_manifest, description="a CSV/JSONL manifest with image and report columns")
 
 

@@ -31,11 +31,11 @@ from workbench.data.readers import LoadWorkbenchImaged
 from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError, DataError
 from workbench.jobs import build_records
+from workbench_plugins.counterfactual.builders import build_class_folders
 from workbench_plugins.counterfactual.settings import LabelledDataSettings
 
 logger = logging.getLogger("workbench.counterfactual")
 
-FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 BATCH_FIELDS = ("id", "image", "label")
 
 
@@ -90,21 +90,15 @@ def _manifest_records(data: LabelledDataSettings, skipped: SkippedRecords | None
     return out, classes
 
 
-def _folder_records(data: LabelledDataSettings) -> tuple[list[dict], list[str]]:
+def _folder_records(data: LabelledDataSettings, skipped: SkippedRecords | None) -> tuple[list[dict], list[str]]:
     root = Path(data.root) if data.root is not None else None
     if root is None or not root.is_dir():
         raise ConfigError(f"data.root: {root} is not a folder (data.source is 'folder': root/<class>/*.png|*.jpg|*.dcm)")
-    found = sorted(path.name for path in root.iterdir() if path.is_dir() and not path.name.startswith("."))
-    classes = list(data.classes) if data.classes else found
-    missing = [name for name in classes if not (root / name).is_dir()]
-    if missing:
-        raise ConfigError(f"data.classes: no folder {', '.join(missing)} under {root}")
-    out = []
-    for index, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.is_file() and path.suffix.lower() in FOLDER_SUFFIXES:
-                key = f"{name}/{path.name}"
-                out.append({"id": key, "image": str(path.absolute()), "label": index, "split": split_of(key), "lesion_masks": []})
+    records = build_class_folders(root, classes=data.classes, group_pattern=data.group_pattern, val_fraction=data.val_fraction,
+                                  test_fraction=data.test_fraction, seed=data.split_seed, skipped=skipped)
+    classes = list(dict.fromkeys(record["class_name"] for record in records))
+    out = [{"id": record["id"], "image": record["image"], "label": record["label"], "split": record["split"], "lesion_masks": []}
+           for record in records]
     return out, classes
 
 
@@ -129,7 +123,7 @@ def labelled_records(data: LabelledDataSettings, builders: Any, output_root: Pat
     elif data.source == "manifest":
         records, classes = _manifest_records(data, skipped)
     else:
-        records, classes = _folder_records(data)
+        records, classes = _folder_records(data, skipped)
     if len(classes) < 2:
         raise ConfigError(f"data: a classifier needs at least two classes, found {classes} in {data.root or data.source}")
     return records, classes

@@ -1,4 +1,4 @@
-"""The counterfactual plugin's hooks: classifiers and CAE models, ``classify``, ``cae`` and ``explain`` commands, a demo step."""
+"""The counterfactual plugin's hooks: classifiers and CAE models, the class-folders builder, ``classify``, ``cae`` and ``explain`` commands, a demo step."""
 
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ def workbench_register_models(registry: Any) -> None:
         registry.register(name, factory, task="classification")
     registry.register("cae", ClassAssociationEmbedding, task="counterfactual",
                       description="class-association embedding: class-code and individual encoders, AdaIN decoder, discriminator")
+
+
+@hookimpl
+def workbench_register_datasets(catalog: Any) -> None:
+    """Register the ``class-folders`` builder (``root/<class>/*.png|*.jpg|*.dcm``, seeded splits by patient)."""
+    from workbench_plugins.counterfactual.builders import build_class_folders
+
+    catalog.add_builder("class-folders", build_class_folders,
+                        description="class folders root/<class>/*.png|*.jpg|*.jpeg|*.dcm, label = folder, seeded splits by patient")
 
 
 def _builders() -> Any:

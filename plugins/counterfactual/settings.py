@@ -36,6 +36,11 @@ class LabelledDataSettings(StrictModel):
         intensity: ``unit`` (as read: DICOM and 8/16-bit images in [0, 1], clipped) or ``minmax`` (per image).
         train_split / eval_split: record ``split`` values used for training / evaluation; records
             without one get a split from a hash of their id (80/10/10).
+        group_pattern: folder only: a regular expression naming the patient in a file name (its first
+            group), so a patient's images share one split (``null``: each file on its own); the
+            paediatric chest X-rays need ``'^(person\\d+|(?:NORMAL2-)?IM-\\d+)'``.
+        val_fraction / test_fraction: folder only: the shares of images carved for ``val`` / ``test``.
+        split_seed: folder only: the seed of that carving.
         cache: ``memory`` (decode once), ``disk`` or ``none``.
         augment: mild random affine augmentation while training (no flips: laterality matters).
         max_train / max_eval: caps on record counts (``null``: all).
@@ -52,6 +57,10 @@ class LabelledDataSettings(StrictModel):
     intensity: Literal["unit", "minmax"] = "unit"
     train_split: list[str] = ["train", "val"]
     eval_split: list[str] = ["test"]
+    group_pattern: str | None = None
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    split_seed: int = 0
     cache: Literal["memory", "disk", "none"] = "memory"
     augment: bool = True
     max_train: int | None = Field(None, gt=0)

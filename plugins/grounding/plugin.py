@@ -23,10 +23,13 @@ def workbench_register_models(registry: Any) -> None:
 
 @hookimpl
 def workbench_register_datasets(catalog: Any) -> None:
-    """Register the ``ms-cxr`` and ``box-manifest`` builders."""
+    """Register the ``ms-cxr``, ``tbx11k`` and ``box-manifest`` builders."""
     from workbench_plugins.grounding.builders import build_box_manifest, build_ms_cxr
+    from workbench_plugins.grounding.builders_tbx11k import build_tbx11k
 
     catalog.add_builder("ms-cxr", build_ms_cxr, description="MS-CXR phrase boxes (release CSV) over MIMIC-CXR-JPG images")
+    catalog.add_builder("tbx11k", build_tbx11k,
+                        description="TBX11K YOLO layout (classes.txt, images/<split>/, labels/<split>/): TB boxes with class + place phrases")
     catalog.add_builder("box-manifest", build_box_manifest, description="a CSV/JSONL manifest with image and boxes (phrase, x, y, w, h)")
 
 

@@ -40,3 +40,16 @@ CHASE_DB1: Path = (_SHARED / "CHASE_DB1") if _SHARED is not None else REPO_ROOT 
 # The real-data tests need the shared CHASE_DB1 files; a machine without them (a user's clone) runs the rest.
 requires_chase_db1 = pytest.mark.skipif(not (CHASE_DB1 / "Image_11L_1stHO.png").is_file(),
                                         reason="CHASE_DB1 not found: set WORKBENCH_SHARED_DATA to the shared data folder")
+
+
+def _shared(name: str) -> Path:
+    return (_SHARED / name) if _SHARED is not None else REPO_ROOT / "missing-shared-data" / name
+
+
+COVID_CHESTXRAY: Path = _shared("covid-chestxray")
+TBX11K_SMALL: Path = _shared("tbx11k-small")
+PEDIATRIC_CXR: Path = _shared("pediatric-cxr")
+_HINT = "not found: set WORKBENCH_SHARED_DATA to the shared data folder"
+requires_covid_chestxray = pytest.mark.skipif(not (COVID_CHESTXRAY / "metadata.csv").is_file(), reason=f"covid-chestxray {_HINT}")
+requires_tbx11k = pytest.mark.skipif(not (TBX11K_SMALL / "classes.txt").is_file(), reason=f"tbx11k-small {_HINT}")
+requires_pediatric_cxr = pytest.mark.skipif(not (PEDIATRIC_CXR / "NORMAL").is_dir(), reason=f"pediatric-cxr {_HINT}")
