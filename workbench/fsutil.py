@@ -78,8 +78,9 @@ def free_bytes(path: str | Path) -> int:
 def disk_full_errno(error: BaseException) -> int | None:
     """The errno when ``error`` (or its cause/context) is a write that ran out of room, else ``None``.
 
-    Reads ``OSError.errno``, an ``OSError`` a :class:`RecordingWriter` kept, and the
-    ``(os error 28)`` that safetensors' Rust writer puts in its message.
+    Reads ``OSError.errno``, an ``OSError`` a :class:`RecordingWriter` kept, the
+    ``(os error 28)`` that safetensors' Rust writer puts in its message, and
+    SQLite's "database or disk is full".
     """
     seen: set[int] = set()
     current: BaseException | None = error
@@ -89,6 +90,8 @@ def disk_full_errno(error: BaseException) -> int | None:
             return current.code
         if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
             return current.errno
+        if "database or disk is full" in str(current):  # sqlite3.OperationalError carries no errno
+            return errno.ENOSPC
         match = _RUST_OS_ERROR.search(str(current))
         if match and int(match.group(1)) in DISK_FULL_ERRNOS:
             return int(match.group(1))
