@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import time
@@ -12,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.helpers.disk_faults import MESSAGES, disk_full
 from tests.helpers.kill_resume import REPO_ROOT, run_worker
 from tests.helpers.store_worker import make_registry, mlp, save_seeded
 from workbench.cli import models_group
@@ -106,17 +106,13 @@ def test_models_verify_lists_damage_and_orphans_and_fix_removes_them(tmp_path: P
     assert CliRunner().invoke(models_group, ["verify"], env=environment).exit_code == 0
 
 
-def test_a_full_disk_during_save_keeps_the_store_and_removes_the_staging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", ["enospc", "efbig"])
+def test_a_full_disk_during_save_keeps_the_store_and_removes_the_staging(tmp_path: Path, kind: str) -> None:
     store = ModelStore(tmp_path / "store", make_registry())
     save_seeded(store, 1)
-
-    def no_space(fd: int) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(DiskFullError, match=r"model\.safetensors: no space left on device \(ENOSPC\) while writing about 1\.\d KiB with .* free; free at least"):
-        save_seeded(store, 2)
-    monkeypatch.undo()
+    with disk_full(kind, file_limit=300), pytest.raises(DiskFullError, match=MESSAGES[kind].replace("KiB", "(KiB|B)")) as stopped:
+        save_seeded(store, 2)  # about 400 bytes of safetensors: EFBIG comes from the Rust writer
+    assert "\n" not in str(stopped.value) and "model.safetensors: " in str(stopped.value)
     assert [record.version for record in store.list("shared")] == [1]
     _assert_loads_as_seeded(store, 1)
     assert not any((tmp_path / "store" / ".staging").iterdir())

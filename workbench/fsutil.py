@@ -52,7 +52,7 @@ class DiskFullError(WorkbenchError):
             reason = "disk quota exceeded (EDQUOT)" if code == errno.EDQUOT else "no space left on device (ENOSPC)"
             short = max(self.bytes_to_write - self.free_bytes, 0)
             detail = (f"{reason} while writing about {size} with {format_bytes(self.free_bytes)} free; "
-                      f"free at least {format_bytes(max(short, self.bytes_to_write // 10, 1 << 20))}")
+                      f"free at least {format_bytes(short + (1 << 20))}")  # 1 MiB of headroom for metadata and logs
         super().__init__(f"{self.path}: {detail}, then run the same command again "
                          "(the partial file was removed; what was written before is intact)")
 
@@ -108,8 +108,11 @@ def raise_disk_full(path: str | Path, bytes_to_write: int) -> Iterator[None]:
     """
     try:
         yield
-    except DiskFullError:
-        raise
+    except DiskFullError as error:
+        if error.path == Path(path):
+            raise
+        # An inner write of a larger whole (a checkpoint's file): name the whole, which is what the user knows.
+        raise DiskFullError(path, max(bytes_to_write, error.bytes_to_write), error.code) from error
     except Exception as error:
         code = disk_full_errno(error)
         if code is None:
