@@ -38,7 +38,7 @@ from torch import nn
 from workbench.checkpoints import restore_rng_state, resumable_checkpoint, rng_state_bytes, save_checkpoint, seed_everything
 from workbench.config import StrictModel
 from workbench.devices import autocast, needs_grad_scaler, select_precision
-from workbench.distributed import DistributedContext, all_ranks_true, barrier, gather_bytes, unwrap
+from workbench.distributed import DistributedContext, all_ranks_true, gather_bytes, unwrap
 from workbench.errors import ConfigError, IntegrityError, WorkbenchError
 from workbench.progress import StopRequest, TrainingProgress
 
@@ -266,11 +266,17 @@ class Trainer:
         if self.checkpoint_dir is None:
             return None
         gathered = gather_bytes(rng_state_bytes(), self.context)
-        written = None
+        written, failure = None, None
         if self.context.is_main:
-            written = save_checkpoint(self.checkpoint_dir, unwrap(self.model), self._training_state(position), gathered or [], self.settings.keep_checkpoints)
-            logger.info("checkpoint written: %s", written)
-        barrier(self.context)
+            try:
+                written = save_checkpoint(self.checkpoint_dir, unwrap(self.model), self._training_state(position), gathered or [], self.settings.keep_checkpoints)
+                logger.info("checkpoint written: %s", written)
+            except Exception as error:  # every rank must leave this collective, or the others wait forever
+                failure = error
+        if not all_ranks_true(failure is None, self.context):
+            if failure is not None:
+                raise failure
+            raise WorkbenchError(f"rank 0 could not write the checkpoint at step {position.step} (its error says why); stopping")
         return written
 
     def _resume(self) -> tuple[int | None, dict[str, torch.Tensor] | None, list[str]]:
@@ -380,6 +386,8 @@ class Trainer:
                     bar.update(step, None)
                 stopping = not all_ranks_true(not stop.requested, self.context)
                 if stopping or step % self.settings.checkpoint_every == 0 or step == self.settings.steps:
+                    if self.checkpoint_dir is not None:
+                        self._check_weights(step, result.checkpoint)
                     result.checkpoint = self.save(self.position) or result.checkpoint
                 if stopping:
                     if writer is not None:
@@ -406,18 +414,19 @@ class Trainer:
     def _optimizer_step(self, loss_finite: torch.Tensor) -> bool:
         """Clip, check and take one optimizer step; ``False`` (and no update) when the loss or gradient is NaN/Inf.
 
-        One host sync per step: the loss flag and the gradient norm are combined
-        on the device and read once. Under fp16 the grad scaler owns overflowing
-        gradients (it skips those steps and lowers its scale), so only the loss counts there.
+        One host sync per step: the loss flag (and, when clipping, the gradient
+        norm clipping computes anyway) are combined on the device and read once.
+        Without clipping the gradient is not read again (a norm costs about half
+        an AdamW step on the CPU); a NaN gradient under a finite loss then shows
+        as NaN losses from the next step, and :meth:`_check_weights` keeps it out
+        of checkpoints. Under fp16 the grad scaler owns overflowing gradients (it
+        skips those steps and lowers its scale), so only the loss counts there.
         """
-        parameters = [parameter for parameter in self.model.parameters() if parameter.grad is not None]
-        scaled = self.scaler.is_enabled()
         grad_norm = None
         if self.settings.max_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.settings.max_grad_norm)
-        elif not scaled and parameters:
-            grad_norm = torch.nn.utils.get_total_norm([parameter.grad for parameter in parameters])
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+        scaled = self.scaler.is_enabled()
         finite = loss_finite if (grad_norm is None or scaled) else loss_finite & torch.isfinite(grad_norm)
         if not all_ranks_true(bool(finite.item()), self.context):
             self.optimizer.zero_grad(set_to_none=True)
@@ -430,6 +439,22 @@ class Trainer:
         self.scheduler.step()
         return True
 
+    def _check_weights(self, step: int, last_checkpoint: Path | None) -> None:
+        """Refuse to checkpoint NaN/Inf weights (one host sync per checkpoint)."""
+        tensors = [parameter.detach() for parameter in self.model.parameters()]
+        if not tensors or bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all().item()):
+            return
+        raise NonFiniteLossError(
+            f"training stopped at step {step}: the weights hold NaN/Inf (a non-finite gradient under a finite loss); "
+            f"{self._kept(last_checkpoint)}; set train.max_grad_norm to catch such gradients at their step, "
+            "then run the same command again to resume")
+
+    def _kept(self, last_checkpoint: Path | None) -> str:
+        if last_checkpoint is None and self.checkpoint_dir is not None:
+            found = resumable_checkpoint(self.checkpoint_dir)[0]
+            last_checkpoint = found.path if found is not None else None
+        return f"the last good checkpoint {last_checkpoint} is kept" if last_checkpoint else "no checkpoint was written yet"
+
     def _report_bad_step(self, pending: _PendingStep, bad_run: int, last_checkpoint: Path | None) -> None:
         """Log a skipped step with its records; raise once ``max_bad_steps`` came in a row."""
         step = self.position.step + 1
@@ -437,13 +462,9 @@ class Trainer:
         logger.warning("step %d: non-finite loss or gradient (loss %s); update skipped (%d in a row, stop at %d)%s",
                        step, pending.loss_text(), bad_run, self.settings.max_bad_steps, records)
         if bad_run >= self.settings.max_bad_steps:
-            if last_checkpoint is None and self.checkpoint_dir is not None:
-                found = resumable_checkpoint(self.checkpoint_dir)[0]
-                last_checkpoint = found.path if found is not None else None
-            where = f"the last good checkpoint {last_checkpoint} is kept" if last_checkpoint else "no checkpoint was written yet"
             raise NonFiniteLossError(
                 f"training stopped at step {step}: {bad_run} optimizer steps in a row had a NaN/Inf loss or gradient "
-                f"(last loss {pending.loss_text()}{records}); {where}; lower train.lr, set train.max_grad_norm "
+                f"(last loss {pending.loss_text()}{records}); {self._kept(last_checkpoint)}; lower train.lr, set train.max_grad_norm "
                 "or check those records, then run the same command again to resume")
 
     def _tensorboard(self) -> Any:

@@ -68,8 +68,9 @@ def train(
     """
     seed_everything(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Dropout(0.2), nn.Linear(8, 1))
+    settings = {"log_every": 1, **settings}
     train_settings = TrainSettings(steps=steps, batch_size=8, lr=0.05, weight_decay=0.0, checkpoint_every=checkpoint_every,
-                                   keep_checkpoints=keep_checkpoints, log_every=1, **settings)
+                                   keep_checkpoints=keep_checkpoints, **settings)
     loader = build_loader(RegressionRecords(nan_ids), batch_size=8, shuffle=True, seed=1)
     trainer = Trainer(model, step_fn, loader, train_settings, DistributedContext(), precision="fp32", progress=False,
                       checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None, after_optimizer_step=hook)
