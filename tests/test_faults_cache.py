@@ -78,6 +78,7 @@ def _age(paths) -> None:
         os.utime(path, (past, past))
 
 
+@pytest.mark.slow  # a subprocess that imports MONAI: 10 to 30 s on the shared 2-core machine
 def test_a_cache_killed_mid_write_is_finished_on_the_next_run(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     killed = run_worker("-c", [KILLED_CACHE_BUILDER, tmp_path / "records", cache, 2], timeout=120)
