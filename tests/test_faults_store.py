@@ -93,7 +93,7 @@ def test_models_verify_lists_damage_and_orphans_and_fix_removes_them(tmp_path: P
     assert f"damaged: {damaged}: sha256 differs from the record" in dry.output
     assert f"missing: {store.weights_path('shared', 3)}: missing" in dry.output
     assert f"orphan: {orphan}: folder not in the index" in dry.output
-    assert "3 problem(s), 3 remaining" in dry.output
+    assert "3 problem(s); `workbench models verify --fix` repairs them" in dry.output
     assert orphan.exists() and damaged.exists()  # a dry run by default
 
     fixed = CliRunner().invoke(models_group, ["verify", "--fix"], env=environment)

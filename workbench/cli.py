@@ -124,7 +124,10 @@ def models_verify(fix: bool) -> None:
     for issue in issues:
         click.echo(f"{'fixed ' if fix else ''}{issue.kind}: {issue.message}")
     remaining = store.check() if fix else issues
-    click.echo(f"{store.root}: {len(issues)} problem(s){' fixed' if fix else ''}, {len(remaining)} remaining")
+    if fix:
+        click.echo(f"{store.root}: {len(issues)} problem(s) fixed, {len(remaining)} remaining")
+    else:
+        click.echo(f"{store.root}: {len(issues)} problem(s)" + ("; `workbench models verify --fix` repairs them" if issues else ""))
     if remaining:
         sys.exit(1)
 
