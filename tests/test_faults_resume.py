@@ -65,15 +65,17 @@ def test_resume_skips_a_damaged_latest_checkpoint_and_ends_at_the_same_weights(
     assert resumable_checkpoint(checkpoints)[1] == [] and latest_checkpoint(checkpoints).name == "step-00000009"
 
 
-def test_a_damaged_checkpoint_newer_than_the_resumed_run_is_cleared_when_it_writes(tmp_path: Path) -> None:
+def test_damaged_newer_checkpoints_and_partial_folders_are_cleared_when_the_resumed_run_writes(tmp_path: Path) -> None:
     with pytest.raises(Stop):
         train(tmp_path / "run", checkpoint_every=2, hook=stop_at(7))  # checkpoints 2, 4, 6
     checkpoints = tmp_path / "run" / "checkpoints"
     _truncate_weights(checkpoints / "step-00000006")
     _missing_state(checkpoints / "step-00000004")
+    (checkpoints / ".step-00000008.partial").mkdir()  # what a SIGKILL during a checkpoint write leaves
+    (checkpoints / ".step-00000008.partial" / "model.safetensors").write_bytes(b"half")
     with pytest.raises(Stop):
         train(tmp_path / "run", checkpoint_every=3, hook=stop_at(4))  # resumes at 2, writes 3
-    assert sorted(path.name for path in checkpoints.glob("step-*")) == ["step-00000002", "step-00000003"]
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["latest", "step-00000002", "step-00000003"]
 
 
 def test_resume_stops_naming_every_checkpoint_when_none_is_intact(tmp_path: Path) -> None:
