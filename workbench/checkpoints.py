@@ -12,12 +12,18 @@ A checkpoint is a folder ``checkpoints/step-00000120/`` holding
 The folder is written under a temporary name and renamed into place, then
 ``checkpoints/latest`` (a text file with the folder name) is replaced
 atomically: a run killed at any moment leaves the previous checkpoint whole.
-Nothing is unpickled, so a checkpoint from elsewhere cannot run code.
+A write that runs out of disk removes its partial folder and raises
+:class:`~workbench.fsutil.DiskFullError`; the previous checkpoints stay.
+On resume :func:`resumable_checkpoint` verifies the newest checkpoint and,
+when it is damaged (truncated, altered, a file missing), says so and falls
+back to the newest intact one. Nothing is unpickled, so a checkpoint from
+elsewhere cannot run code.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -30,12 +36,14 @@ import torch
 from torch import nn
 
 from workbench.errors import IntegrityError
-from workbench.fsutil import atomic_write_json, atomic_write_text, sha256_of_file
+from workbench.fsutil import atomic_write_json, atomic_write_text, raise_disk_full, sha256_of_file, torch_save_file
 
 __all__ = [
     "seed_everything", "capture_rng_state", "restore_rng_state", "rng_state_bytes", "rng_state_from_bytes",
-    "save_checkpoint", "load_checkpoint", "latest_checkpoint", "Checkpoint",
+    "save_checkpoint", "load_checkpoint", "latest_checkpoint", "resumable_checkpoint", "Checkpoint",
 ]
+
+logger = logging.getLogger("workbench.checkpoints")
 
 LATEST_POINTER = "latest"
 _STEP_PREFIX = "step-"
@@ -147,18 +155,58 @@ def save_checkpoint(
 
     Returns:
         The new checkpoint folder.
+
+    Raises:
+        DiskFullError: the disk (or a file-size limit) ran out; the partial folder
+            is removed and the earlier checkpoints and ``latest`` are untouched.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{_STEP_PREFIX}{int(state['step']):08d}"
+    step = int(state["step"])
+    name = f"{_STEP_PREFIX}{step:08d}"
     final = folder / name
     partial = folder / f".{name}.partial"
+    for stale in folder.glob(f".{_STEP_PREFIX}*.partial"):  # left by a run killed mid-write; one writer per folder
+        shutil.rmtree(stale, ignore_errors=True)
+    with raise_disk_full(final, _checkpoint_bytes(model, state, rng_states)):
+        try:
+            _write_files(partial, model, state, rng_states)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)  # a no-op once renamed into place
+        # Checkpoints past this step belong to a timeline abandoned on resume (their newer checkpoint was damaged).
+        for later in _step_folders(folder):
+            if _step_of(later) > step:
+                shutil.rmtree(later, ignore_errors=True)
+        atomic_write_text(folder / LATEST_POINTER, name + "\n")
+    _prune(folder, keep)
+    return final
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(_tensor_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(item) for item in value)
+    return 0
+
+
+def _checkpoint_bytes(model: nn.Module, state: Mapping[str, Any], rng_states: list[bytes]) -> int:
+    """About how many bytes a checkpoint takes: tensors plus 64 KiB of headers and pickling."""
+    return _tensor_bytes(model.state_dict()) + _tensor_bytes(dict(state)) + sum(map(len, rng_states)) + (64 << 10)
+
+
+def _write_files(partial: Path, model: nn.Module, state: Mapping[str, Any], rng_states: list[bytes]) -> None:
+    """Write the checkpoint's files into ``partial``, checksum and fsync them, rename to the final name."""
+    final = partial.parent / partial.name[1:].removesuffix(".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     safetensors.torch.save_model(model, str(partial / "model.safetensors"))
-    torch.save(dict(state), partial / "state.pt")
+    torch_save_file(dict(state), partial / "state.pt")
     for rank, payload in enumerate(rng_states):
-        (partial / f"rng-rank{rank}.safetensors").write_bytes(payload)
+        with open(partial / f"rng-rank{rank}.safetensors", "wb") as handle:
+            handle.write(payload)
     checksums = {item.name: sha256_of_file(item) for item in sorted(partial.iterdir())}
     atomic_write_json(partial / "checksums.json", checksums)
     for item in partial.iterdir():
@@ -167,13 +215,20 @@ def save_checkpoint(
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
-    atomic_write_text(folder / LATEST_POINTER, name + "\n")
-    _prune(folder, keep)
-    return final
+
+
+def _step_of(path: Path) -> int:
+    suffix = path.name[len(_STEP_PREFIX):]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def _step_folders(folder: Path) -> list[Path]:
+    """``step-*`` folders, oldest first (by step number, not by name)."""
+    return sorted((path for path in folder.glob(f"{_STEP_PREFIX}*") if path.is_dir() and _step_of(path) >= 0), key=_step_of)
 
 
 def _prune(folder: Path, keep: int) -> None:
-    steps = sorted(path for path in folder.glob(f"{_STEP_PREFIX}*") if path.is_dir())
+    steps = _step_folders(folder)
     for old in steps[: max(0, len(steps) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -222,3 +277,30 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except Exception as error:  # torch raises UnpicklingError/RuntimeError variants for foreign or broken files
         raise IntegrityError(f"{path / 'state.pt'}: cannot be read as plain training state ({error})") from error
     return Checkpoint(path, state)
+
+
+def resumable_checkpoint(folder: str | Path) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint in ``folder`` that verifies, and why each newer one was passed over.
+
+    Every ``step-*`` folder is a candidate, newest step first (a folder is only
+    renamed into place when complete, so one without ``checksums.json`` or with
+    a file that fails its sha256 was damaged afterwards: a truncated copy, a
+    disk error, a file deleted by hand).
+
+    Args:
+        folder: the run's ``checkpoints`` folder.
+
+    Returns:
+        ``(checkpoint or None, damaged)``: ``damaged`` holds one line per skipped
+        checkpoint, naming the file and the problem. Each is also logged as a warning.
+    """
+    damaged: list[str] = []
+    for candidate in reversed(_step_folders(Path(folder))):
+        try:
+            checkpoint = load_checkpoint(candidate)
+        except IntegrityError as error:
+            damaged.append(str(error))
+            logger.warning("checkpoint %s is damaged and will not be resumed from: %s", candidate.name, error)
+            continue
+        return checkpoint, damaged
+    return None, damaged

@@ -1,6 +1,6 @@
 """The ``workbench`` command: core commands plus whatever the plugins add.
 
-Core: ``plugins``, ``models list|show|rm``, ``demo``. The built-in plugin adds
+Core: ``plugins``, ``models list|show|rm|verify``, ``demo``. The built-in plugin adds
 ``phantoms``; first-party and third-party plugins add their jobs through the
 ``workbench_add_commands`` hook. A :class:`~workbench.errors.WorkbenchError`
 is printed as one clear message (no traceback) and exits with status 2.
@@ -112,6 +112,25 @@ def models_rm(reference: str, yes: bool) -> None:
         click.confirm(f"Remove {what}?", abort=True)
     ModelStore().remove(name, version)
     click.echo(f"removed {what}")
+
+
+@models_group.command("verify")
+@click.option("--fix", is_flag=True, help="remove orphans and broken versions, rewrite stale records (default: only report)")
+def models_verify(fix: bool) -> None:
+    """Check every stored file against its sha256 and list orphans; exits 1 when something is wrong (dry run)."""
+    from workbench.registry import ModelStore
+
+    store = ModelStore()
+    issues = store.fix() if fix else store.check()
+    for issue in issues:
+        click.echo(f"{'fixed ' if fix else ''}{issue.kind}: {issue.message}")
+    remaining = store.check() if fix else issues
+    if fix:
+        click.echo(f"{store.root}: {len(issues)} problem(s) fixed, {len(remaining)} remaining")
+    else:
+        click.echo(f"{store.root}: {len(issues)} problem(s)" + ("; `workbench models verify --fix` repairs them" if issues else ""))
+    if remaining:
+        sys.exit(1)
 
 
 @click.command("demo")

@@ -65,8 +65,12 @@ def write_weights(
 
     Returns:
         The hex sha256 of the written file.
+
+    Raises:
+        DiskFullError: the disk or a file-size limit ran out (no partial file is left).
     """
-    with atomic_path(path) as tmp:
+    header_allowance = 1024 + 128 * len(state)
+    with atomic_path(path, sum(t.numel() * t.element_size() for t in state.values()) + header_allowance) as tmp:
         safetensors.torch.save_file(dict(state), str(tmp), metadata={"format": "pt", **(metadata or {})})
     return sha256_of_file(path)
 

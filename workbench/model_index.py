@@ -129,6 +129,13 @@ class ModelIndex:
             for alias in record.aliases:
                 conn.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)", (record.name, alias, record.version))
 
+    def reserve_version(self, name: str, version: int) -> None:
+        """Keep ``version`` of ``name`` from ever being given again (an orphan folder of that number was removed)."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT last_version FROM counters WHERE name = ?", (name,)).fetchone()
+            if row is None or row[0] < version:
+                conn.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (name, version))
+
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point ``alias`` at ``version`` of ``name``."""
         with self._transaction() as conn:

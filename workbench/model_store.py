@@ -15,12 +15,14 @@ ever sees versions whose index row exists, so it never meets half a version;
 a crash leaves at most an unindexed folder whose number is never reused.
 Version numbers only grow: after ``remove`` a reference like ``name:v3``
 never comes to mean a different model. No pickle is read or written.
+A write that runs out of disk raises :class:`~workbench.fsutil.DiskFullError`
+with its staging removed; :meth:`ModelStore.check` / :meth:`ModelStore.fix`
+(``workbench models verify [--fix]``) find and clear what a killed writer left.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import shutil
@@ -38,7 +40,8 @@ from torch import nn
 
 from workbench.devices import select_device
 from workbench.errors import RegistryError
-from workbench.fsutil import atomic_write_json, sha256_of_file
+from workbench.fsutil import atomic_write_json, raise_disk_full
+from workbench.model_check import STAGING, StoreIssue, check_store, fix_store
 from workbench.model_files import fsync_dir, read_verified_weights, state_for_saving, write_weights
 from workbench.model_records import (
     ModelRecord,
@@ -213,7 +216,11 @@ class ModelStore:
         extra_aliases = sorted({check_alias(a) for a in aliases} - {LATEST})
         parent_ref = self._parent_ref(parent)
         state = state_for_saving(model)
-        staging = self.root / ".staging" / uuid.uuid4().hex
+        staging = self.root / STAGING / uuid.uuid4().hex
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        # Held while the staging folder exists, so `models verify --fix` can tell a live writer from a dead one.
+        staging_lock = FileLock(str(staging) + ".lock")
+        staging_lock.acquire()
         try:
             sha256 = write_weights(state, staging / WEIGHTS_FILE, metadata={"factory": factory})
             del state
@@ -233,7 +240,8 @@ class ModelStore:
                 fsync_dir(target.parent)
                 before = self.index.aliases(name)
                 try:
-                    self.index.add(record)
+                    with raise_disk_full(self.index.path, 64 << 10):
+                        self.index.add(record)
                 except BaseException:
                     self._discard_dir(target)
                     raise
@@ -241,6 +249,8 @@ class ModelStore:
             return record
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            staging_lock.release()
+            Path(staging_lock.lock_file).unlink(missing_ok=True)
 
     def _parent_ref(self, parent: str | None) -> str | None:
         if parent is None:
@@ -290,18 +300,21 @@ class ModelStore:
             doomed = self.list(name) if version is None else [self.resolve(name, version)]
             if not doomed:
                 self.resolve(name)  # raises: unknown name, with close matches
-            numbers = [r.version for r in doomed]
-            before = self.index.aliases(name)
-            self.index.delete(name, numbers)
-            for number in numbers:
-                self._discard_dir(self.version_dir(name, number))
-            self._refresh_record_files(name, self._changed_holders(before, self.index.aliases(name)))
-            folder = self.root / name
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+            self._remove_locked(name, [r.version for r in doomed])
+        return doomed
+
+    def _remove_locked(self, name: str, numbers: list[int]) -> None:
+        """Delete index rows and folders of ``numbers`` (the caller holds the write lock)."""
+        before = self.index.aliases(name)
+        self.index.delete(name, numbers)
+        for number in numbers:
+            self._discard_dir(self.version_dir(name, number))
+        self._refresh_record_files(name, self._changed_holders(before, self.index.aliases(name)))
+        folder = self.root / name
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
         if self._cache is not None:
             self._cache.forget(name, numbers)
-        return doomed
 
     # ----------------------------------------------------------------- reading
     def names(self) -> list[str]:
@@ -404,28 +417,25 @@ class ModelStore:
         """Check that index, folders, records and hashes agree.
 
         Returns:
-            One line per problem (empty when the store is consistent).
+            One line per problem (empty when the store is consistent); see :meth:`check`.
         """
-        problems: list[str] = []
-        records = self.list(name)
-        indexed = {(r.name, r.version) for r in records}
-        for record in records:
-            folder = self.version_dir(record.name, record.version)
-            weights, record_file = folder / WEIGHTS_FILE, folder / RECORD_FILE
-            if not weights.is_file():
-                problems.append(f"{weights}: missing")
-            elif sha256_of_file(weights) != record.sha256:
-                problems.append(f"{weights}: sha256 differs from the record")
-            if not record_file.is_file():
-                problems.append(f"{record_file}: missing")
-            elif json.loads(record_file.read_text()) != record.to_dict():
-                problems.append(f"{record_file}: differs from the index")
-        folders = [name] if name else [p.name for p in self.root.iterdir() if p.is_dir() and _STORE_NAME.match(p.name)]
-        for stored_name in folders:
-            for number in self._folder_versions(stored_name):
-                if (stored_name, number) not in indexed:
-                    problems.append(f"{self.version_dir(stored_name, number)}: folder not in the index")
-        return problems
+        return [issue.message for issue in self.check(name)]
+
+    def check(self, name: str | None = None) -> list[StoreIssue]:
+        """Every disagreement between the files and the index, each weights file read against its sha256.
+
+        Returns:
+            :class:`~workbench.model_check.StoreIssue` items (damaged, missing, orphan, leftover, record).
+        """
+        return check_store(self, name)
+
+    def fix(self, name: str | None = None) -> list[StoreIssue]:
+        """Remove orphans and broken versions, rewrite stale records (see :mod:`workbench.model_check`).
+
+        Returns:
+            The issues fixed.
+        """
+        return fix_store(self, name)
 
 
 def open_store(path: str | Path | None) -> ModelStore:

@@ -12,6 +12,14 @@ states are a function of ``(seed, epoch)`` alone (:class:`~workbench.data.loader
 on resume the loop re-enters the saved epoch and replays the batches already
 consumed (augmentation only, the decoded images are cached) so every random
 transform is back where it was, then restores the saved global random states.
+
+Faults a long run meets: a damaged newest checkpoint is reported and the run
+resumes from the newest intact one (:func:`~workbench.checkpoints.resumable_checkpoint`);
+a full disk stops the run with one line and leaves the earlier checkpoints
+(:class:`~workbench.fsutil.DiskFullError`); an optimizer step whose loss or
+gradient is NaN/Inf is skipped, logged with the batch's record ids, and
+``train.max_bad_steps`` such steps in a row stop the run with
+:class:`NonFiniteLossError`, the last good checkpoint kept.
 """
 
 from __future__ import annotations
@@ -27,18 +35,25 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from workbench.checkpoints import latest_checkpoint, load_checkpoint, restore_rng_state, rng_state_bytes, save_checkpoint, seed_everything
+from workbench.checkpoints import restore_rng_state, resumable_checkpoint, rng_state_bytes, save_checkpoint, seed_everything
 from workbench.config import StrictModel
 from workbench.devices import autocast, needs_grad_scaler, select_precision
-from workbench.distributed import DistributedContext, all_ranks_true, barrier, gather_bytes, unwrap
-from workbench.errors import ConfigError
+from workbench.distributed import DistributedContext, all_ranks_true, gather_bytes, unwrap
+from workbench.errors import ConfigError, IntegrityError, WorkbenchError
 from workbench.progress import StopRequest, TrainingProgress
 
-__all__ = ["TrainSettings", "Trainer", "TrainResult", "build_optimizer", "build_scheduler", "move_to_device", "StepFunction"]
+__all__ = [
+    "TrainSettings", "Trainer", "TrainResult", "NonFiniteLossError", "build_optimizer", "build_scheduler",
+    "move_to_device", "StepFunction",
+]
 
 logger = logging.getLogger("workbench.train")
 
 StepFunction = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
+
+
+class NonFiniteLossError(WorkbenchError, FloatingPointError):
+    """``train.max_bad_steps`` optimizer steps in a row had a NaN/Inf loss or gradient."""
 
 
 class TrainSettings(StrictModel):
@@ -57,6 +72,8 @@ class TrainSettings(StrictModel):
         keep_checkpoints: newest checkpoints kept on disk.
         log_every: steps between TensorBoard scalars and log lines.
         num_workers: data-loader worker processes.
+        max_bad_steps: stop after this many optimizer steps in a row whose loss or
+            gradient was NaN/Inf (each such step is skipped: no update).
     """
 
     steps: int = Field(100, gt=0)
@@ -71,6 +88,7 @@ class TrainSettings(StrictModel):
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0)
     num_workers: int = Field(0, ge=0)
+    max_bad_steps: int = Field(5, gt=0)
 
 
 def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -128,6 +146,8 @@ class TrainResult:
         history: one dict per logged step: ``step``, ``lr`` and the step function's scalars (means).
         skipped_batches: micro-batches skipped because every sample in them was bad.
         checkpoint: the last checkpoint written (rank 0), or ``None``.
+        bad_steps: optimizer steps skipped because their loss or gradient was NaN/Inf.
+        damaged_checkpoints: newer checkpoints passed over on resume, one line each (file and problem).
     """
 
     step: int
@@ -135,6 +155,40 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     skipped_batches: int = 0
     checkpoint: Path | None = None
+    bad_steps: int = 0
+    damaged_checkpoints: list[str] = field(default_factory=list)
+
+
+class _PendingStep:
+    """One optimizer step's micro-batch outputs, held until the step is known to be finite."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.loss_finite = torch.ones((), dtype=torch.bool)
+        self.last_loss: torch.Tensor | None = None
+        self.record_ids: list[str] = []
+
+    def add(self, outputs: Mapping[str, torch.Tensor], batch: Any) -> None:
+        """Add a micro-batch's outputs (no host sync) and its record ids when the batch carries them."""
+        loss = outputs["loss"].detach()
+        self.loss_finite = self.loss_finite.to(loss.device) & torch.isfinite(loss).all()
+        self.last_loss = loss
+        for key, value in outputs.items():
+            self.sums[key] = self.sums.get(key, torch.zeros((), device=value.device)) + value.detach().float()
+        self.count += 1
+        ids = batch.get("id") if isinstance(batch, Mapping) else None
+        if isinstance(ids, (list, tuple)):
+            self.record_ids.extend(str(item) for item in ids)
+
+    def merge_into(self, sums: dict[str, torch.Tensor]) -> int:
+        """Add this step's sums to the logging sums; returns the micro-batches added."""
+        for key, value in self.sums.items():
+            sums[key] = sums.get(key, torch.zeros((), device=value.device)) + value
+        return self.count
+
+    def loss_text(self) -> str:
+        return "unknown" if self.last_loss is None else f"{float(self.last_loss.float().mean()):.4g}"
 
 
 @dataclass
@@ -212,19 +266,37 @@ class Trainer:
         if self.checkpoint_dir is None:
             return None
         gathered = gather_bytes(rng_state_bytes(), self.context)
-        written = None
+        written, failure = None, None
         if self.context.is_main:
-            written = save_checkpoint(self.checkpoint_dir, unwrap(self.model), self._training_state(position), gathered or [], self.settings.keep_checkpoints)
-            logger.info("checkpoint written: %s", written)
-        barrier(self.context)
+            try:
+                written = save_checkpoint(self.checkpoint_dir, unwrap(self.model), self._training_state(position), gathered or [], self.settings.keep_checkpoints)
+                logger.info("checkpoint written: %s", written)
+            except Exception as error:  # every rank must leave this collective, or the others wait forever
+                failure = error
+        if not all_ranks_true(failure is None, self.context):
+            if failure is not None:
+                raise failure
+            raise WorkbenchError(f"rank 0 could not write the checkpoint at step {position.step} (its error says why); stopping")
         return written
 
-    def _resume(self) -> tuple[int | None, dict[str, torch.Tensor] | None]:
-        """Load the latest checkpoint into model/optimizer/scheduler; returns (step, rng state to restore later)."""
-        found = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir is not None else None
-        if found is None:
-            return None, None
-        checkpoint = load_checkpoint(found)
+    def _resume(self) -> tuple[int | None, dict[str, torch.Tensor] | None, list[str]]:
+        """Load the newest intact checkpoint into model/optimizer/scheduler.
+
+        Returns:
+            ``(step, rng state to restore later, damaged checkpoints passed over)``.
+
+        Raises:
+            IntegrityError: there are checkpoints but none is intact.
+        """
+        if self.checkpoint_dir is None:
+            return None, None, []
+        checkpoint, damaged = resumable_checkpoint(self.checkpoint_dir)
+        if checkpoint is None:
+            if damaged:
+                raise IntegrityError(f"{self.checkpoint_dir}: no intact checkpoint to resume from ({'; '.join(damaged)}); "
+                                     "move the checkpoints folder away to start the run over")
+            return None, None, []
+        found = checkpoint.path
         checkpoint.load_model(unwrap(self.model))
         state = checkpoint.state
         self.optimizer.load_state_dict(state["optimizer"])
@@ -236,7 +308,7 @@ class Trainer:
                            found, state.get("world_size"), self.context.world_size)
         rng = checkpoint.rng_state(self.context.rank) or checkpoint.rng_state(0)
         logger.info("resuming from %s (step %d)", found, checkpoint.step)
-        return checkpoint.step, rng
+        return checkpoint.step, rng, damaged
 
     # ----------------------------------------------------------------- the loop
     def _batches(self, rng_after_replay: dict[str, torch.Tensor] | None) -> Iterator[tuple[int, int, Any]]:
@@ -267,13 +339,14 @@ class Trainer:
             ConfigError: the loader yields no usable batch at all in a whole epoch.
         """
         seed_everything(self.seed + self.context.rank)
-        resumed_from, rng = self._resume()
-        result = TrainResult(step=self.position.step, resumed_from=resumed_from)
+        resumed_from, rng, damaged = self._resume()
+        result = TrainResult(step=self.position.step, resumed_from=resumed_from, damaged_checkpoints=damaged)
         if self.position.step >= self.settings.steps:
             return result
         writer = self._tensorboard()
         sums: dict[str, torch.Tensor] = {}
-        micro, summed, empty_run = 0, 0, 0
+        pending = _PendingStep()
+        micro, summed, empty_run, bad_run = 0, 0, 0, 0
         self.model.train()
         with TrainingProgress(self.settings.steps, self.position.step, enabled=self.show_progress) as bar, StopRequest() as stop:
             for epoch, index, batch in self._batches(rng):
@@ -286,14 +359,20 @@ class Trainer:
                 empty_run = 0
                 micro += 1
                 last_micro = micro == self.settings.grad_accum
-                outputs = self._forward_backward(batch, sync=last_micro)
-                for key, value in outputs.items():
-                    sums[key] = sums.get(key, torch.zeros((), device=value.device)) + value.detach().float()
-                summed += 1
+                pending.add(self._forward_backward(batch, sync=last_micro), batch)
                 if not last_micro:
                     continue
                 micro = 0
-                self._optimizer_step()
+                if not self._optimizer_step(pending.loss_finite):
+                    bad_run += 1
+                    result.bad_steps += 1
+                    self._report_bad_step(pending, bad_run, result.checkpoint)
+                    self.position = _Position(self.position.step, epoch, index)
+                    pending = _PendingStep()
+                    continue
+                bad_run = 0
+                summed += pending.merge_into(sums)
+                pending = _PendingStep()
                 self.position = _Position(self.position.step + 1, epoch, index)
                 step = self.position.step
                 if self.after_optimizer_step is not None:
@@ -307,6 +386,8 @@ class Trainer:
                     bar.update(step, None)
                 stopping = not all_ranks_true(not stop.requested, self.context)
                 if stopping or step % self.settings.checkpoint_every == 0 or step == self.settings.steps:
+                    if self.checkpoint_dir is not None:
+                        self._check_weights(step, result.checkpoint)
                     result.checkpoint = self.save(self.position) or result.checkpoint
                 if stopping:
                     if writer is not None:
@@ -327,19 +408,64 @@ class Trainer:
             with autocast(self.context.device, self.precision):
                 outputs = self.step_fn(self.model, batch)
             loss = outputs["loss"]
-            if not torch.isfinite(loss.detach()):
-                raise FloatingPointError(f"the loss became {loss.item()} at step {self.position.step + 1}; lower train.lr or check the data")
             self.scaler.scale(loss / self.settings.grad_accum).backward()
         return outputs
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, loss_finite: torch.Tensor) -> bool:
+        """Clip, check and take one optimizer step; ``False`` (and no update) when the loss or gradient is NaN/Inf.
+
+        One host sync per step: the loss flag (and, when clipping, the gradient
+        norm clipping computes anyway) are combined on the device and read once.
+        Without clipping the gradient is not read again (a norm costs about half
+        an AdamW step on the CPU); a NaN gradient under a finite loss then shows
+        as NaN losses from the next step, and :meth:`_check_weights` keeps it out
+        of checkpoints. Under fp16 the grad scaler owns overflowing gradients (it
+        skips those steps and lowers its scale), so only the loss counts there.
+        """
+        grad_norm = None
         if self.settings.max_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+        scaled = self.scaler.is_enabled()
+        finite = loss_finite if (grad_norm is None or scaled) else loss_finite & torch.isfinite(grad_norm)
+        if not all_ranks_true(bool(finite.item()), self.context):
+            self.optimizer.zero_grad(set_to_none=True)
+            if scaled and self.settings.max_grad_norm is not None:
+                self.scaler.update()  # closes this step's unscale_ (and lowers the scale on overflow)
+            return False
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        return True
+
+    def _check_weights(self, step: int, last_checkpoint: Path | None) -> None:
+        """Refuse to checkpoint NaN/Inf weights (one host sync per checkpoint)."""
+        tensors = [parameter.detach() for parameter in self.model.parameters()]
+        if not tensors or bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all().item()):
+            return
+        raise NonFiniteLossError(
+            f"training stopped at step {step}: the weights hold NaN/Inf (a non-finite gradient under a finite loss); "
+            f"{self._kept(last_checkpoint)}; set train.max_grad_norm to catch such gradients at their step, "
+            "then run the same command again to resume")
+
+    def _kept(self, last_checkpoint: Path | None) -> str:
+        if last_checkpoint is None and self.checkpoint_dir is not None:
+            found = resumable_checkpoint(self.checkpoint_dir)[0]
+            last_checkpoint = found.path if found is not None else None
+        return f"the last good checkpoint {last_checkpoint} is kept" if last_checkpoint else "no checkpoint was written yet"
+
+    def _report_bad_step(self, pending: _PendingStep, bad_run: int, last_checkpoint: Path | None) -> None:
+        """Log a skipped step with its records; raise once ``max_bad_steps`` came in a row."""
+        step = self.position.step + 1
+        records = f"; records {', '.join(pending.record_ids[:20])}" if pending.record_ids else ""
+        logger.warning("step %d: non-finite loss or gradient (loss %s); update skipped (%d in a row, stop at %d)%s",
+                       step, pending.loss_text(), bad_run, self.settings.max_bad_steps, records)
+        if bad_run >= self.settings.max_bad_steps:
+            raise NonFiniteLossError(
+                f"training stopped at step {step}: {bad_run} optimizer steps in a row had a NaN/Inf loss or gradient "
+                f"(last loss {pending.loss_text()}{records}); {self._kept(last_checkpoint)}; lower train.lr, set train.max_grad_norm "
+                "or check those records, then run the same command again to resume")
 
     def _tensorboard(self) -> Any:
         if self.tensorboard_dir is None or not self.context.is_main:

@@ -27,11 +27,12 @@ from typing import Any, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, list_data_collate
+from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
 from monai.data.utils import json_hashing, set_rnd
 from monai.transforms import MapTransform
 from torch.utils.data import DistributedSampler
 
+from workbench.data.disk_cache import CheckedPersistentDataset
 from workbench.data.manifests import PATH_FIELDS, validate_record
 from workbench.data.skipped import SkippedRecords, skippable_error
 from workbench.errors import ConfigError, DataError, ImageReadError
@@ -182,7 +183,8 @@ def build_dataset(
             ``ValidateImaged``, augmentations).
         cache: ``"none"`` (MONAI ``Dataset``: transforms run every step),
             ``"memory"`` (``CacheDataset``: deterministic transforms once, at
-            construction) or ``"disk"`` (``PersistentDataset`` in ``cache_dir``).
+            construction) or ``"disk"`` (:class:`~workbench.data.disk_cache.CheckedPersistentDataset`
+            in ``cache_dir``: written atomically, a damaged file is rebuilt).
         cache_dir: the folder for ``cache="disk"``.
         skipped: the run's skip collector (in-memory when ``None``).
         require: fields the task needs (see :func:`check_record`).
@@ -211,8 +213,9 @@ def build_dataset(
     if cache == "memory":
         dataset: Any = SkippingCacheDataset(good, transform, skipped, skip_on, num_workers=max(num_workers, 1), progress=False)
     elif cache == "disk":
-        # hash_transform folds the deterministic transforms' names into the cache keys, so a changed pipeline misses the old cache.
-        dataset = PersistentDataset(good, transform, cache_dir=cache_dir, hash_transform=json_hashing)
+        # hash_transform folds the deterministic transforms' names into the cache keys, so a changed pipeline misses the old cache;
+        # the checked variant never trusts a cache file a killed job or a full disk left half-written.
+        dataset = CheckedPersistentDataset(good, transform, cache_dir=cache_dir, hash_transform=json_hashing)
     else:
         dataset = Dataset(good, transform)
     return SafeDataset(dataset, skipped, skip_on)
