@@ -157,6 +157,7 @@ def build_cli(host: Any) -> click.Group:
 
     for command in (plugins_command, models_group, demo_command):
         root.add_command(command)
+    root.add_command(__import__("workbench.bench", fromlist=["bench_command"]).bench_command)  # `workbench bench NAME`
     host.add_commands(root)
     return root
 
