@@ -78,7 +78,7 @@ def _declaration(path: Path) -> tuple[dict[str, Any] | None, set[str]]:
             try:
                 declared = ast.literal_eval(node.value)
             except ValueError as error:
-                raise ConfigError(f"{path}: BENCHMARK must be a literal dict ({error})") from error
+                raise ConfigError(f"{path}: BENCHMARK must be a literal dict, its values written out (no names): {error}") from error
     return declared, functions
 
 

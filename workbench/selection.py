@@ -103,3 +103,25 @@ class Selection(Generic[SettingT]):
                 "candidates": {name: {"setting": setting, self.metric: self.values.get(name)} for name, setting in self.candidates.items()},
                 "chosen": self.chosen, "chosen_setting": self.candidates[self.chosen] if self.chosen is not None else None,
                 "scored": self.scored}
+
+
+def selection_record(**selections: Selection[Any]) -> dict[str, Any] | None:
+    """The results JSON's ``selection`` for one or several tuned settings (keyword: the setting's config key).
+
+    One selection gives its own :meth:`Selection.record`; several give ``split`` (their common split), ``rule`` (each
+    rule, named), ``candidates`` and ``chosen`` per setting, and every full record under ``settings``.
+
+    Raises:
+        ValueError: the selections were made on different splits.
+    """
+    if not selections:
+        return None
+    records = {name: selection.record() for name, selection in selections.items()}
+    splits = {record["split"] for record in records.values()}
+    if len(splits) != 1:
+        raise ValueError(f"selections made on different splits: {sorted(splits)}")
+    if len(records) == 1:
+        return dict(next(iter(records.values())), setting=next(iter(records)))
+    return {"split": splits.pop(), "rule": "; ".join(f"{name}: {record['rule']}" for name, record in records.items()),
+            "candidates": {name: record["candidates"] for name, record in records.items()},
+            "chosen": {name: record["chosen_setting"] for name, record in records.items()}, "settings": records}
