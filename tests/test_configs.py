@@ -56,3 +56,24 @@ def test_concept_bank_lists_concepts():
     concepts = [line for line in (CONFIGS / "concepts_cxr.txt").read_text(encoding="utf-8").splitlines()
                 if line.strip() and not line.startswith("#")]
     assert len(concepts) >= 10 and len(set(concepts)) == len(concepts)
+
+
+# A measured figure in a comment: a score with two or more decimals, a duration, or the words that introduce one.
+MEASURED = re.compile(r"\b0\.\d{2,}\b|\b\d+(\.\d+)?\s?(s|sec|seconds|min|minutes|hours?)\b|\bmeasured\b|\bsession \d+|\d+(\.\d+)?x chance",
+                      re.IGNORECASE)
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS_OF))
+def test_config_comments_quote_no_measured_figure(name):
+    """Configs say how a job runs; how well it did lives in benchmarks/results/*.json."""
+    comments = [(number, line.split("#", 1)[1]) for number, line in enumerate((CONFIGS / name).read_text(encoding="utf-8").splitlines(), 1)
+                if "#" in line]
+    quoted = [f"{name}:{number}: {text.strip()}" for number, text in comments if MEASURED.search(text)]
+    assert not quoted, "\n".join(quoted)
+
+
+def test_measured_figure_pattern_catches_the_old_comments():
+    assert MEASURED.search(" CNR 1.81, pointing 0.670 (cardiomegaly 0.95)")
+    assert MEASURED.search(" 5000 steps (31 minutes on this 2-core CPU)")
+    assert MEASURED.search(" image->text R@10 0.504 (5.7x chance)")
+    assert not MEASURED.search(" occluder side, fraction of the encoder's input side")
