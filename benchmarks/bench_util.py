@@ -19,6 +19,7 @@ if str(REPO_ROOT) not in sys.path:
 PRETRAIN_CONFIG = "configs/pretrain_phantom.yaml"
 # Tiny runs: 40 chest phantoms at 128 px hold 32 training, 4 validation and 4 test studies (the split is a hash of the index).
 TINY_CXR = {"n": 40, "size": 128, "seed": 0}
+TINY_ENCODER = ["model.options.image_size=64", "model.options.context_length=32"]
 TINY_TRAIN = ["train.steps=2", "train.batch_size=8", "train.warmup_steps=1", "train.checkpoint_every=2", "train.log_every=1"]
 
 
@@ -62,7 +63,7 @@ def pretrain_encoder(provenance: Any, work_dir: Path, store: Path, tiny: bool, m
     overrides = [*run_overrides(work_dir, tiny), "run.name=bench-pretrain", f"save.name={name}", f"save.store={store}",
                  "eval.retrieval=false", "eval.zeroshot=false", "eval.linear_probe=false", "eval.examples=0"]
     if tiny:
-        overrides += [*tiny_cxr_data(work_dir), *TINY_TRAIN, "model.options.image_size=64"]
+        overrides += [*tiny_cxr_data(work_dir), *TINY_TRAIN, *TINY_ENCODER]
     settings = load_settings(PretrainSettings, config, [*overrides, *(extra or [])])
     provenance.phantoms("phantom-cxr", *cxr_phantoms(settings.data), used_for="pretraining")
     started = time.perf_counter()

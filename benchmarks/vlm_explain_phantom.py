@@ -122,6 +122,8 @@ def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "run
 
     # 1. decisions, for each decomposition variant (the image embeddings are computed once)
     variants = decision_variants(settings)
+    if tiny:  # the configured decomposition alone: each variant embeds the whole concept bank again
+        variants = dict(list(variants.items())[:1])
     explainers: dict[str, Explainer] = {
         name: build_explainer(settings.model.name, settings.model.store, bank, settings.classes, concepts, settings.deletion,
                               settings.maps.model_copy(update={"regions": 0}), settings.run.device, settings.run.seed,
