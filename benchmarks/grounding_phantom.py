@@ -68,13 +68,14 @@ def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "run
     provenance = Provenance("grounding_phantom", tiny=tiny)
     encoder, pretrain = pretrain_encoder(provenance, work_dir, store, tiny, models, name="grounding-bench-encoder")
     common = [*run_overrides(work_dir, tiny), f"encoder.name={encoder}", f"encoder.store={store}"]
-    common += [*tiny_cxr_data(work_dir), "examples=0", "negations=false", "data.max_eval=2"] if tiny else []
+    common += [*tiny_cxr_data(work_dir), "examples=0", "data.max_eval=2"] if tiny else []
     common += list(overrides)
     builders = create_plugin_manager().datasets.builders
     ground_config = provenance.config(GROUND_CONFIG)
 
     def evaluate(split: str, *changes: str) -> dict[str, Any]:
-        settings = load_settings(GroundSettings, ground_config, [*common, f"data.eval_split=[{split}]", *changes])
+        tiny_changes = ["negations=false"] if tiny else []
+        settings = load_settings(GroundSettings, ground_config, [*common, f"data.eval_split=[{split}]", *tiny_changes, *changes])
         return run_ground_evaluate(settings, builders, progress=False).metrics
 
     configured = load_settings(GroundSettings, ground_config, common)
