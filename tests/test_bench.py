@@ -25,6 +25,7 @@ TINY_FIGURES = {
     "grounding_phantom": "zero_shot.occlusion.overall.pointing",
     "reporting_phantom": "answer_accuracy",
     "vlm_explain_phantom": "deletion_auc_topk",
+    "vessel_loss_overhead": "training_step.dice_ce.median_ms",
 }
 TRAINS_MODELS = {"counterfactual_phantom": {"classifier", "cae"}, "contrastive_objectives": {"clip", "siglip"},
                  "grounding_phantom": {"encoder", "grounding_head"}, "reporting_phantom": {"encoder", "explainer", "editor"},
