@@ -38,7 +38,7 @@ from workbench_plugins.vessels.topology import check_mask, fov_from_fundus  # no
 from workbench_plugins.vessels.topology_masks import binarise_mask  # noqa: E402
 
 SHAPE = (584, 565)  # (H, W)
-DEFAULT_CHASE = REPO_ROOT.parent / "shared" / "data" / "CHASE_DB1"
+from tests.helpers.shared_data import CHASE_DB1 as DEFAULT_CHASE  # noqa: E402  ($WORKBENCH_SHARED_DATA, else ../shared/data)
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "topology_check.json"
 CHASE_TEST = ("11L", "11R", "12L", "12R", "13L", "13R", "14L", "14R")
 PHANTOM_SEED = 0
