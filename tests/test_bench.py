@@ -28,10 +28,12 @@ TINY_FIGURES = {
     "vlm_explain_phantom": "deletion_auc_topk",
     "vessel_loss_overhead": "training_step.dice_ce.median_ms",
     "vessels_chase": "rows.dice_ce.dice",
+    "vessels_chase_bridging": "variants.skeleton_recall.test_row.dice",
 }
 TRAINS_MODELS = {"counterfactual_phantom": {"classifier", "cae"}, "contrastive_objectives": {"clip", "siglip"},
                  "grounding_phantom": {"encoder", "grounding_head"}, "reporting_phantom": {"encoder", "explainer", "editor"},
-                 "vlm_explain_phantom": {"encoder"}, "vessels_chase": {"dice_ce", "skeleton_recall"}}
+                 "vlm_explain_phantom": {"encoder"}, "vessels_chase": {"dice_ce", "skeleton_recall"},
+                 "vessels_chase_bridging": {"skeleton_recall"}}
 
 
 # --- selection -------------------------------------------------------------------------------------------------
@@ -161,7 +163,7 @@ def _at(payload: dict, dotted: str):
 
 @pytest.mark.parametrize("name", sorted(TINY_FIGURES))
 def test_tiny_run_writes_its_figures_with_provenance(name, tmp_path):
-    if name == "vessels_chase" and not (CHASE_DB1 / "Image_11L_1stHO.png").is_file():
+    if name.startswith("vessels_chase") and not (CHASE_DB1 / "Image_11L_1stHO.png").is_file():
         pytest.skip("CHASE_DB1 not found: set WORKBENCH_SHARED_DATA to the shared data folder")
     out = run_benchmark(name, tiny=True, work_dir=tmp_path / "work", out=tmp_path / f"{name}.json")
     saved = json.loads(out.read_text())
@@ -179,7 +181,10 @@ def test_tiny_run_writes_its_figures_with_provenance(name, tmp_path):
     assert {entry["role"] for entry in provenance["models"]} == TRAINS_MODELS.get(name, set())
     assert all(entry["sha256"] in weights and entry["trained_by_benchmark"] for entry in provenance["models"])
     assert provenance["splits"]["scored"] == saved["scored_split"]
-    if name == "grounding_phantom":  # the one benchmark that tunes: chosen on val, test scored once
+    if name == "vessels_chase_bridging":  # chosen on the training images by the declared rule, test scored once
+        selection = saved["selection"]
+        assert selection["split"] == "train" and selection["scored"] and selection["chosen"] in selection["candidates"]
+    if name == "grounding_phantom":  # chosen on val, test scored once
         selection = saved["selection"]
         assert selection["split"] == "val" and saved["scored_split"] == "test" and provenance["splits"]["selection"] == "val"
         window = selection["settings"]["zero_shot.window"]

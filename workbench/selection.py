@@ -35,13 +35,14 @@ class Selection(Generic[SettingT]):
         mode: ``"max"`` or ``"min"`` of ``metric``.
         split: the split the choice is made on (``"val"``).
         scored_split: the split scored once with the chosen setting (``"test"``).
+        rule: the rule in words when ``evaluate`` also filters (returns ``None`` for a candidate the rule excludes).
 
     Raises:
         ValueError: no candidates, or ``split`` equal to ``scored_split``.
     """
 
     def __init__(self, candidates: Mapping[str, SettingT], metric: str, mode: Literal["max", "min"] = "max", split: str = "val",
-                 scored_split: str = "test"):
+                 scored_split: str = "test", rule: str | None = None):
         if not candidates:
             raise ValueError("a selection needs at least one candidate")
         if split == scored_split:
@@ -50,14 +51,15 @@ class Selection(Generic[SettingT]):
             raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
         self.candidates = dict(candidates)
         self.metric, self.mode, self.split, self.scored_split = metric, mode, split, scored_split
+        self._rule = rule
         self.values: dict[str, float | None] = {}
         self.chosen: str | None = None
         self.scored = False
 
     @property
     def rule(self) -> str:
-        """The rule in words, e.g. ``"max pointing on val"``."""
-        return f"{self.mode} {self.metric} on {self.split}"
+        """The rule in words, e.g. ``"max pointing on val"`` (or the text given as ``rule``, for a filtered rule)."""
+        return self._rule or f"{self.mode} {self.metric} on {self.split}"
 
     def choose(self, evaluate: Callable[[SettingT], float | None]) -> SettingT:
         """Evaluate every candidate on the selection split and keep the best by the rule.
