@@ -169,7 +169,7 @@ def run_benchmark(name: str, *, tiny: bool = False, out: Path | None = None, wor
     return out
 
 
-@click.command("bench", context_settings={"ignore_unknown_options": False})
+@click.command("bench")
 @click.argument("name", required=False)
 @click.option("--list", "list_only", is_flag=True, help="list the benchmarks with their CPU budgets and what each measures")
 @click.option("--tiny", is_flag=True, help="a few steps on a handful of phantoms: checks the whole path, its figures mean nothing")
