@@ -55,7 +55,7 @@ METHODS = ("cae", "gradcam", "gradcampp", "occlusion")
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "counterfactual_phantom.json"
 DEFAULT_ROOT = REPO_ROOT / "runs" / "bench-counterfactual"
 CLASSIFY_CONFIG, CAE_CONFIG = "configs/classify_phantom.yaml", "configs/cae_phantom.yaml"
-BENCHMARK = {"name": "counterfactual_phantom", "cpu_budget_minutes": 75, "configs": ["configs/classify_phantom.yaml", "configs/cae_phantom.yaml"],
+BENCHMARK = {"name": "counterfactual_phantom", "models": ["classifier", "cae"], "cpu_budget_minutes": 75, "configs": ["configs/classify_phantom.yaml", "configs/cae_phantom.yaml"],
              "measures": "CAE counterfactuals vs Grad-CAM, Grad-CAM++ and occlusion on the test phantoms: flip rate, energy-in-mask, "
                          "pointing, seconds per explanation"}
 # Tiny: a small CAE, a few steps of each job, two explained images.

@@ -35,7 +35,7 @@ from bench_util import PRETRAIN_CONFIG, REPO_ROOT, cxr_phantoms, pretrain_encode
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "vlm_explain_phantom.json"
 CONFIG = REPO_ROOT / "configs" / "vlm_explain_phantom.yaml"
-BENCHMARK = {"name": "vlm_explain_phantom", "cpu_budget_minutes": 30,
+BENCHMARK = {"name": "vlm_explain_phantom", "models": ["encoder"], "cpu_budget_minutes": 30,
              "configs": ["configs/pretrain_phantom.yaml", "configs/vlm_explain_phantom.yaml", "configs/concepts_cxr.txt"],
              "measures": "concept explanations of a dual encoder's zero-shot decisions (top concept correct, deletion test) and "
                          "similarity maps' energy in the finding box, on the test phantoms"}

@@ -149,6 +149,8 @@ def test_models_are_named_by_role_and_need_their_store():
         parse_models(["contrastive-phantom"])
     with pytest.raises(ConfigError, match="--store"):
         run_benchmark("grounding_phantom", tiny=True, models={"encoder": "x:v1"})
+    with pytest.raises(ConfigError, match="trains no model called encodr; it takes"):
+        run_benchmark("grounding_phantom", tiny=True, models={"encodr": "x:v1"}, store=Path("unused"))
     with pytest.raises(ConfigError, match="unknown benchmark 'nope'"):
         run_benchmark("nope")
 

@@ -2,7 +2,8 @@
 
 A benchmark is a script ``benchmarks/NAME.py`` that declares, at module level::
 
-    BENCHMARK = {"name": "NAME", "cpu_budget_minutes": 30, "configs": ["configs/x.yaml"], "measures": "what it measures"}
+    BENCHMARK = {"name": "NAME", "cpu_budget_minutes": 30, "configs": ["configs/x.yaml"], "measures": "what it measures",
+                 "models": ["encoder"]}   # optional: the roles a user may pass instead of training (--model encoder=NAME)
 
     def run(out_path, tiny=False, *, work_dir, models, store): ...
 
@@ -156,6 +157,9 @@ def run_benchmark(name: str, *, tiny: bool = False, out: Path | None = None, wor
     if models and store is None:
         raise ConfigError("--model names a stored model: say which store holds it with --store")
     spec = benchmarks[name]
+    unknown = sorted(set(models or {}) - set(spec.extra.get("models", [])))
+    if unknown:
+        raise ConfigError(f"{name} trains no model called {', '.join(unknown)}; it takes {spec.extra.get('models') or 'none'}")
     work_dir = Path(work_dir or REPO_ROOT / "runs" / ("bench-tiny" if tiny else "bench") / name).resolve()
     out = Path(out or (work_dir / f"{name}.json" if tiny else BENCHMARK_DIR / "results" / f"{name}.json")).resolve()
     entry = load_entry(spec)
