@@ -36,7 +36,7 @@ RESULTS = REPO_ROOT / "benchmarks" / "results" / "reporting_phantom.json"
 EXPLAIN_CONFIG = "configs/report_phantom.yaml"
 EDIT_CONFIG = "configs/report_edit_phantom.yaml"
 SCORED_SPLIT = "test"
-BENCHMARK = {"name": "reporting_phantom", "models": ["encoder", "grounding_head"], "cpu_budget_minutes": 50,
+BENCHMARK = {"name": "reporting_phantom", "models": ["encoder", "grounding_head"], "cpu_budget_minutes": 55,
              "configs": ["configs/pretrain_phantom.yaml", "configs/report_phantom.yaml", "configs/report_edit_phantom.yaml"],
              "measures": "answer accuracy, explanation BLEU-4 and faithfulness of the explainer; fix and damage rates of the report "
                          "editor, on the test phantoms"}

@@ -40,7 +40,7 @@ from bench_util import REPO_ROOT, run_overrides
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "vessels_chase.json"
 CONFIG = REPO_ROOT / "configs" / "vessels_chase.yaml"
 VARIANTS = ("dice_ce", "cldice", "skeleton_recall", "graph")
-BENCHMARK = {"name": "vessels_chase", "models": ["dice_ce", "cldice", "skeleton_recall", "graph"], "cpu_budget_minutes": 120, "configs": ["configs/vessels_chase.yaml"],
+BENCHMARK = {"name": "vessels_chase", "models": ["dice_ce", "cldice", "skeleton_recall", "graph"], "cpu_budget_minutes": 30, "configs": ["configs/vessels_chase.yaml"],
              "measures": "CHASE_DB1 test images: Dice, clDice, Betti errors and CAL of Dice+CE, soft-clDice, Skeleton Recall and the "
                          "graph head at one CPU budget, each with small components removed, and the second observer"}
 TINY = ["data.max_train=2", "data.max_eval=1", "data.patches_per_image=2", "train.batch_size=2", "train.warmup_steps=1",

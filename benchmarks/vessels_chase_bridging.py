@@ -32,7 +32,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "vessels_chase_bridging.json"
-BENCHMARK = {"name": "vessels_chase_bridging", "models": ["skeleton_recall", "dice_ce", "cldice", "graph"], "cpu_budget_minutes": 150, "configs": ["configs/vessels_chase.yaml"],
+BENCHMARK = {"name": "vessels_chase_bridging", "models": ["skeleton_recall", "dice_ce", "cldice", "graph"], "cpu_budget_minutes": 45, "configs": ["configs/vessels_chase.yaml"],
              "measures": "CHASE_DB1 test images after fragment bridging chosen on the training images: Dice, clDice, Betti-0 error "
                          "per network, against small-component removal alone"}
 CONFIG = REPO_ROOT / "configs" / "vessels_chase.yaml"

@@ -131,7 +131,7 @@ def test_list_shows_budget_and_measures():
     result = CliRunner().invoke(bench_command, ["--list"])
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.startswith("grounding_phantom "))
-    assert " 45 " in line and "pointing" in line
+    assert " 50 " in line and "pointing" in line
 
 
 def test_a_broken_declaration_names_its_file(tmp_path):
