@@ -25,11 +25,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
+# `make bench NAME=grounding_phantom` runs one benchmark (`make bench` lists them); TINY=1 for the smoke-sized run.
+NAME ?=
+TINY ?=
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[test,bench]"
-	$(PY) benchmarks/data_loading.py
-	$(PY) benchmarks/pretrain_vs_open_clip.py
-	$(PY) benchmarks/contrastive_objectives.py
+	$(VENV)/bin/workbench bench $(if $(NAME),$(NAME),--list) $(if $(TINY),--tiny,)
 
 clean-venv:
 	rm -rf $(VENV)

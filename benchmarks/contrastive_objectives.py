@@ -1,40 +1,35 @@
 """CLIP, SigLIP, ConVIRT, FLAIR and COSMOS at the same budget on the chest phantoms, with a random floor.
 
-Run: ``.venv/bin/python benchmarks/contrastive_objectives.py [--objectives clip,siglip,...] [--no-floor] [KEY=VALUE ...]``
+Run: ``workbench bench contrastive_objectives [--tiny]`` (or ``.venv/bin/python benchmarks/contrastive_objectives.py
+[--objectives clip,siglip,...] [--no-floor] [--tiny] [KEY=VALUE ...]``).
 
-Each objective is one ``workbench pretrain --config configs/pretrain_phantom.yaml
-objective.name=<name>`` run (same data, seed, model, steps, batch size and
-learning-rate schedule), in its own process so no state leaks between them.
-The floor is ``workbench eval all`` on the same preset with a random image
-tower (and the bundled MiniLM text weights). Extra ``KEY=VALUE`` arguments are
-passed to every run (e.g. ``train.steps=200`` for a quick look).
+Each objective is one pretraining run of ``configs/pretrain_phantom.yaml`` with ``objective.name=<name>`` (same
+data, seed, model, steps, batch size and learning-rate schedule), trained from scratch in one go and scored on the
+test split. The floor is the same evaluation on the same preset with a random image tower (and the bundled MiniLM
+text weights). Extra ``KEY=VALUE`` arguments are passed to every run (recorded in the JSON).
 
-Results go to ``benchmarks/results/contrastive_objectives.json`` (rewritten
-after every run, so a stopped benchmark keeps what it finished): per method
-the held-out image->text and text->image R@1/5/10 with chance, zero-shot AUROC
-per finding and mean, the linear probe at 1/10/100 % of labels, and the wall
-time of the run.
+Results go to ``benchmarks/results/contrastive_objectives.json``: per method the test image->text and text->image
+R@1/5/10 with chance, zero-shot AUROC per finding and mean, the linear probe at 1/10/100 % of labels, and the wall
+time of the run. ``--tiny``: two objectives, two steps each, on 40 phantoms (a smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from bench_util import PRETRAIN_CONFIG, REPO_ROOT, TINY_ENCODER, TINY_TRAIN, cxr_phantoms, run_overrides, tiny_cxr_data
 
-from bench_util import run_workbench
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "contrastive_objectives.json"
-CONFIG = REPO_ROOT / "configs" / "pretrain_phantom.yaml"
 OBJECTIVES = ("clip", "siglip", "convirt", "flair", "cosmos")
+SCORED_SPLIT = "test"
+BENCHMARK = {"name": "contrastive_objectives", "cpu_budget_minutes": 80, "configs": ["configs/pretrain_phantom.yaml"],
+             "measures": "test retrieval R@k, zero-shot AUROC and linear probe of five contrastive objectives at one budget, "
+                         "with a random-encoder floor"}
 
 
 def summary(metrics: dict[str, Any], wall_s: float) -> dict[str, Any]:
@@ -61,45 +56,64 @@ def _objective_list(text: str) -> list[str]:
     return names
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--objectives", type=_objective_list, default=list(OBJECTIVES), help="comma-separated, e.g. clip,cosmos")
-    parser.add_argument("--no-floor", action="store_true", help="skip the random-encoder floor")
-    parser.add_argument("overrides", nargs="*", help="KEY=VALUE passed to every pretrain run")
-    args = parser.parse_args(argv)
-    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results.update({
-        "config": str(CONFIG.relative_to(REPO_ROOT)),
-        "machine": {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "platform": platform.platform(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-    })
-    results.setdefault("methods", {})
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    for objective in args.objectives:
-        stale = REPO_ROOT / "runs" / f"pretrain-objectives-{objective}"
-        if stale.exists():  # the benchmark's own folder from an earlier, stopped attempt: start afresh
-            shutil.rmtree(stale)
-        index, wall = run_workbench(["pretrain", "--config", str(CONFIG), f"objective.name={objective}", f"run.name=objectives-{objective}",
-                                 f"save.name=contrastive-phantom-{objective}", *args.overrides])
-        metrics = json.loads((index.parent / "metrics.json").read_text())["pretrain"]
-        results["methods"][objective] = summary(metrics, wall) | {"run": index.parent.name, "steps": metrics.get("steps"), "overrides": args.overrides}
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "runs" / "bench" / "contrastive_objectives",
+        store: Path | None = None, objectives: list[str] | None = None, floor: bool = True, overrides: list[str] = (),
+        **_: object) -> dict[str, Any]:
+    """Pretrain each objective from the config in one go, evaluate it and the random floor on the test split, write the JSON."""
+    from workbench.config import load_settings
+    from workbench.host import create_plugin_manager
+    from workbench.provenance import Provenance
+    from workbench_plugins.contrastive.evaluate_job import run_evaluation
+    from workbench_plugins.contrastive.pretrain import run_pretrain
+    from workbench_plugins.contrastive.settings import EvaluateSettings, PretrainSettings
+
+    provenance = Provenance("contrastive_objectives", tiny=tiny)
+    config = provenance.config(PRETRAIN_CONFIG)
+    store = Path(store or work_dir / "store")
+    objectives = list(objectives or (["clip", "siglip"] if tiny else OBJECTIVES))
+    common = [*run_overrides(work_dir, tiny), f"save.store={store}", f"data.eval_split=[{SCORED_SPLIT}]"]
+    if tiny:
+        # Retrieval alone: the zero-shot prompts and the probe cost more than the two training steps.
+        common += [*tiny_cxr_data(work_dir), *TINY_TRAIN, *TINY_ENCODER, "eval.zeroshot=false", "eval.linear_probe=false", "eval.examples=0"]
+    common += list(overrides)
+    builders = create_plugin_manager().datasets.builders
+    results: dict[str, Any] = {"config": PRETRAIN_CONFIG, "overrides": list(overrides), "methods": {}}
+    for objective in objectives:
+        settings = load_settings(PretrainSettings, config, [*common, f"objective.name={objective}", f"run.name=objectives-{objective}",
+                                                            f"save.name=contrastive-phantom-{objective}"])
+        started = time.perf_counter()
+        outcome = run_pretrain(settings, builders, progress=False)
+        wall = time.perf_counter() - started
+        metrics = json.loads((outcome.run.path / "metrics.json").read_text())["pretrain"]
+        results["methods"][objective] = summary(metrics, wall) | {"run": outcome.run.path.name, "steps": metrics.get("steps")}
+        if outcome.stored:
+            provenance.model(objective, outcome.stored, store)
         print(f"{objective}: {json.dumps(results['methods'][objective]['i2t_R@10_over_chance'])}x chance R@10, "
               f"zero-shot AUROC {results['methods'][objective]['zeroshot_mean_auroc']}", flush=True)
-    if not args.no_floor:
-        data_overrides = [item for item in args.overrides if item.startswith(("data.", "run."))]
-        eval_config = REPO_ROOT / "runs" / "objectives-floor.yaml"
-        eval_config.parent.mkdir(parents=True, exist_ok=True)
-        import yaml
-
-        pretrain = yaml.safe_load(CONFIG.read_text())
-        eval_config.write_text(yaml.safe_dump({"run": pretrain["run"], "data": pretrain["data"], "model": pretrain["model"]["preset"],
-                                               "random": True, "model_options": pretrain["model"]["options"], "eval": pretrain["eval"]}))
-        index, wall = run_workbench(["eval", "all", "--config", str(eval_config), "run.name=objectives-floor", *data_overrides])
+    provenance.phantoms("phantom-cxr", *cxr_phantoms(settings.data), used_for="pretraining (train) and scoring (test)")
+    if floor:
+        pretrain = settings.model_dump(mode="json")
+        floor_settings = load_settings(EvaluateSettings, None, ["run.name=objectives-floor"], defaults={
+            "run": pretrain["run"], "data": pretrain["data"], "model": pretrain["model"]["preset"], "random": True,
+            "model_options": pretrain["model"]["options"], "eval": pretrain["eval"]})
+        started = time.perf_counter()
+        index = run_evaluation(floor_settings, builders)
         metrics = json.loads((index.parent / "metrics.json").read_text())["eval"]
-        results["methods"]["random-floor"] = summary(metrics, wall) | {"run": index.parent.name, "steps": 0}
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(RESULTS)
+        results["methods"]["random-floor"] = summary(metrics, time.perf_counter() - started) | {"run": index.parent.name, "steps": 0}
+    provenance.write(out_path, results, scored_split=SCORED_SPLIT)
+    return results
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objectives", type=_objective_list, default=None, help="comma-separated, e.g. clip,cosmos")
+    parser.add_argument("--no-floor", action="store_true", help="skip the random-encoder floor")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tiny", action="store_true", help="two objectives, two steps each, on 40 phantoms (a smoke test)")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE passed to every pretrain run")
+    args = parser.parse_args(argv)
+    run(args.out, args.tiny, objectives=args.objectives, floor=not args.no_floor, overrides=args.overrides)
+    print(args.out)
     return 0
 
 

@@ -1,12 +1,13 @@
 """Counterfactual explanations (CAE) against Grad-CAM, Grad-CAM++ and occlusion on the chest phantoms, side by side.
 
-Run: ``.venv/bin/python benchmarks/counterfactual_phantom.py [--classifier NAME] [--cae NAME] [--store DIR]``.
+Run: ``workbench bench counterfactual_phantom [--tiny] [--model classifier=NAME --model cae=NAME --store DIR]``
+(or ``.venv/bin/python benchmarks/counterfactual_phantom.py [--classifier NAME] [--cae NAME] [--store DIR] [--tiny]``).
 
 On the chest phantoms (the configs' task: pleural effusion vs no finding, other findings left out; exact lesion
 masks) the script
 
-1. trains the classifier (``configs/classify_phantom.yaml``) unless ``--classifier`` names a stored one;
-2. trains the CAE (``configs/cae_phantom.yaml``) unless ``--cae`` names a stored one; the config's classifier
+1. trains the classifier (``configs/classify_phantom.yaml``) unless the user names a stored one;
+2. trains the CAE (``configs/cae_phantom.yaml``) in one go unless the user names a stored one; the config's classifier
    guidance (``loss.classifier_guidance``, not in the papers) is given the classifier of step 1 as its guide;
 3. explains every held-out test image in one ``workbench explain --evaluate`` run, with the CAE's
    linear class-code path and the three baselines on the same classifier and images;
@@ -30,23 +31,21 @@ Grad-CAM and Grad-CAM++ maps are min-max scaled to [0, 1] with the high end on t
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from workbench.config import load_settings  # noqa: E402
-from workbench.fsutil import atomic_write_json  # noqa: E402
 from workbench.host import create_plugin_manager  # noqa: E402
 from workbench.model_records import parse_ref  # noqa: E402
 from workbench.model_store import ModelStore  # noqa: E402
+from workbench.provenance import Provenance  # noqa: E402
 from workbench_plugins.counterfactual.cae_train import run_cae_train  # noqa: E402
 from workbench_plugins.counterfactual.classify import run_classify_train  # noqa: E402
 from workbench_plugins.counterfactual.explain_job import run_explain  # noqa: E402
@@ -55,6 +54,15 @@ from workbench_plugins.counterfactual.settings import CaeTrainSettings, Classify
 METHODS = ("cae", "gradcam", "gradcampp", "occlusion")
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "counterfactual_phantom.json"
 DEFAULT_ROOT = REPO_ROOT / "runs" / "bench-counterfactual"
+CLASSIFY_CONFIG, CAE_CONFIG = "configs/classify_phantom.yaml", "configs/cae_phantom.yaml"
+BENCHMARK = {"name": "counterfactual_phantom", "models": ["classifier", "cae"], "cpu_budget_minutes": 75, "configs": ["configs/classify_phantom.yaml", "configs/cae_phantom.yaml"],
+             "measures": "CAE counterfactuals vs Grad-CAM, Grad-CAM++ and occlusion on the test phantoms: flip rate, energy-in-mask, "
+                         "pointing, seconds per explanation"}
+# Tiny: a small CAE, a few steps of each job, two explained images.
+TINY_DATA = ["data.phantoms={n: 60, size: 128, seed: 0}", "data.image_size=64"]
+TINY_CLASSIFY = ["train.steps=2", "train.batch_size=8", "train.warmup_steps=1", "train.checkpoint_every=2", "train.log_every=1", "examples=0"]
+TINY_CAE = ["model.dim=4", "model.mlp_dim=32", "model.disc_dim=8", "model.disc_layers=3", "train.steps=2", "train.batch_size=4",
+            "train.checkpoint_every=2", "train.log_every=1", "optim.decay_steps=0", "examples=0"]
 
 
 def mean_over(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -101,55 +109,67 @@ def markdown_table(scores: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Train (or reuse) the classifier and CAE, explain the test phantoms with every method, write the JSON, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classifier", default=None, help="a stored classifier name[:version] to reuse (default: train one)")
-    parser.add_argument("--cae", default=None, help="a stored CAE name[:version] to reuse (default: train one)")
-    parser.add_argument("--store", type=Path, default=None, help="registry folder (default: <output-root>/store)")
-    parser.add_argument("--output-root", type=Path, default=DEFAULT_ROOT, help="run folders and the phantoms go here")
-    parser.add_argument("--classify-config", type=Path, default=REPO_ROOT / "configs" / "classify_phantom.yaml")
-    parser.add_argument("--cae-config", type=Path, default=REPO_ROOT / "configs" / "cae_phantom.yaml")
-    parser.add_argument("--set-classify", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--set-cae", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--set-explain", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--max-cases", type=int, default=200, help="test images explained (all of them by default)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    arguments = parser.parse_args(argv)
-    store = arguments.store or arguments.output_root / "store"
-    common = [f"run.output_root={arguments.output_root}", f"save.store={store}", f"data.root={arguments.output_root / 'data' / 'phantom-cxr'}"]
+def run(out_path: Path, tiny: bool = False, *, work_dir: Path = DEFAULT_ROOT, models: dict[str, str] | None = None,
+        store: Path | None = None, set_classify: list[str] = (), set_cae: list[str] = (), set_explain: list[str] = (),
+        max_cases: int = 200) -> dict[str, Any]:
+    """Train the classifier and the CAE from the configs (unless ``models`` names them), explain the test phantoms, write the JSON.
+
+    Args:
+        out_path: the results JSON.
+        tiny: a few steps on 60 phantoms, two explained images (a smoke test).
+        work_dir: run folders go under ``work_dir/runs``.
+        models: ``classifier`` and/or ``cae`` stored references to use instead of training.
+        store: the model store (what is trained goes there too).
+        set_classify / set_cae / set_explain: ``key=value`` overrides (recorded in the JSON).
+        max_cases: test images explained (all of them by default).
+    """
+    models, store = dict(models or {}), Path(store or work_dir / "store")
+    provenance = Provenance("counterfactual_phantom", tiny=tiny)
+    common = [f"run.output_root={work_dir / 'runs'}", f"save.store={store}"]
+    data_root = work_dir / "data" / "phantom-cxr-128-tiny" if tiny else None
+    if tiny:
+        common += ["run.device=cpu", f"data.root={data_root}", *TINY_DATA]
+        max_cases = 2
     builders = create_plugin_manager().datasets.builders
     timings: dict[str, float] = {}
     trained: dict[str, Any] = {}
 
-    classify_settings = load_settings(ClassifyTrainSettings, arguments.classify_config, [*common, *arguments.set_classify])
-    classifier = arguments.classifier
+    classify_settings = load_settings(ClassifyTrainSettings, provenance.config(CLASSIFY_CONFIG),
+                                      [*common, *(TINY_CLASSIFY if tiny else []), *set_classify])
+    phantoms = classify_settings.data.phantoms
+    provenance.phantoms("phantom-cxr", phantoms["n"], phantoms["seed"], phantoms["size"], used_for=f"{classify_settings.data.finding} vs none")
+    classifier = models.get("classifier")
     if classifier is None:
         started = time.perf_counter()
-        outcome = run_classify_train(classify_settings, builders)
+        outcome = run_classify_train(classify_settings, builders, progress=False)
         timings["classifier_train_s"] = round(time.perf_counter() - started, 1)
         classifier, trained["classifier"] = outcome.stored, outcome.metrics
+    if classifier is None:
+        raise SystemExit(f"save.name is null in {CLASSIFY_CONFIG}: nothing was stored to explain")
+    provenance.model("classifier", classifier, store, trained_here="classifier" not in models)
     # The CAE's classifier guidance (when its weight is > 0) uses the classifier this benchmark explains.
-    guide = [f"guide.classifier={classifier}", f"guide.store={store}"] if classifier else []
-    cae_settings = load_settings(CaeTrainSettings, arguments.cae_config, [*common, *guide, *arguments.set_cae])
-    cae = arguments.cae
+    guide = [f"guide.classifier={classifier}", f"guide.store={store}"]
+    cae_settings = load_settings(CaeTrainSettings, provenance.config(CAE_CONFIG), [*common, *guide, *(TINY_CAE if tiny else []), *set_cae])
+    cae = models.get("cae")
     if cae is None:
         started = time.perf_counter()
-        cae_outcome = run_cae_train(cae_settings, builders)
+        cae_outcome = run_cae_train(cae_settings, builders, progress=False)
         timings["cae_train_s"] = round(time.perf_counter() - started, 1)
         cae, trained["cae"] = cae_outcome.stored, {key: value for key, value in cae_outcome.metrics.items() if key != "centroids"}
-    if classifier is None or cae is None:
-        raise SystemExit("save.name is null in a config: nothing was stored to explain")
+    if cae is None:
+        raise SystemExit(f"save.name is null in {CAE_CONFIG}: nothing was stored to explain")
+    provenance.model("cae", cae, store, trained_here="cae" not in models)
 
     data = cae_settings.data.model_dump(mode="json")
     explain_overrides = {"run": {**cae_settings.run.model_dump(mode="json"), "name": None}, "data": data, "classifier": classifier, "cae": cae,
-                         "store": str(store), "max_cases": arguments.max_cases, "baselines": list(METHODS[1:]), "evaluate": True, "shown": 8,
+                         "store": str(store), "max_cases": max_cases, "baselines": list(METHODS[1:]), "evaluate": True,
+                         "shown": 2 if tiny else 8, "steps": 3 if tiny else 10,
                          # 32-pixel patches (stride 16): 64 occluded copies per 128x128 image, about 5 s on one core; 16-pixel
                          # patches take 225 copies and about 19 s per image, most of the benchmark's time.
-                         "occlusion_mask": 32}
-    explain_settings = load_settings(ExplainSettings, None, arguments.set_explain, defaults=explain_overrides)
+                         "occlusion_mask": 16 if tiny else 32}
+    explain_settings = load_settings(ExplainSettings, None, list(set_explain), defaults=explain_overrides)
     started = time.perf_counter()
-    run, summary = run_explain(explain_settings, builders)
+    run_folder, summary = run_explain(explain_settings, builders)
     timings["explain_s"] = round(time.perf_counter() - started, 1)
 
     scores = score_correct(summary["cases"])
@@ -163,25 +183,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "classifier": classifier, "cae": cae, "image_size": explain_settings.data.image_size, "path": explain_settings.path,
             "steps": explain_settings.steps, "occlusion_mask": explain_settings.occlusion_mask, "phantoms": explain_settings.data.phantoms,
             "finding": explain_settings.data.finding, "eval_split": explain_settings.data.eval_split,
-            "classify_overrides": arguments.set_classify, "cae_overrides": arguments.set_cae, "explain_overrides": arguments.set_explain,
-            "classify_config": classify_settings.model_dump(mode="json", include={"model", "train"}) if arguments.classifier is None else None,
-            "cae_config": cae_settings.model_dump(mode="json", include={"model", "train", "loss", "optim"}) if arguments.cae is None else None,
+            "classify_overrides": list(set_classify), "cae_overrides": list(set_cae), "explain_overrides": list(set_explain),
             "stored": {key: {"ref": record.ref, "factory": record.factory, "config": record.config, "metrics": record.metrics,
                              "guide_classifier": record.extra.get("guide_classifier"), "run": record.extra.get("run")}
                        for key, record in records.items()},
         },
         "trained": trained,
         "timings": timings,
-        "explain_run": run.path.name,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "processor": platform.processor() or platform.machine(),
-                    "torch_threads": torch.get_num_threads(), "device": explain_settings.run.device},
+        "explain_run": run_folder.path.name,
     }
-    atomic_write_json(arguments.output, results)
+    provenance.write(out_path, results, scored_split="+".join(explain_settings.data.eval_split))
     print(markdown_table(scores))
     print(f"\n{scores['cases']['correct']} of {scores['cases']['explained']} test images correctly classified "
           f"({scores['cases']['correct_with_lesion']} with a lesion mask); k-NN accuracy of the class codes {results['knn_accuracy']}; "
-          f"classifier {classifier}, CAE {cae}; explain run {run.path}")
+          f"classifier {classifier}, CAE {cae}; explain run {run_folder.path}")
     return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse the arguments and run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classifier", default=None, help="a stored classifier name[:version] to reuse (default: train one)")
+    parser.add_argument("--cae", default=None, help="a stored CAE name[:version] to reuse (default: train one)")
+    parser.add_argument("--store", type=Path, default=None, help="registry folder (default: <output-root>/store)")
+    parser.add_argument("--output-root", type=Path, default=DEFAULT_ROOT, help="run folders go here")
+    parser.add_argument("--set-classify", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set-cae", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set-explain", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--max-cases", type=int, default=200, help="test images explained (all of them by default)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--tiny", action="store_true", help="a few steps on 60 phantoms (a smoke test)")
+    arguments = parser.parse_args(argv)
+    models = {key: value for key, value in (("classifier", arguments.classifier), ("cae", arguments.cae)) if value}
+    return run(arguments.output, arguments.tiny, work_dir=arguments.output_root, models=models, store=arguments.store,
+               set_classify=arguments.set_classify, set_cae=arguments.set_cae, set_explain=arguments.set_explain, max_cases=arguments.max_cases)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Images/s for chest-phantom DICOMs: read every step vs. MONAI's memory and disk caches.
 
-Run: ``.venv/bin/python benchmarks/data_loading.py [--n 200] [--data DIR] [--epochs 3]``.
+Run: ``workbench bench data_loading [--tiny]`` (or ``.venv/bin/python benchmarks/data_loading.py [--n 200] [--data DIR] [--epochs 3] [--tiny]``).
 
 Three ways through the same pipeline (``LoadWorkbenchImaged`` -> ``ValidateImaged``
 -> ``RandFlipd``) and the same loader (batch 16, shuffled):
@@ -13,14 +13,12 @@ Three ways through the same pipeline (``LoadWorkbenchImaged`` -> ``ValidateImage
   separately), later epochs read it back.
 
 Each reports the median images/s over the measured epochs. Results go to
-``benchmarks/results/data_loading.json``.
+``benchmarks/results/data_loading.json``. ``--tiny``: 8 phantoms, one measured epoch (a smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,7 +28,6 @@ from typing import Any
 
 import monai
 import pydicom
-import torch
 from monai.transforms import Compose, RandFlipd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +37,12 @@ from workbench.data.loaders import build_dataset, build_loader  # noqa: E402
 from workbench.data.manifests import read_manifest  # noqa: E402
 from workbench.data.readers import LoadWorkbenchImaged  # noqa: E402
 from workbench.data.skipped import SkippedRecords  # noqa: E402
-from workbench.fsutil import atomic_write_json  # noqa: E402
+from workbench.provenance import Provenance  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "data_loading.json"
+PHANTOM_SEED, PHANTOM_SIZE = 0, 256
+BENCHMARK = {"name": "data_loading", "cpu_budget_minutes": 3, "configs": [],
+             "measures": "images/s through the DICOM pipeline: no cache vs MONAI's memory and disk caches"}
 
 
 def pipeline() -> Compose:
@@ -58,7 +58,7 @@ def phantom_records(data_dir: Path, n: int) -> list[dict[str, Any]]:
 
     manifest = data_dir / "manifest.jsonl"
     if not manifest.exists():
-        write_cxr_phantoms(data_dir, n, seed=0, size=256, formats=("dcm",))
+        write_cxr_phantoms(data_dir, n, seed=PHANTOM_SEED, size=PHANTOM_SIZE, formats=("dcm",))
     records = read_manifest(manifest, require=("image",))
     if len(records) < n:
         raise SystemExit(f"{manifest} holds {len(records)} records, fewer than --n {n}; use another --data folder")
@@ -84,7 +84,7 @@ def median_rate(epochs: list[dict[str, float]]) -> float:
     return round(statistics.median(epoch["images_per_s"] for epoch in epochs), 2)
 
 
-def run(n: int, data_dir: Path, epochs: int, batch_size: int, workers: int) -> dict[str, Any]:
+def measure(n: int, data_dir: Path, epochs: int, batch_size: int, workers: int) -> dict[str, Any]:
     """Measure the three modes on ``n`` phantoms in ``data_dir``; return the results dict."""
     records = phantom_records(data_dir, n)
     skipped = SkippedRecords()
@@ -121,19 +121,33 @@ def run(n: int, data_dir: Path, epochs: int, batch_size: int, workers: int) -> d
             "disk_over_no_cache": round(results["disk"]["median_images_per_s"] / baseline, 2),
         },
         "skipped_records": len(skipped),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "monai": monai.__version__,
-            "pydicom": pydicom.__version__,
-        },
+        "libraries": {"monai": monai.__version__, "pydicom": pydicom.__version__},
     }
 
 
+def run(out_path: Path, tiny: bool = False, *, n: int = 200, data: Path | None = None, epochs: int = 3, batch_size: int = 16,
+        workers: int = 0, **_: object) -> dict[str, Any]:
+    """Measure, write ``out_path`` with its provenance, print a summary (nothing is trained: ``models``/``store`` go unused)."""
+    n, epochs, batch_size = (8, 1, 4) if tiny else (n, epochs, batch_size)
+    provenance = Provenance("data_loading", tiny=tiny, device="cpu")
+    provenance.phantoms("phantom-cxr", n, PHANTOM_SEED, PHANTOM_SIZE, used_for="DICOM reads (the first n of the set)")
+    if data is not None:
+        report = measure(n, data, epochs, batch_size, workers)
+    else:
+        with tempfile.TemporaryDirectory(prefix="wb-phantoms-") as data_dir:
+            report = measure(n, Path(data_dir), epochs, batch_size, workers)
+    provenance.write(out_path, report, scored_split=None)
+    results = report["results"]
+    print(f"{'mode':10s} {'images/s (median)':>18s}  extra")
+    print(f"{'no_cache':10s} {results['no_cache']['median_images_per_s']:18.1f}")
+    print(f"{'memory':10s} {results['memory']['median_images_per_s']:18.1f}  cache build {results['memory']['cache_build_seconds']:.2f} s")
+    print(f"{'disk':10s} {results['disk']['median_images_per_s']:18.1f}  first (filling) epoch {results['disk']['cache_fill_epoch']['images_per_s']:.1f} images/s")
+    print(f"ratios: {report['ratios']}  -> {out_path}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run the benchmark, print a summary and write the JSON."""
+    """Parse arguments and run the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="number of chest phantoms (default 200)")
     parser.add_argument("--data", type=Path, default=None, help="phantom folder (written when empty; default a temp dir)")
@@ -141,19 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--tiny", action="store_true", help="8 phantoms, one measured epoch (a smoke test)")
     args = parser.parse_args(argv)
-    if args.data is not None:
-        report = run(args.n, args.data, args.epochs, args.batch_size, args.workers)
-    else:
-        with tempfile.TemporaryDirectory(prefix="wb-phantoms-") as data_dir:
-            report = run(args.n, Path(data_dir), args.epochs, args.batch_size, args.workers)
-    atomic_write_json(args.out, report)
-    results = report["results"]
-    print(f"{'mode':10s} {'images/s (median)':>18s}  extra")
-    print(f"{'no_cache':10s} {results['no_cache']['median_images_per_s']:18.1f}")
-    print(f"{'memory':10s} {results['memory']['median_images_per_s']:18.1f}  cache build {results['memory']['cache_build_seconds']:.2f} s")
-    print(f"{'disk':10s} {results['disk']['median_images_per_s']:18.1f}  first (filling) epoch {results['disk']['cache_fill_epoch']['images_per_s']:.1f} images/s")
-    print(f"ratios: {report['ratios']}  -> {args.out}")
+    run(args.out, args.tiny, n=args.n, data=args.data, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers)
     return 0
 
 

@@ -1,49 +1,42 @@
-"""Phrase grounding on the chest phantoms' held-out split: zero-shot from a contrastive encoder, then a supervised head.
+"""Phrase grounding on the chest phantoms: zero-shot from a contrastive encoder, then a supervised head, scored on test.
 
-Run: ``.venv/bin/python benchmarks/grounding_phantom.py [--encoder NAME[:VERSION]] [--store DIR] [KEY=VALUE ...]``
+Run: ``workbench bench grounding_phantom [--tiny] [--model encoder=NAME[:VERSION] --store DIR]``
+(or ``.venv/bin/python benchmarks/grounding_phantom.py [--tiny] [KEY=VALUE ...]``).
 
-1. The encoder: ``--encoder`` reuses a stored one; without it, one is pretrained
-   with ``workbench pretrain --config configs/pretrain_phantom.yaml`` (the
-   contrastive plugin, CLIP objective, ~14 CPU minutes) and stored as
-   ``grounding-bench-encoder``.
-2. Zero-shot: ``workbench ground evaluate --config configs/ground_phantom.yaml``
-   with each method (``occlusion``, the default, and ``similarity``, BioViL's
-   patch-phrase cosine): CNR, pointing game, mIoU sweep, and how often "no
-   <finding>" peaks lower than the finding's phrase.
-3. Supervised: ``workbench ground train --config configs/ground_train_phantom.yaml``
-   on the same frozen encoder: box accuracy at IoU >= 0.5 and mIoU on the held-out split.
+1. The encoder: pretrained in one go from ``configs/pretrain_phantom.yaml`` (~14 CPU minutes) into a fresh store,
+   unless the user names a stored one.
+2. Zero-shot, ``configs/ground_phantom.yaml``: the occlusion window set is chosen among :data:`WINDOW_CANDIDATES`
+   by the rule "max pointing on val", and the mIoU threshold by "max mIoU on val" (the chosen window's sweep);
+   then the test split is scored once with both fixed. The patch-similarity method (BioViL's cosine; nothing to
+   tune) is scored on test beside it. Metrics: CNR, pointing game, mIoU, box acc@0.5, and how often "no <finding>"
+   peaks lower than the finding's phrase.
+3. Supervised, ``configs/ground_train_phantom.yaml`` on the same frozen encoder: box acc@0.5 and mIoU on test.
 
-Each step runs in its own process. Extra ``KEY=VALUE`` arguments go to every
-grounding run (e.g. ``data.max_eval=100 train.steps=300`` for a quick look).
-Results go to ``benchmarks/results/grounding_phantom.json`` (rewritten after
-every step): ``zero_shot_cnr``, ``zero_shot_pointing``, ``supervised_box_acc50``,
-``supervised_miou`` and the details per method and category.
+Extra ``KEY=VALUE`` arguments go to every grounding run. Results: ``benchmarks/results/grounding_phantom.json``
+with ``zero_shot_cnr``, ``zero_shot_pointing``, ``supervised_box_acc50``, ``supervised_miou``, the details per
+method and category, the selection record and the provenance.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_util import run_workbench
+from bench_util import REPO_ROOT, TINY_TRAIN, cxr_phantoms, pretrain_encoder, run_overrides, tiny_cxr_data
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "grounding_phantom.json"
-PRETRAIN_CONFIG = REPO_ROOT / "configs" / "pretrain_phantom.yaml"
-GROUND_CONFIG = REPO_ROOT / "configs" / "ground_phantom.yaml"
-TRAIN_CONFIG = REPO_ROOT / "configs" / "ground_train_phantom.yaml"
-BENCH_ENCODER = "grounding-bench-encoder"
-
-
-def workbench(arguments: list[str]) -> tuple[Path, float]:
-    """Run ``workbench ARGS``; returns (the run folder of the printed index.html, wall seconds)."""
-    index, elapsed = run_workbench(arguments)
-    return index.parent, elapsed
+GROUND_CONFIG = "configs/ground_phantom.yaml"
+TRAIN_CONFIG = "configs/ground_train_phantom.yaml"
+SELECTION_SPLIT, SCORED_SPLIT = "val", "test"
+# The occluding window sets tried (fractions of the encoder's input side); the config's own is always a candidate.
+WINDOW_CANDIDATES = {"two": [0.25, 0.125], "three": [0.5, 0.25, 0.125], "three-mid": [0.375, 0.25, 0.125]}
+BENCHMARK = {"name": "grounding_phantom", "models": ["encoder"], "cpu_budget_minutes": 50,
+             "configs": ["configs/pretrain_phantom.yaml", "configs/ground_phantom.yaml", "configs/ground_train_phantom.yaml"],
+             "measures": "phrase grounding on the test phantoms: zero-shot CNR and pointing (window set chosen on val), "
+                         "supervised head box acc@0.5 and mIoU"}
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -59,68 +52,92 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def save(results: dict[str, Any]) -> None:
-    """Write the results JSON (after every step, so a stopped run keeps what it finished)."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "runs" / "bench" / "grounding_phantom",
+        models: dict[str, str] | None = None, store: Path | None = None, overrides: list[str] = (), supervised: bool = True,
+        **_: object) -> dict[str, Any]:
+    """Pretrain (or take) the encoder, choose the zero-shot settings on val, score test once, train and score the head."""
+    from workbench.config import load_settings
+    from workbench.host import create_plugin_manager
+    from workbench.provenance import Provenance
+    from workbench.selection import Selection, selection_record
+    from workbench_plugins.grounding.run import run_ground_evaluate
+    from workbench_plugins.grounding.settings import GroundSettings, GroundTrainSettings
+    from workbench_plugins.grounding.train_job import run_ground_train
+
+    models, store = dict(models or {}), Path(store or work_dir / "store")
+    provenance = Provenance("grounding_phantom", tiny=tiny)
+    encoder, pretrain = pretrain_encoder(provenance, work_dir, store, tiny, models, name="grounding-bench-encoder")
+    common = [*run_overrides(work_dir, tiny), f"encoder.name={encoder}", f"encoder.store={store}"]
+    common += [*tiny_cxr_data(work_dir), "examples=0", "data.max_eval=2"] if tiny else []
+    common += list(overrides)
+    builders = create_plugin_manager().datasets.builders
+    ground_config = provenance.config(GROUND_CONFIG)
+
+    def evaluate(split: str, *changes: str) -> dict[str, Any]:
+        tiny_changes = ["negations=false"] if tiny else []
+        settings = load_settings(GroundSettings, ground_config, [*common, f"data.eval_split=[{split}]", *tiny_changes, *changes])
+        return run_ground_evaluate(settings, builders, progress=False).metrics
+
+    configured = load_settings(GroundSettings, ground_config, common)
+    provenance.phantoms("phantom-cxr", *cxr_phantoms(configured.data), used_for="grounding: val chooses, test scores")
+    candidates = dict(list(WINDOW_CANDIDATES.items())[:2] if tiny else WINDOW_CANDIDATES)
+    if configured.zero_shot.window not in candidates.values():
+        candidates["config"] = configured.zero_shot.window
+    window = Selection(candidates, metric="pointing", mode="max", split=SELECTION_SPLIT, scored_split=SCORED_SPLIT)
+    val_runs: dict[str, dict[str, Any]] = {}
+
+    def val_pointing(sizes: list[float]) -> float | None:
+        metrics = evaluate(SELECTION_SPLIT, "zero_shot.method=occlusion", f"zero_shot.window={sizes}", "boxes.miou_threshold=null")
+        val_runs[str(sizes)] = metrics
+        return metrics["overall"].get("pointing")
+
+    chosen_window = window.choose(val_pointing)
+    sweep = val_runs[str(chosen_window)]["overall"]
+    threshold = Selection({f"{t:g}": t for t in configured.boxes.thresholds}, metric="miou", mode="max", split=SELECTION_SPLIT,
+                          scored_split=SCORED_SPLIT)
+    chosen_threshold = threshold.choose(lambda t: sweep.get(f"iou@{t:g}"))
+    test = window.score(lambda sizes: evaluate(SCORED_SPLIT, "zero_shot.method=occlusion", f"zero_shot.window={sizes}",
+                                               f"boxes.miou_threshold={chosen_threshold}"))
+    threshold.scored = True  # scored in the same single test run
+    similarity = evaluate(SCORED_SPLIT, "zero_shot.method=similarity", f"boxes.miou_threshold={chosen_threshold}")
+    results: dict[str, Any] = {
+        "encoder": encoder, "pretrain": pretrain, "overrides": list(overrides),
+        "zero_shot_method": "occlusion", "zero_shot_cnr": test["overall"]["cnr"], "zero_shot_pointing": test["overall"]["pointing"],
+        "zero_shot_negation_lower_rate": test.get("negation_lower_rate"),
+        "zero_shot": {"occlusion": headline(test) | {"window": chosen_window}, "similarity": headline(similarity)},
+    }
+    print(f"zero-shot occlusion {chosen_window} (chosen on {SELECTION_SPLIT}): CNR {test['overall']['cnr']:.3f}, "
+          f"pointing {test['overall']['pointing']:.3f} on {SCORED_SPLIT}", flush=True)
+
+    if supervised:
+        train_config = provenance.config(TRAIN_CONFIG)
+        head_overrides = [*common, f"data.eval_split=[{SCORED_SPLIT}]", "save.name=grounding-bench-head", f"save.store={store}"]
+        head_overrides += TINY_TRAIN if tiny else []
+        started = time.perf_counter()
+        outcome = run_ground_train(load_settings(GroundTrainSettings, train_config, head_overrides), builders, progress=False)
+        metrics = outcome.metrics
+        if outcome.stored:
+            provenance.model("grounding_head", outcome.stored, store)
+        results["supervised"] = headline(metrics) | {"wall_s": round(time.perf_counter() - started, 1), "steps": outcome.steps,
+                                                     "stored": outcome.stored}
+        results.update(supervised_box_acc50=metrics["overall"].get("box_acc@0.5"), supervised_miou=metrics["overall"].get("miou"))
+    provenance.write(out_path, results, scored_split=SCORED_SPLIT,
+                     selection=selection_record(**{"zero_shot.window": window, "boxes.miou_threshold": threshold}))
+    return results
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", default=None, help="reuse this stored encoder (name[:version]) instead of pretraining one")
-    parser.add_argument("--store", default=None, help="model store folder (default: the user's)")
-    parser.add_argument("--methods", default="occlusion,similarity", help="zero-shot methods, comma-separated (the first is the headline)")
+    parser.add_argument("--encoder", default=None, help="use this stored encoder (name[:version], with --store) instead of pretraining one")
+    parser.add_argument("--store", type=Path, default=None, help="model store folder (default: a fresh one under runs/bench)")
     parser.add_argument("--no-supervised", action="store_true", help="skip the supervised head")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tiny", action="store_true", help="a few steps on 40 phantoms (a smoke test)")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE passed to every grounding run")
     args = parser.parse_args(argv)
-    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}  # read before the steps below rewrite it
-    store = [f"encoder.store={args.store}"] if args.store else []
-    results: dict[str, Any] = {"machine": platform.platform(), "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                               "overrides": args.overrides, "commands": []}
-
-    encoder = args.encoder
-    if encoder is None:
-        pretrain = ["pretrain", "--config", str(PRETRAIN_CONFIG.relative_to(REPO_ROOT)), f"save.name={BENCH_ENCODER}", "run.name=grounding-bench"]
-        pretrain += [f"save.store={args.store}"] if args.store else []
-        _, wall = workbench(pretrain)
-        encoder = f"{BENCH_ENCODER}:latest"
-        results.update(pretrain_wall_s=wall, pretrain_command="workbench " + " ".join(pretrain))
-    results["encoder"] = encoder
-
-    results["zero_shot"] = {}
-    for position, method in enumerate(name.strip() for name in args.methods.split(",") if name.strip()):
-        command = ["ground", "evaluate", "--config", str(GROUND_CONFIG.relative_to(REPO_ROOT)), f"encoder.name={encoder}",
-                   f"zero_shot.method={method}", *store, *args.overrides]
-        run, wall = workbench(command)
-        metrics = json.loads((run / "metrics.json").read_text())["grounding"]
-        results["zero_shot"][method] = headline(metrics) | {"wall_s": wall, "run": run.name}
-        results["commands"].append("workbench " + " ".join(command))
-        results["encoder_resolved"] = metrics.get("encoder")
-        if position == 0:
-            results.update(zero_shot_method=method, zero_shot_cnr=metrics["overall"]["cnr"], zero_shot_pointing=metrics["overall"]["pointing"],
-                           zero_shot_negation_lower_rate=metrics.get("negation_lower_rate"))
-        save(results)
-        print(f"zero-shot {method}: CNR {metrics['overall']['cnr']:.3f}, pointing {metrics['overall']['pointing']:.3f}, "
-              f"mIoU {metrics['overall']['miou']:.3f}, negation lower {metrics.get('negation_lower_rate')}", flush=True)
-
-    if args.no_supervised and previous:  # keep the head's last measured numbers (it does not depend on the zero-shot settings)
-        kept = {key: previous[key] for key in ("supervised", "supervised_box_acc50", "supervised_miou") if key in previous}
-        if kept:
-            results.update(kept, supervised_from=f"the run of {previous.get('started')} (not rerun)")
-    if not args.no_supervised:
-        command = ["ground", "train", "--config", str(TRAIN_CONFIG.relative_to(REPO_ROOT)), f"encoder.name={encoder}",
-                   "save.name=grounding-bench-head", *store, *args.overrides]
-        run, wall = workbench(command)
-        metrics = json.loads((run / "metrics.json").read_text())["grounding"]
-        results["supervised"] = headline(metrics) | {"wall_s": wall, "run": run.name, "steps": metrics.get("steps"),
-                                                     "train_phrases": metrics.get("train_phrases"), "stored": metrics.get("stored_model")}
-        results["commands"].append("workbench " + " ".join(command))
-        results.update(supervised_box_acc50=metrics["overall"].get("box_acc@0.5"), supervised_miou=metrics["overall"]["miou"])
-        save(results)
-        print(f"supervised: box acc@0.5 {results['supervised_box_acc50']:.3f}, mIoU {results['supervised_miou']:.3f}", flush=True)
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    save(results)
-    print(RESULTS)
+    run(args.out, args.tiny, models={"encoder": args.encoder} if args.encoder else {}, store=args.store, overrides=args.overrides,
+        supervised=not args.no_supervised)
+    print(args.out)
     return 0
 
 

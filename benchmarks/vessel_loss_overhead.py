@@ -1,6 +1,7 @@
 """Cost of a vessel training step per loss: Dice + CE vs Skeleton Recall vs soft-clDice vs the SCOPE graph head.
 
-Run: ``.venv/bin/python benchmarks/vessel_loss_overhead.py [--batch 8] [--size 96] [--steps 20] [--warmup 3] [--device auto]``
+Run: ``workbench bench vessel_loss_overhead [--tiny]`` (or ``.venv/bin/python benchmarks/vessel_loss_overhead.py [--batch 8]
+[--size 96] [--steps 20] [--warmup 3] [--device auto] [--tiny]``).
 
 One batch of ``--batch`` fundus-phantom patches (``--size`` px, RGB, with vessels) and its labels; the
 Skeleton Recall tube (skeleton dilated by a radius-1 disc, a 3x3 cross) is computed once beforehand, as the data pipeline
@@ -13,13 +14,12 @@ move by more than a cheap loss adds, so the Skeleton Recall overhead is also giv
 difference over the Dice + CE step.
 
 Results go to ``benchmarks/results/vessel_loss_overhead.json``. Target: Skeleton Recall within 15 % of Dice + CE.
+``--tiny``: a batch of 2 patches of 32 px, 2 timed rounds (a smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -36,12 +36,14 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from workbench.data.phantoms import make_fundus  # noqa: E402
 from workbench.devices import describe, select_device  # noqa: E402
-from workbench.fsutil import atomic_write_json  # noqa: E402
+from workbench.provenance import Provenance  # noqa: E402
 from workbench.registry import ModelRegistry, PluginModelRegistry  # noqa: E402
 from workbench_plugins.vessels.losses import LOSS_NAMES, build_vessel_loss  # noqa: E402
 from workbench_plugins.vessels.models import GRAPH_HEAD_DEFAULTS, register_vessel_models  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "vessel_loss_overhead.json"
+BENCHMARK = {"name": "vessel_loss_overhead", "cpu_budget_minutes": 3, "configs": [],
+             "measures": "ms per vessel-unet training step with Dice+CE, Skeleton Recall, soft-clDice and the graph head"}
 
 
 def phantom_batch(batch: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -117,19 +119,18 @@ def interleaved_medians(steps: dict[str, Callable[[], float]], rounds: int, warm
     return summary
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=96, help="patch side, a multiple of 16")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
-    device = select_device(args.device)
+def run(out_path: Path, tiny: bool = False, *, batch_size: int = 8, size: int = 96, steps_timed: int = 20, warmup: int = 3,
+        device: str = "auto", **_: object) -> dict[str, Any]:
+    """Time one training step per loss, write ``out_path`` with its provenance (nothing is stored: ``models`` go unused)."""
+    if tiny:
+        batch_size, size, steps_timed, warmup = 2, 32, 2, 1
+    provenance = Provenance("vessel_loss_overhead", tiny=tiny)
+    device = select_device(device)
+    provenance.device = describe(device)
+    provenance.phantoms("phantom-fundus", batch_size, 0, max(256, 2 * size), used_for="one batch of vessel patches")
     registry = PluginModelRegistry(ModelRegistry(), "vessels")
     register_vessel_models(registry)
-    batch = {key: value.to(device) for key, value in phantom_batch(args.batch, args.size).items()}
+    batch = {key: value.to(device) for key, value in phantom_batch(batch_size, size).items()}
     losses = {name: build_vessel_loss(name) for name in LOSS_NAMES}
     steps, loss_steps = {}, {}
     for name, loss in losses.items():
@@ -139,16 +140,14 @@ def main(argv: list[str]) -> int:
         with torch.no_grad():
             output = model(batch["image"], return_aux=True) if loss.requires_aux else {"logits": model(batch["image"])}
         loss_steps[name] = loss_only_step(loss, output, batch)
-    step_times = interleaved_medians(steps, args.steps, args.warmup)
-    loss_times = interleaved_medians(loss_steps, args.steps, args.warmup)
+    step_times = interleaved_medians(steps, steps_timed, warmup)
+    loss_times = interleaved_medians(loss_steps, steps_timed, warmup)
     baseline = step_times["dice_ce"]["median_ms"]
     results = {
         "what": "median ms of one vessel-unet training step (forward, loss, backward, Adam) per loss on the same batch; "
                 "graph = vessel-unet with the graph head; loss_only = loss forward+backward on fixed logits",
-        "batch": [args.batch, 3, args.size, args.size], "steps": args.steps, "warmup": args.warmup,
+        "batch": [batch_size, 3, size, size], "steps": steps_timed, "warmup": warmup,
         "graph_head": GRAPH_HEAD_DEFAULTS, "cldice_iterations": losses["cldice"].iterations,
-        "machine": {"device": describe(device), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
         "training_step": {name: {**values, "ratio_to_dice_ce": round(values["median_ms"] / baseline, 3)}
                           for name, values in step_times.items()},
         "loss_only": loss_times,
@@ -161,10 +160,24 @@ def main(argv: list[str]) -> int:
         "target": "skeleton_recall ratio_to_dice_ce <= 1.15",
         "skeleton_recall_within_target": step_times["skeleton_recall"]["median_ms"] / baseline <= 1.15,
     }
-    atomic_write_json(args.output, results)
+    provenance.write(out_path, results, scored_split=None)
     for name, values in results["training_step"].items():
         print(f"{name:>16}: {values['median_ms']:8.1f} ms/step  x{values['ratio_to_dice_ce']:.3f}  "
               f"(loss alone {loss_times[name]['median_ms']:.2f} ms)")
+    return results
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=96, help="patch side, a multiple of 16")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--tiny", action="store_true", help="2 patches of 32 px, 2 timed rounds (a smoke test)")
+    args = parser.parse_args(argv)
+    run(args.output, args.tiny, batch_size=args.batch, size=args.size, steps_timed=args.steps, warmup=args.warmup, device=args.device)
     print(args.output)
     return 0
 

@@ -1,12 +1,14 @@
 """CHASE_DB1: Dice+CE, Dice+CE with small components removed, soft-clDice, Skeleton Recall and the graph head, at one CPU budget.
 
-Run: ``.venv/bin/python benchmarks/vessels_chase.py [--budget-steps 1500] [--variants dice_ce,cldice,...] [KEY=VALUE ...]``
+Run: ``workbench bench vessels_chase [--tiny] [--model VARIANT=NAME[:VERSION] --store DIR]`` (or ``.venv/bin/python
+benchmarks/vessels_chase.py [--budget-steps 1500] [--variants dice_ce,cldice,...] [--tiny] [KEY=VALUE ...]``)
 
 The protocol: the first 20 images train, the last 8 test, ``_1stHO`` is the
 reference and the FOV comes from a red-channel threshold (the chase-db1
 builder). Every variant is one ``workbench vessels train --config
-configs/vessels_chase.yaml loss.name=<loss>`` run in its own process (same
-network, data, seed, patches, batch size and schedule). "The same CPU budget":
+configs/vessels_chase.yaml loss.name=<loss>`` run, trained in one go into a fresh
+store (same network, data, seed, patches, batch size and schedule); a network the
+user names with ``--model VARIANT=NAME`` is evaluated instead of trained. "The same CPU budget":
 the training steps of each variant are ``budget_steps`` scaled down by its
 measured cost per step relative to Dice+CE (calibrated in this process on one
 batch before the runs, so a loss that costs 30 % more per step gets 30 % fewer
@@ -16,20 +18,15 @@ extra training): for Dice+CE it is the cheap fix any user tries first, for
 the topology-aware losses it shows what they add beyond it. The second human observer (``_2ndHO``) is
 scored against the first inside the same FOVs as the last row.
 
-``--evaluate-only`` skips training and re-evaluates the stored networks with the
-config's current inference settings (e.g. after test-time mirroring was switched on).
-
-Results go to ``benchmarks/results/vessels_chase.json`` (rewritten after every
-row): per variant the mean Dice, clDice, Betti-0/1 errors, components, CAL,
-steps and wall seconds; and a Markdown table on stdout.
+Results go to ``benchmarks/results/vessels_chase.json``: per variant the mean
+Dice, clDice, Betti-0/1 errors, components, CAL, steps and wall seconds, with the
+provenance; and a Markdown table on stdout. ``--tiny``: two variants, two steps,
+two training images and one test image (a smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -38,13 +35,16 @@ from typing import Any
 
 import torch
 
-from bench_util import run_workbench
+from bench_util import REPO_ROOT, run_overrides
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "vessels_chase.json"
 CONFIG = REPO_ROOT / "configs" / "vessels_chase.yaml"
 VARIANTS = ("dice_ce", "cldice", "skeleton_recall", "graph")
+BENCHMARK = {"name": "vessels_chase", "models": ["dice_ce", "cldice", "skeleton_recall", "graph"], "cpu_budget_minutes": 30, "configs": ["configs/vessels_chase.yaml"],
+             "measures": "CHASE_DB1 test images: Dice, clDice, Betti errors and CAL of Dice+CE, soft-clDice, Skeleton Recall and the "
+                         "graph head at one CPU budget, each with small components removed, and the second observer"}
+TINY = ["data.max_train=2", "data.max_eval=1", "data.patches_per_image=2", "train.batch_size=2", "train.warmup_steps=1",
+        "train.checkpoint_every=2", "train.log_every=1", "inference.flips=false"]
 COLUMNS = ("dice", "cldice", "betti0_error", "betti1_error", "n_components", "reference_components", "cal")
 
 from tests.helpers.shared_data import CHASE_DB1  # noqa: E402
@@ -109,40 +109,6 @@ def human_row() -> dict[str, Any]:
     return mean_metrics(rows) | {"images": len(rows)}
 
 
-def evaluate_rows(variant: str, min_area: int, name: str, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The stored network's mean metrics on the test images as they are, and with components under ``min_area`` removed."""
-    common = ["--config", str(CONFIG), f"data.root={CHASE_DB1}", f"weights=vessels-chase-{variant}:latest"]
-    rows = []
-    for area in (0, min_area):
-        index, _ = run_workbench(["vessels", "evaluate", *common, f"inference.min_component_area={area}",
-                                  f"run.name={name}-cc{area}", *overrides])
-        rows.append(json.loads((index.parent / "metrics.json").read_text())["mean"])
-    return rows[0], rows[1]
-
-
-def reevaluate(variants: list[str], min_area: int, output: Path, overrides: list[str]) -> int:
-    """``--evaluate-only``: rewrite the network and small-component rows of ``output`` from the stored networks."""
-    results = json.loads(output.read_text())
-    results["evaluated_again"] = {"inference": yaml_inference(), "overrides": overrides}
-    for variant in variants:
-        kept = results["rows"].get(variant, {})
-        training = {key: kept[key] for key in ("steps", "train_seconds", "wall_s", "run") if key in kept}
-        plain, cleaned = evaluate_rows(variant, min_area, f"chase-{variant}-again-{int(time.time())}", overrides)
-        results["rows"][variant] = plain | training
-        results["rows"][f"{variant} + remove components < {min_area} px"] = cleaned | {"steps": training.get("steps")}
-        output.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"{variant}: {json.dumps(results['rows'][variant])}", flush=True)
-    print(markdown(results["rows"]))
-    return 0
-
-
-def yaml_inference() -> dict[str, Any]:
-    """The config's inference section (what the evaluation used)."""
-    import yaml
-
-    return dict(yaml.safe_load(CONFIG.read_text())["inference"])
-
-
 def markdown(rows: dict[str, dict[str, Any]]) -> str:
     """The comparison as a Markdown table."""
     lines = ["| variant | " + " | ".join(COLUMNS) + " | steps | train s |", "|" + "---|" * (len(COLUMNS) + 3)]
@@ -152,60 +118,78 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "runs" / "bench" / "vessels_chase",
+        models: dict[str, str] | None = None, store: Path | None = None, budget_steps: int = 1500, variants: list[str] | None = None,
+        min_area: int = 100, overrides: list[str] = (), **_: object) -> dict[str, Any]:
+    """Train each variant at the same CPU budget (or take the user's network), score the test images, write the JSON.
+
+    Raises:
+        ConfigError: CHASE_DB1 is not on this machine.
+    """
+    from workbench.config import load_settings
+    from workbench.errors import ConfigError
+    from workbench.provenance import Provenance
+    from workbench_plugins.vessels.run import run_predict, run_train
+    from workbench_plugins.vessels.settings import VesselPredictSettings, VesselTrainSettings
+
+    if not CHASE_DB1.is_dir():
+        raise ConfigError(f"CHASE_DB1 not found ({CHASE_DB1}); set WORKBENCH_SHARED_DATA")
+    models, store = dict(models or {}), Path(store or work_dir / "store")
+    variants = list(variants or (["dice_ce", "skeleton_recall"] if tiny else VARIANTS))
+    budget_steps = 2 if tiny else budget_steps
+    provenance = Provenance("vessels_chase", tiny=tiny)
+    config = provenance.config(CONFIG)
+    provenance.folder(CHASE_DB1, used_for="first 20 images train, last 8 test, 1stHO reference")
+    builders = create_plugin_manager().datasets.builders
+    common = [*run_overrides(work_dir, tiny), f"data.root={CHASE_DB1}", f"save.store={store}", *(TINY if tiny else []), *overrides]
+    settings = load_settings(VesselTrainSettings, config, common)
+    costs = step_seconds(list(dict.fromkeys(["dice_ce", *variants])), settings.data.patch_size, settings.train.batch_size,
+                         rounds=1 if tiny else 8)
+    steps = {name: max(1, round(budget_steps * costs["dice_ce"] / costs[name])) for name in variants}
+    results: dict[str, Any] = {
+        "config": BENCHMARK["configs"][0], "budget_steps_dice_ce": budget_steps,
+        "step_seconds_calibration": {name: round(value, 4) for name, value in costs.items()},
+        "cost_ratio_vs_dice_ce": {name: round(costs[name] / costs["dice_ce"], 3) for name in costs},
+        "steps": steps, "overrides": list(overrides), "rows": {},
+    }
+    for variant in variants:
+        name = f"chase-{variant}"
+        network = models.get(variant)
+        if network is None:
+            outcome = run_train(load_settings(VesselTrainSettings, config, [*common, *variant_options(variant), f"train.steps={steps[variant]}",
+                                                                              f"run.name={name}", f"save.name=vessels-chase-{variant}"]),
+                                builders, progress=False)
+            network = outcome.stored
+            results["rows"][variant] = dict(outcome.metrics, steps=outcome.steps, train_seconds=round(outcome.seconds or 0.0, 1),
+                                            run=outcome.run.path.name)
+        else:
+            plain = run_predict(load_settings(VesselPredictSettings, config, [*common, f"weights={network}", f"run.name={name}"]), builders,
+                                score=True)
+            results["rows"][variant] = dict(plain.metrics, steps=None, run=plain.run.path.name)
+        provenance.model(variant, network, store, trained_here=variant not in models)
+        # The cheap baseline for every variant: the same network, components under min_area pixels removed.
+        cleaned = run_predict(load_settings(VesselPredictSettings, config, [*common, f"weights={network}", f"run.name={name}-cc{min_area}",
+                                                                            f"inference.min_component_area={min_area}"]), builders, score=True)
+        results["rows"][f"{variant} + remove components < {min_area} px"] = dict(cleaned.metrics, steps=steps[variant])
+        print(f"{variant}: {results['rows'][variant]}", flush=True)
+    results["rows"]["second observer (2ndHO vs 1stHO)"] = human_row()
+    provenance.write(out_path, results, scored_split="test")
+    print(markdown(results["rows"]))
+    return results
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-steps", type=int, default=1500, help="Dice+CE's steps; the others get the same CPU time")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     parser.add_argument("--min-area", type=int, default=100, help="small-component removal baseline: smallest kept component (px)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes (another file keeps the main table)")
-    parser.add_argument("--evaluate-only", action="store_true",
-                        help="no training: re-evaluate the stored vessels-chase-<variant>:latest networks with the config's current "
-                             "inference settings, keeping the steps and training seconds the JSON already holds")
+    parser.add_argument("--tiny", action="store_true", help="two variants, two steps, two training images (a smoke test)")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE passed to every run")
     args = parser.parse_args(argv)
-    output = args.output
-    if not CHASE_DB1.is_dir():
-        print(f"CHASE_DB1 not found ({CHASE_DB1}); set WORKBENCH_SHARED_DATA", file=sys.stderr)
-        return 2
-    variants = [name for name in args.variants.split(",") if name]
-    create_plugin_manager()  # fills the model registry
-    if args.evaluate_only:
-        return reevaluate(variants, args.min_area, output, args.overrides)
-    import yaml
-
-    config = yaml.safe_load(CONFIG.read_text())
-    patch, batch = int(config["data"]["patch_size"]), int(config["train"]["batch_size"])
-    costs = step_seconds(list(dict.fromkeys(["dice_ce", *variants])), patch, batch)
-    steps = {name: max(1, round(args.budget_steps * costs["dice_ce"] / costs[name])) for name in variants}
-    results: dict[str, Any] = {
-        "config": str(CONFIG.relative_to(REPO_ROOT)), "budget_steps_dice_ce": args.budget_steps,
-        "step_seconds_calibration": {name: round(value, 4) for name, value in costs.items()},
-        "cost_ratio_vs_dice_ce": {name: round(costs[name] / costs["dice_ce"], 3) for name in costs},
-        "steps": steps, "overrides": args.overrides,
-        "machine": {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "platform": platform.platform(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-        "rows": {},
-    }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    common = ["--config", str(CONFIG), f"data.root={CHASE_DB1}"]
-    for variant in variants:
-        name = f"chase-{variant}-{int(time.time())}"
-        index, wall = run_workbench(["vessels", "train", *common, *variant_options(variant), f"train.steps={steps[variant]}",
-                                 f"run.name={name}", f"save.name=vessels-chase-{variant}", *args.overrides])
-        metrics = json.loads((index.parent / "metrics.json").read_text())
-        results["rows"][variant] = metrics["mean"] | {"steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
-                                                      "wall_s": round(wall, 1), "run": index.parent.name}
-        # The cheap baseline for every variant: the same network, components under --min-area pixels removed.
-        index, _ = run_workbench(["vessels", "evaluate", *common, f"weights=vessels-chase-{variant}:latest",
-                                  f"inference.min_component_area={args.min_area}", f"run.name={name}-cc{args.min_area}", *args.overrides])
-        metrics = json.loads((index.parent / "metrics.json").read_text())
-        results["rows"][f"{variant} + remove components < {args.min_area} px"] = metrics["mean"] | {"steps": steps[variant]}
-        output.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"{variant}: {json.dumps(results['rows'][variant])}", flush=True)
-    results["rows"]["second observer (2ndHO vs 1stHO)"] = human_row()
-    output.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results["rows"]))
-    print(output)
+    run(args.output, args.tiny, budget_steps=args.budget_steps, variants=[name for name in args.variants.split(",") if name],
+        min_area=args.min_area, overrides=args.overrides)
+    print(args.output)
     return 0
 
 

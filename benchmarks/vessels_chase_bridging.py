@@ -1,19 +1,19 @@
-"""CHASE_DB1: reconnecting fragments (bridging along the cheapest probability path) on the stored CHASE networks.
+"""CHASE_DB1: reconnecting fragments (bridging along the cheapest probability path) on CHASE vessel networks.
 
-Run after ``benchmarks/vessels_chase.py`` (it trains and stores ``vessels-chase-<variant>``):
-``.venv/bin/python benchmarks/vessels_chase_bridging.py [--variants skeleton_recall,dice_ce] [--costs 5,10,20] [--areas 100,200,300]``
+Run: ``workbench bench vessels_chase_bridging [--tiny] [--model VARIANT=NAME[:VERSION] --store DIR]`` (or
+``.venv/bin/python benchmarks/vessels_chase_bridging.py [--variants skeleton_recall,dice_ce] [--costs 5,10,20]
+[--areas 100,200,300] [--tiny]``).
 
-For each stored network the probability maps of the 20 training and the 8 test images are predicted once (as
+Each variant's network is trained in one go from ``configs/vessels_chase.yaml`` (``loss.name=<variant>``, the
+config's steps) into a fresh store, unless the user names a stored one. For each network the probability maps of the 20 training and the 8 test images are predicted once (as
 ``workbench vessels evaluate`` does: sliding windows, nothing outside the FOV). Every post-processing setting of the
 grid (mirrored passes as configs/vessels_chase.yaml says, threshold 0.5, components under ``--min-area`` px removed, fragments bridged when the path costs at most C,
-pieces still under A px removed; C = none is the plain small-component baseline) is scored on both splits. The
-setting is chosen on the TRAINING images only: among the settings whose Dice and clDice there are each within
+pieces still under A px removed; C = none is the plain small-component baseline) is scored on the training images. The
+setting is chosen there, by a rule fixed beforehand: among the settings whose Dice and clDice are each within
 ``--tolerance`` (0.005) of the best, the one with the lowest Betti-0 error (topology first, at no real cost in
-overlap); the choice of a second rule (highest Dice + clDice among settings with a Betti-0 error at most
-``--betti0-goal``) is reported beside it. ``--from-json`` chooses again from a stored grid. Its test row,
-and the whole grid, go to ``benchmarks/results/vessels_chase_bridging.json``; the chosen rows are also added to the
-main table ``benchmarks/results/vessels_chase.json`` as ``<variant> + bridged ...`` (the network rows there are left
-as they are). The chosen setting can be rerun with the CLI: ``workbench vessels evaluate --config
+overlap). The test images are then scored once with the chosen setting, and once with the plain small-component
+baseline (C = none) beside it. The training grid, the choice and the test rows go to
+``benchmarks/results/vessels_chase_bridging.json`` with the provenance. The chosen setting can be rerun with the CLI: ``workbench vessels evaluate --config
 configs/vessels_chase.yaml data.root=... weights=vessels-chase-<variant>:latest inference.min_component_area=100
 inference.bridge_max_cost=C inference.min_isolated_area=A``.
 """
@@ -21,7 +21,6 @@ inference.bridge_max_cost=C inference.min_isolated_area=A``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "vessels_chase_bridging.json"
-MAIN_TABLE = REPO_ROOT / "benchmarks" / "results" / "vessels_chase.json"
+BENCHMARK = {"name": "vessels_chase_bridging", "models": ["skeleton_recall", "dice_ce", "cldice", "graph"], "cpu_budget_minutes": 45, "configs": ["configs/vessels_chase.yaml"],
+             "measures": "CHASE_DB1 test images after fragment bridging chosen on the training images: Dice, clDice, Betti-0 error "
+                         "per network, against small-component removal alone"}
 CONFIG = REPO_ROOT / "configs" / "vessels_chase.yaml"
 KEYS = ("dice", "cldice", "betti0_error", "betti1_error", "n_components", "cal")
 
@@ -41,15 +42,16 @@ from tests.helpers.shared_data import CHASE_DB1  # noqa: E402
 from workbench.host import create_plugin_manager  # noqa: E402
 
 
-def predict_split(reference: str, records: list[dict[str, Any]], device: torch.device, flips: bool) -> list[dict[str, np.ndarray]]:
-    """Probability, reference and FOV of each record under the stored network ``reference`` (as ``vessels evaluate``;
+def predict_split(reference: str, store: Path | None, records: list[dict[str, Any]], device: torch.device,
+                  flips: bool) -> list[dict[str, np.ndarray]]:
+    """Probability, reference and FOV of each record under the network ``reference`` in ``store`` (as ``vessels evaluate``;
     ``flips``: averaged over four mirrored passes)."""
     from workbench.model_records import parse_ref
     from workbench.model_store import ModelStore
     from workbench_plugins.vessels.data_reading import load_inference_item
     from workbench_plugins.vessels.inference import predict_probabilities, vessel_probability
 
-    model, stored = ModelStore().load(*parse_ref(reference), device=str(device))
+    model, stored = ModelStore(store).load(*parse_ref(reference), device=str(device))
     model.eval()
     roi = int(stored.extra.get("roi_size") or 256)
     normalisation = str(stored.preprocessing.extra.get("normalisation", "fov"))
@@ -93,46 +95,79 @@ def setting_name(min_area: int, cost: float | None, area: int) -> str:
     return ", ".join(parts)
 
 
-def choose(train: dict[str, dict[str, float]], tolerance: float) -> str:
-    """The training-split choice: topology first at no real cost in overlap.
+def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "runs" / "bench" / "vessels_chase_bridging",
+        models: dict[str, str] | None = None, store: Path | None = None, variants: list[str] | None = None,
+        costs: list[float] = (5.0, 10.0, 20.0), areas: list[int] = (100, 200, 300), min_area: int = 100, tolerance: float = 0.005,
+        **_: object) -> dict[str, Any]:
+    """Train (or take) each variant's network, choose the post-processing on the training images, score test once.
 
-    Among the settings whose Dice and clDice are each within ``tolerance`` of the best on the training images, the one
-    with the lowest Betti-0 error (ties: the higher Dice + clDice).
+    Raises:
+        ConfigError: CHASE_DB1 is not on this machine.
     """
-    best_dice = max(row["dice"] for row in train.values())
-    best_cldice = max(row["cldice"] for row in train.values())
-    close = [name for name, row in train.items() if row["dice"] >= best_dice - tolerance and row["cldice"] >= best_cldice - tolerance]
-    return min(close, key=lambda name: (train[name]["betti0_error"], -(train[name]["dice"] + train[name]["cldice"])))
+    from bench_util import run_overrides
+    from vessels_chase import TINY, variant_options
+    from workbench.config import load_settings
+    from workbench.devices import select_device
+    from workbench.errors import ConfigError
+    from workbench.provenance import Provenance
+    from workbench.selection import Selection
+    from workbench_plugins.vessels.builders import build_chase_db1
+    from workbench_plugins.vessels.run import run_train
+    from workbench_plugins.vessels.settings import VesselTrainSettings
 
+    if not CHASE_DB1.is_dir():
+        raise ConfigError(f"CHASE_DB1 not found ({CHASE_DB1}); set WORKBENCH_SHARED_DATA")
+    models, store = dict(models or {}), Path(store or work_dir / "store")
+    variants = list(variants or (["skeleton_recall"] if tiny else ["skeleton_recall", "dice_ce", "cldice", "graph"]))
+    provenance = Provenance("vessels_chase_bridging", tiny=tiny)
+    config = provenance.config(CONFIG)
+    provenance.folder(CHASE_DB1, used_for="first 20 images train (and choose), last 8 test")
+    builders = create_plugin_manager().datasets.builders
+    common = [*run_overrides(work_dir, tiny), f"data.root={CHASE_DB1}", f"save.store={store}",
+              *([*TINY, "train.steps=2"] if tiny else [])]
+    settings = load_settings(VesselTrainSettings, config, common)
+    device = select_device(settings.run.device)
+    flips = settings.inference.flips  # as the main table's evaluation
+    records = build_chase_db1(CHASE_DB1)
+    splits = {split: [record for record in records if record["split"] == split][: (2 if split == "train" else 1) if tiny else None]
+              for split in ("train", "test")}
+    costs_tried: list[float | None] = [None, *[float(cost) for cost in costs]]
+    areas_tried = sorted({min_area, *[int(area) for area in areas]})
+    grid = {setting_name(min_area, cost, area): (cost, area) for cost in costs_tried for area in areas_tried}
+    baseline = setting_name(min_area, None, min_area)
+    results: dict[str, Any] = {"protocol": "setting chosen on the training images, reported once on the test images",
+                               "min_area": min_area, "flips": flips, "tolerance": tolerance, "device": str(device), "variants": {}}
+    selections = {}
+    for variant in variants:
+        started = time.perf_counter()
+        network = models.get(variant)
+        if network is None:
+            network = run_train(load_settings(VesselTrainSettings, config, [*common, *variant_options(variant), f"run.name=bridging-{variant}",
+                                                                              f"save.name=vessels-chase-{variant}"]), builders, progress=False).stored
+        provenance.model(variant, network, store, trained_here=variant not in models)
+        train_grid = score_grid(predict_split(network, store, splits["train"], device, flips), min_area, costs_tried, areas_tried)
+        best_dice = max(row["dice"] for row in train_grid.values())
+        best_cldice = max(row["cldice"] for row in train_grid.values())
+        selection = Selection(grid, metric="betti0_error", mode="min", split="train", scored_split="test",
+                              rule=f"min betti0_error on train among settings with Dice and clDice within {tolerance} of the best")
 
-def choose_by_goal(train: dict[str, dict[str, float]], betti0_goal: float) -> str:
-    """The alternative rule, reported beside: highest Dice + clDice among settings with Betti-0 error <= goal."""
-    meeting = [name for name, row in train.items() if row["betti0_error"] <= betti0_goal]
-    if meeting:
-        return max(meeting, key=lambda name: train[name]["dice"] + train[name]["cldice"])
-    return min(train, key=lambda name: train[name]["betti0_error"])
+        def close_betti0(setting: tuple[float | None, int]) -> float | None:
+            row = train_grid[setting_name(min_area, *setting)]
+            return row["betti0_error"] if row["dice"] >= best_dice - tolerance and row["cldice"] >= best_cldice - tolerance else None
 
+        selection.choose(close_betti0)
+        test_maps = predict_split(network, store, splits["test"], device, flips)
+        test_row = selection.score(lambda setting: score_grid(test_maps, min_area, [setting[0]], [setting[1]]))
+        baseline_row = score_grid(test_maps, min_area, [None], [min_area])[baseline]
+        results["variants"][variant] = {"model": network, "train_grid": train_grid, "chosen": selection.chosen,
+                                        "test_row": next(iter(test_row.values())), "baseline_test_row": baseline_row,
+                                        "seconds": round(time.perf_counter() - started, 1)}
+        selections[variant] = selection
+        print(f"{variant}: chosen on train: {selection.chosen}; test {results['variants'][variant]['test_row']}", flush=True)
+    from workbench.selection import selection_record
 
-def add_to_main_table(results: dict[str, Any], min_area: int) -> None:
-    """Replace the bridged rows of the main CHASE table with the chosen settings' test rows."""
-    table = json.loads(MAIN_TABLE.read_text())
-    rows = {name: row for name, row in table.get("rows", {}).items() if "bridge" not in name}
-    for variant, found in results["variants"].items():
-        steps = rows.get(variant, {}).get("steps")
-        rows[f"{variant} + {found['chosen'].removeprefix(f'remove < {min_area} px, ')}"] = (
-            found["test_row"] | {"steps": steps, "source": "benchmarks/vessels_chase_bridging.py (setting chosen on training images)"})
-    table["rows"] = rows
-    MAIN_TABLE.write_text(json.dumps(table, indent=2) + "\n")
-
-
-def record_choice(found: dict[str, Any], tolerance: float, betti0_goal: float, min_area: int) -> None:
-    """Fill ``found`` (one variant's entry, with its ``grid``) with both rules' choices and the test rows."""
-    grids = found["grid"]
-    found["chosen"] = choose(grids["train"], tolerance)
-    found["test_row"] = grids["test"][found["chosen"]]
-    found["chosen_by_goal_rule"] = choose_by_goal(grids["train"], betti0_goal)
-    found["goal_rule_test_row"] = grids["test"][found["chosen_by_goal_rule"]]
-    found["baseline_test_row"] = grids["test"][setting_name(min_area, None, min_area)]
+    provenance.write(out_path, results, scored_split="test", selection=selection_record(**selections))
+    return results
 
 
 def main(argv: list[str]) -> int:
@@ -141,56 +176,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--costs", default="5,10,20", help="bridge cost limits to try (besides no bridging)")
     parser.add_argument("--areas", default="100,200,300", help="smallest piece kept after bridging (px)")
     parser.add_argument("--min-area", type=int, default=100, help="components removed before bridging (px)")
-    parser.add_argument("--betti0-goal", type=float, default=5.0, help="the alternative rule's Betti-0 goal (reported beside)")
     parser.add_argument("--tolerance", type=float, default=0.005, help="Dice/clDice within this of the best count as no loss")
-    parser.add_argument("--from-json", action="store_true", help="no prediction: choose again from the grid the JSON holds")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--tiny", action="store_true", help="one variant, two steps, two training images and one test image")
     args = parser.parse_args(argv)
-    if args.from_json:
-        results = json.loads(args.output.read_text())
-        results.update(tolerance=args.tolerance, betti0_goal=args.betti0_goal)
-        for found in results["variants"].values():
-            record_choice(found, args.tolerance, args.betti0_goal, results["min_area"])
-        return finish(results, args)
-    if not CHASE_DB1.is_dir():
-        print(f"CHASE_DB1 not found ({CHASE_DB1}); set WORKBENCH_SHARED_DATA", file=sys.stderr)
-        return 2
-    create_plugin_manager()  # fills the model registry
-    import yaml
-
-    from workbench.devices import select_device
-    from workbench_plugins.vessels.builders import build_chase_db1
-
-    device = select_device("auto")
-    flips = bool(yaml.safe_load(CONFIG.read_text())["inference"].get("flips", False))  # as the main table's evaluation
-    records = build_chase_db1(CHASE_DB1)
-    costs: list[float | None] = [None] + [float(value) for value in args.costs.split(",") if value]
-    areas = sorted({args.min_area} | {int(value) for value in args.areas.split(",") if value})
-    results: dict[str, Any] = {"protocol": "setting chosen on the 20 training images, reported on the 8 test images",
-                               "min_area": args.min_area, "flips": flips, "tolerance": args.tolerance, "betti0_goal": args.betti0_goal,
-                               "device": str(device), "variants": {}}
-    for variant in [name for name in args.variants.split(",") if name]:
-        started = time.perf_counter()
-        reference = f"vessels-chase-{variant}:latest"
-        grids = {split: score_grid(predict_split(reference, [r for r in records if r["split"] == split], device, flips), args.min_area, costs, areas)
-                 for split in ("train", "test")}
-        found = results["variants"][variant] = {"model": reference, "grid": grids}
-        record_choice(found, args.tolerance, args.betti0_goal, args.min_area)
-        found["seconds"] = round(time.perf_counter() - started, 1)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"{variant}: chosen on train: {found['chosen']}; test {json.dumps(found['test_row'])}", flush=True)
-    return finish(results, args)
-
-
-def finish(results: dict[str, Any], args: argparse.Namespace) -> int:
-    """Write the JSON, print the chosen rows, and update the main table (default output only)."""
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    for variant, found in results["variants"].items():
-        print(f"{variant}: {found['chosen']}: {json.dumps(found['test_row'])}; by the goal rule {found['chosen_by_goal_rule']}: "
-              f"{json.dumps(found['goal_rule_test_row'])}")
-    if MAIN_TABLE.is_file() and args.output == RESULTS:
-        add_to_main_table(results, results["min_area"])
+    run(args.output, args.tiny, variants=[name for name in args.variants.split(",") if name],
+        costs=[float(value) for value in args.costs.split(",") if value], areas=[int(value) for value in args.areas.split(",") if value],
+        min_area=args.min_area, tolerance=args.tolerance)
+    print(args.output)
     return 0
 
 

@@ -1,6 +1,10 @@
-"""Explaining a dual encoder on the chest phantoms' held-out split: concepts behind its decisions, similarity maps.
+"""Explaining a dual encoder on the chest phantoms' test split: concepts behind its decisions, similarity maps.
 
-Run: ``.venv/bin/python benchmarks/vlm_explain_phantom.py --model NAME[:VERSION] [--store DIR] [KEY=VALUE ...]``
+Run: ``workbench bench vlm_explain_phantom [--tiny] [--model encoder=NAME[:VERSION] --store DIR]``
+(or ``.venv/bin/python benchmarks/vlm_explain_phantom.py [--model NAME[:VERSION] --store DIR] [--tiny] [KEY=VALUE ...]``).
+
+0. The dual encoder: pretrained in one go from ``configs/pretrain_phantom.yaml`` into a fresh store, unless the user
+   names a stored one. Nothing is tuned here: the config's decomposition is scored, the ablations beside it.
 
 1. Decisions (every held-out image with findings; the classes are the five findings): the zero-shot decision, its
    concepts from the concept bank (``configs/concepts_cxr.txt``; mined from the training reports first when missing),
@@ -15,24 +19,27 @@ Run: ``.venv/bin/python benchmarks/vlm_explain_phantom.py --model NAME[:VERSION]
    and the box's share of the image (a uniform map's score).
 
 Extra ``KEY=VALUE`` arguments override ``configs/vlm_explain_phantom.yaml`` (e.g. ``data.max_images=60``).
-Results: ``benchmarks/results/vlm_explain_phantom.json``.
+Results: ``benchmarks/results/vlm_explain_phantom.json``. ``--tiny``: two pretraining steps, 40 phantoms (a smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from bench_util import PRETRAIN_CONFIG, REPO_ROOT, cxr_phantoms, pretrain_encoder, run_overrides, tiny_cxr_data
+
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "vlm_explain_phantom.json"
 CONFIG = REPO_ROOT / "configs" / "vlm_explain_phantom.yaml"
+BENCHMARK = {"name": "vlm_explain_phantom", "models": ["encoder"], "cpu_budget_minutes": 30,
+             "configs": ["configs/pretrain_phantom.yaml", "configs/vlm_explain_phantom.yaml", "configs/concepts_cxr.txt"],
+             "measures": "concept explanations of a dual encoder's zero-shot decisions (top concept correct, deletion test) and "
+                         "similarity maps' energy in the finding box, on the test phantoms"}
+TINY = ["data.max_images=8", "data.max_map_images=2", "concepts.reference_images=8", "deletion.random_draws=2"]
 
 
 def decision_variants(settings: Any) -> dict[str, Any]:
@@ -66,11 +73,15 @@ def shuffled_image_null(explained: list[Any], rows: list[dict[str, Any]], explai
     return float(np.mean(hits)) if hits else None
 
 
-def main() -> None:
+def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "runs" / "bench" / "vlm_explain_phantom",
+        models: dict[str, str] | None = None, store: Path | None = None, overrides: list[str] = (), **_: object) -> dict[str, Any]:
+    """Pretrain (or take) the dual encoder, explain its decisions on the test phantoms, write the JSON."""
+    from workbench.builtin import build_cxr_phantoms
     from workbench.config import load_settings
+    from workbench.provenance import Provenance
+    from workbench_plugins.contrastive.settings import PretrainSettings
     from workbench.data.readers import read_image
     from workbench.data.skipped import SkippedRecords
-    from workbench.fsutil import atomic_write_json
     from workbench.host import create_plugin_manager
     from workbench_plugins.grounding.encoder import GroundingEncoder
     from workbench_plugins.grounding.zero_shot import ground_phrases
@@ -80,17 +91,19 @@ def main() -> None:
     from workbench_plugins.vlm_explain.settings import ExplainSettings
     from workbench_plugins.vlm_explain.similarity_maps import box_area_fraction, energy_in_box
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="stored dual encoder name[:version] (default: the config's)")
-    parser.add_argument("--store", default=None, help="model store folder (default: the config's, else the default store)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="the results JSON (default benchmarks/results/vlm_explain_phantom.json)")
-    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of configs/vlm_explain_phantom.yaml")
-    arguments = parser.parse_args()
-    overrides = list(arguments.overrides)
-    if arguments.model:
-        overrides.append(f"model.name={arguments.model}")
-    if arguments.store:
-        overrides.append(f"model.store={arguments.store}")
+    models, store = dict(models or {}), Path(store or work_dir / "store")
+    provenance = Provenance("vlm_explain_phantom", tiny=tiny)
+    encoder_ref, pretrain = pretrain_encoder(provenance, work_dir, store, tiny, models, name="vlm-explain-bench-encoder")
+    # The phantoms the encoder was pretrained on (written now when the user brought the encoder): their manifest.
+    pretrain_data = load_settings(PretrainSettings, REPO_ROOT / PRETRAIN_CONFIG, tiny_cxr_data(work_dir) if tiny else []).data
+    n, seed, size = cxr_phantoms(pretrain_data)
+    data_root = Path(pretrain_data.root or work_dir / "data" / "phantom-cxr")
+    build_cxr_phantoms(data_root, n=n, seed=seed, size=size)
+    if "encoder" in models:
+        provenance.phantoms("phantom-cxr", n, seed, size, used_for="explained (test) and centring references (train)")
+    overrides = [*run_overrides(work_dir, tiny), f"model.name={encoder_ref}", f"model.store={store}",
+                 f"data.manifest={data_root / 'manifest.jsonl'}", *(TINY if tiny else []), *overrides]
+    provenance.config(CONFIG)
     create_plugin_manager()  # the registry needs the plugins' model factories
     settings = load_settings(ExplainSettings, CONFIG, overrides)
     bank = settings.concepts.bank if settings.concepts.bank.is_absolute() else REPO_ROOT / settings.concepts.bank
@@ -98,6 +111,8 @@ def main() -> None:
         settings.data.manifest = REPO_ROOT / settings.data.manifest
     if not bank.is_file():
         run_build_concepts(settings.data.manifest, bank, splits=["train"])
+    else:
+        provenance.config(bank)
     settings.concepts.bank = bank
     skipped = SkippedRecords()
     chosen, records = load_records(settings)
@@ -107,6 +122,8 @@ def main() -> None:
 
     # 1. decisions, for each decomposition variant (the image embeddings are computed once)
     variants = decision_variants(settings)
+    if tiny:  # the configured decomposition alone: each variant embeds the whole concept bank again
+        variants = dict(list(variants.items())[:1])
     explainers: dict[str, Explainer] = {
         name: build_explainer(settings.model.name, settings.model.store, bank, settings.classes, concepts, settings.deletion,
                               settings.maps.model_copy(update={"regions": 0}), settings.run.device, settings.run.seed,
@@ -161,10 +178,8 @@ def main() -> None:
     per_finding = {name: {key: values.get(key) for key in decision_keys} for name, values in configured["per_finding"].items()}
     for name in {row["category"] for row in map_rows}:
         per_finding.setdefault(name, {})["similarity_energy_in_box"] = energy_means([row for row in map_rows if row["category"] == name])
-    command = " ".join([".venv/bin/python", "benchmarks/vlm_explain_phantom.py", *sys.argv[1:]])
     results = {
-        "command": command,
-        "model": encoder.describe(),
+        "model": encoder.describe(), "pretrain": pretrain,
         "top_concept_correct": configured["top_concept_correct"],
         "top_concept_names_present": configured["top_concept_names_present"],
         "top_weight_concept_correct": configured["top_weight_concept_correct"],
@@ -191,12 +206,24 @@ def main() -> None:
                      "reference_images_for_centring": len(references)},
         "skipped_records": len(skipped),
         "seconds": {"decisions": round(decision_seconds, 1), "maps": round(map_seconds, 1)},
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "device": str(encoder.device),
-                    "threads": torch.get_num_threads()},
     }
-    atomic_write_json(arguments.out, results)
+    provenance.write(out_path, results, scored_split="+".join(settings.data.splits))
     print(f"top_concept_correct {results['top_concept_correct']}, deletion AUC top-k {results['deletion_auc_topk']} vs random "
-          f"{results['deletion_auc_random']}, energy in box {results['similarity_energy_in_box']} -> {arguments.out}")
+          f"{results['deletion_auc_random']}, energy in box {results['similarity_energy_in_box']} -> {out_path}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments and run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="stored dual encoder name[:version] (with --store; default: pretrain one)")
+    parser.add_argument("--store", type=Path, default=None, help="model store folder (default: a fresh one under runs/bench)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the results JSON (default benchmarks/results/vlm_explain_phantom.json)")
+    parser.add_argument("--tiny", action="store_true", help="two pretraining steps on 40 phantoms (a smoke test)")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of configs/vlm_explain_phantom.yaml")
+    arguments = parser.parse_args(argv)
+    run(arguments.out, arguments.tiny, models={"encoder": arguments.model} if arguments.model else {}, store=arguments.store,
+        overrides=arguments.overrides)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from workbench import __version__
 from workbench.config import config_options, load_settings
+from workbench.bench import bench_command
 from workbench.datasets_cli import datasets_group
 from workbench.errors import WorkbenchError
 
@@ -178,6 +179,7 @@ def build_cli(host: Any) -> click.Group:
     for command in (plugins_command, models_group, demo_command):
         root.add_command(command)
     root.add_command(datasets_group)
+    root.add_command(bench_command)
     host.add_commands(root)
     return root
 
