@@ -19,7 +19,7 @@ from torch import nn
 
 from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError, DataError
-from workbench.jobs import JobStart, TrainOutcome, build_records, split_records
+from workbench.jobs import JobStart, TrainOutcome, train_and_held_out
 from workbench.model_store import open_store
 from workbench.registry import create_model
 from workbench.report import HtmlReport, RunFolder
@@ -68,9 +68,7 @@ def load_pair_records(data: PairDataSettings, builders: Any, output_root: Path, 
     Raises:
         ConfigError: an unknown builder, or a split with no records.
     """
-    records = build_records(data.dataset, data.root, data.options, builders, output_root, skipped)
-    train = split_records(records, data.train_split, default="train")[: data.max_train or None]
-    held_out = split_records(records, data.eval_split)[: data.max_eval or None]
+    train, held_out = train_and_held_out(data, builders, output_root, skipped)
     if not train:
         raise ConfigError(f"data.train_split {data.train_split}: no records of {data.dataset} at {data.root or output_root} have these splits")
     return train, held_out

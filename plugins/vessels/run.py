@@ -26,7 +26,7 @@ from torch import nn
 from workbench.data.skipped import SkippedRecords
 from workbench.distributed import init_distributed, unwrap
 from workbench.errors import ConfigError, DataError, WorkbenchError
-from workbench.jobs import JobStart, TrainOutcome, build_records, split_records
+from workbench.jobs import JobStart, TrainOutcome, train_and_held_out
 from workbench.model_records import parse_ref
 from workbench.model_store import open_store
 from workbench.registry import create_model
@@ -84,10 +84,7 @@ def split_vessel_records(data: VesselDataSettings, builders: Any, output_root: P
     Raises:
         ConfigError: an unknown builder.
     """
-    records = build_records(data.dataset, data.root, data.options, builders, output_root, skipped)
-    train = split_records(records, data.train_split, default="train")[: data.max_train or None]
-    held_out = split_records(records, data.eval_split)[: data.max_eval or None]
-    return train, held_out
+    return train_and_held_out(data, builders, output_root, skipped)
 
 
 def has_graph_head(model: nn.Module) -> bool:
