@@ -193,3 +193,16 @@ def test_trace_switch_traces_every_hook_call(monkeypatch: pytest.MonkeyPatch, ca
     monkeypatch.delenv("WORKBENCH_TRACE_HOOKS")
     create_plugin_manager(autoload=False, extra_plugins=[("recorder", Recorder())])
     assert "[hook]" not in capsys.readouterr().err
+
+
+def test_metrics_command_lists_the_catalog_with_plugins_and_kinds():
+    host = create_plugin_manager()
+    result = CliRunner().invoke(build_cli(host), ["metrics", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["grounding-scores"] == {"name": "grounding-scores", "plugin": "grounding", "kind": "cumulative",
+                                        "description": "CNR, pointing, mIoU sweep, box acc@0.5 per category"}
+    assert rows["mask-iou"]["kind"] == "function" and rows["report-bleu4"]["plugin"] == "reporting"
+    assert set(rows) == set(host.metrics.names())
+    only = json.loads(CliRunner().invoke(build_cli(host), ["metrics", "report-*", "--json"]).output)
+    assert [row["name"] for row in only] == ["report-bleu4", "report-edit-score", "report-rouge-l"]

@@ -24,20 +24,17 @@ from workbench.config import config_options, load_settings
 from workbench.bench import bench_command
 from workbench.datasets_cli import datasets_group
 from workbench.errors import WorkbenchError
+from workbench.host import Host, pass_host
 
 console = Console(stderr=True)
 
 
-def _host(context: click.Context) -> Any:
-    return context.find_root().obj["host"]
-
-
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-@click.pass_context
-def plugins_command(context: click.Context, as_json: bool) -> None:
+@pass_host
+def plugins_command(host: Host, as_json: bool) -> None:
     """List loaded plugins: name, version, source, hooks, load errors."""
-    report = _host(context).plugin_report()
+    report = host.plugin_report()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -60,12 +57,12 @@ def models_group() -> None:
 @click.argument("pattern", default="*")
 @click.option("--task", default=None, help="only models of this task")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-@click.pass_context
-def models_list(context: click.Context, pattern: str, task: str | None, as_json: bool) -> None:
+@pass_host
+def models_list(host: Host, pattern: str, task: str | None, as_json: bool) -> None:
     """List registered model factories and stored versions matching PATTERN."""
     from workbench.registry import ModelStore
 
-    registry = _host(context).models
+    registry = host.models
     factories = [
         {"name": name, "task": registry.entry(name).task, "plugin": registry.entry(name).plugin}
         for name in registry.list_models(pattern, task=task)
@@ -134,14 +131,41 @@ def models_verify(fix: bool) -> None:
         sys.exit(1)
 
 
+@click.command("metrics")
+@click.argument("pattern", default="*")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@pass_host
+def metrics_command(host: Host, pattern: str, as_json: bool) -> None:
+    """List the named metrics the plugins registered (name, plugin, kind, what it measures) matching PATTERN."""
+    rows = []
+    for name in host.metrics.names(pattern):
+        entry = host.metrics.entry(name)
+        rows.append({"name": name, "plugin": entry.plugin, "kind": metric_kind(entry.item), "description": entry.description})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="workbench metrics")
+    for column in ("name", "plugin", "kind", "description"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    Console().print(table)
+
+
+def metric_kind(factory: Any) -> str:
+    """``cumulative`` for a MONAI-style metric class (call per batch, ``aggregate()``, ``reset()``), else ``function``."""
+    return "cumulative" if isinstance(factory, type) and callable(getattr(factory, "aggregate", None)) else "function"
+
+
 @click.command("demo")
 @config_options
-def demo_command(config: Path | None, overrides: tuple[str, ...]) -> None:
+@pass_host
+def demo_command(host: Host, config: Path | None, overrides: tuple[str, ...]) -> None:
     """Run the end-to-end demo on the embedded phantom data; prints the index.html path."""
     from workbench.demo import DemoSettings, run_demo
 
     settings = load_settings(DemoSettings, config, overrides)
-    index = run_demo(click.get_current_context().find_root().obj["host"], settings)
+    index = run_demo(host, settings)
     click.echo(str(index.resolve()))
 
 
@@ -174,9 +198,9 @@ def build_cli(host: Any) -> click.Group:
     def root(context: click.Context, disable_plugin: tuple[str, ...], verbose: bool) -> None:
         """medvl-workbench: contrastive pretraining, vessel topology, counterfactuals and grounding on one host."""
         logging.getLogger("workbench").setLevel(logging.DEBUG if verbose else logging.INFO)
-        context.obj = {"host": host}
+        context.obj = host
 
-    for command in (plugins_command, models_group, demo_command):
+    for command in (plugins_command, models_group, metrics_command, demo_command):
         root.add_command(command)
     root.add_command(datasets_group)
     root.add_command(bench_command)
@@ -193,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         host = create_plugin_manager(disabled=disabled)
         cli = build_cli(host)
-        cli.main(args=arguments, prog_name="workbench", standalone_mode=False, obj={"host": host})
+        cli.main(args=arguments, prog_name="workbench", standalone_mode=False, obj=host)
     except WorkbenchError as error:
         console.print(f"error: {error}", style="bold red", highlight=False, markup=False)
         sys.exit(2)

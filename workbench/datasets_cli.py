@@ -26,13 +26,10 @@ import click
 from workbench.config import apply_overrides
 from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError
+from workbench.host import Host, pass_host
 from workbench.jobs import build_records
 
 RECORD_FIELDS = (("id", "id"), ("split", "split"), ("image", "image"), ("report", "text"), ("boxes", "boxes"), ("label", "label"))
-
-
-def _host(context: click.Context) -> Any:
-    return context.find_root().obj["host"]
 
 
 def builder_rows(builders: Any) -> list[dict[str, str]]:
@@ -94,7 +91,7 @@ def datasets_group(context: click.Context, as_json: bool) -> None:
     """List the dataset builders: name, plugin, the layout each reads."""
     if context.invoked_subcommand is not None:
         return
-    rows = builder_rows(_host(context).datasets.builders)
+    rows = builder_rows(context.find_object(Host).datasets.builders)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -109,8 +106,8 @@ def datasets_group(context: click.Context, as_json: bool) -> None:
 @click.argument("root", type=click.Path(path_type=Path))
 @click.argument("options", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per record on standard output (the summary goes to standard error)")
-@click.pass_context
-def inspect_command(context: click.Context, name: str, root: Path, options: tuple[str, ...], as_json: bool) -> None:
+@pass_host
+def inspect_command(host: Host, name: str, root: Path, options: tuple[str, ...], as_json: bool) -> None:
     """Build dataset NAME from ROOT and show its records per split and the records skipped, with their reasons.
 
     Options after ROOT go to the builder, e.g. ``seed=3 val_fraction=0.2 report_text=all``.
@@ -118,7 +115,7 @@ def inspect_command(context: click.Context, name: str, root: Path, options: tupl
     """
     builder_options = apply_overrides({}, options)
     skipped = SkippedRecords()
-    records = run_builder(_host(context).datasets.builders, name, root, builder_options, skipped)
+    records = run_builder(host.datasets.builders, name, root, builder_options, skipped)
     if as_json:
         for record in records:
             click.echo(json.dumps(record_line(record), default=str))

@@ -25,6 +25,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
+import click
 import pluggy
 
 from workbench import ENTRY_POINT_GROUP, PROJECT_NAME, __version__, hookspecs
@@ -195,6 +196,19 @@ class Host:
         return [self.plugins[name].to_dict() for name in sorted(self.plugins)]
 
 
+pass_host = click.make_pass_decorator(Host)
+"""Decorator for a click command that needs the host: it gets the :class:`Host` as its first argument.
+
+The root ``workbench`` group keeps the host as its context object, so a
+plugin's command says what it needs instead of digging it out of the context::
+
+    @click.command("my-job")
+    @pass_host
+    def my_job(host, ...):
+        records = build_records(..., host.datasets.builders, ...)
+"""
+
+
 def _hooks_of(plugin: Any) -> list[str]:
     """Names of the ``workbench_*`` hook implementations a plugin object carries."""
     marker = f"{PROJECT_NAME}_impl"
@@ -298,4 +312,4 @@ def failed_plugins(host: Host) -> list[PluginInfo]:
     return [info for info in host.plugins.values() if not info.ok]
 
 
-__all__ = ["Host", "PluginInfo", "CommandCollector", "PluginError", "create_plugin_manager", "failed_plugins", "iter_entry_points"]
+__all__ = ["Host", "PluginInfo", "CommandCollector", "PluginError", "create_plugin_manager", "failed_plugins", "iter_entry_points", "pass_host"]

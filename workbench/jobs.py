@@ -157,6 +157,27 @@ def build_records(dataset: str, root: Path | None, options: dict[str, Any], buil
     return builder(Path(root or (output_root / "data" / dataset)), **options)
 
 
+def train_and_held_out(data: Any, builders: Any, output_root: Path, skipped: SkippedRecords | None = None) -> tuple[list[dict], list[dict]]:
+    """A job's (training, held-out) records from its ``data`` settings, capped by ``max_train`` / ``max_eval``.
+
+    Args:
+        data: settings with ``dataset``, ``root``, ``options``, ``train_split``, ``eval_split``, ``max_train``, ``max_eval``.
+        builders: the host's builder catalog.
+        output_root: the jobs' output root (for the default ``root``).
+        skipped: where builders that take one list the rows they drop.
+
+    Returns:
+        ``(train, held_out)``; a record without ``split`` counts as training.
+
+    Raises:
+        ConfigError: an unknown builder.
+    """
+    records = build_records(data.dataset, data.root, data.options, builders, output_root, skipped)
+    train = split_records(records, data.train_split, default="train")[: data.max_train or None]
+    held_out = split_records(records, data.eval_split)[: data.max_eval or None]
+    return train, held_out
+
+
 def split_records(records: Sequence[dict], wanted: Sequence[str], default: str | None = None) -> list[dict]:
     """The records whose ``split`` (``default`` when absent) is one of ``wanted``, in their order."""
     return [record for record in records if record.get("split", default) in wanted]

@@ -38,7 +38,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -67,6 +67,7 @@ class StoreRequest:
         metrics: the few held-out figures kept in the record.
         parent: ``name:vN`` of the model it stands on, when in the same store.
         extra: other record fields (the encoder's reference, the run's name...).
+        aliases: aliases to move onto the new version (``("best",)``).
     """
 
     store: ModelStore
@@ -78,6 +79,7 @@ class StoreRequest:
     metrics: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
 
 
 class TrainingJob(ABC):
@@ -94,6 +96,7 @@ class TrainingJob(ABC):
         settings: the job's settings (with ``run``, ``train`` and, when it stores, ``save`` sections).
         builders: the host's dataset-builder catalog.
         progress: show progress bars.
+        after_optimizer_step: an extra ``fn(step)`` after each optimizer step (tests kill a run there).
 
     Between the calls a job keeps what it needs on ``self`` (records, frozen
     features, the encoder it stands on).
@@ -105,10 +108,12 @@ class TrainingJob(ABC):
     distributed: ClassVar[bool] = True
     find_unused_parameters: ClassVar[bool] = False
 
-    def __init__(self, settings: Any, builders: Any, *, progress: bool = True) -> None:
+    def __init__(self, settings: Any, builders: Any, *, progress: bool = True,
+                 after_optimizer_step: Callable[[int], None] | None = None) -> None:
         self.settings = settings
         self.builders = builders
         self.progress = progress
+        self.extra_after_optimizer_step = after_optimizer_step
 
     @abstractmethod
     def prepare(self, start: JobStart, skipped: Any) -> None:
@@ -142,8 +147,26 @@ class TrainingJob(ABC):
     def write_pages(self, start: JobStart, metrics: Mapping[str, Any], result: TrainResult, outcome: TrainOutcome) -> None:
         """Write the run's ``index.html`` (the default writes none); rank 0 only."""
 
+    def write_metrics(self, run: RunFolder, metrics: Mapping[str, Any], result: TrainResult) -> None:
+        """Write ``metrics.json`` (default: ``{section: metrics, "history": [...]}``); rank 0 only."""
+        run.write_metrics({self.section: dict(metrics), "history": result.history})
+
     def after_optimizer_step(self, step: int) -> None:
-        """Called after each optimizer step with its number (EMA teachers, clamps); nothing by default."""
+        """Called after each optimizer step with its number (EMA teachers, clamps); a subclass that overrides it calls ``super()``."""
+        if self.extra_after_optimizer_step is not None:
+            self.extra_after_optimizer_step(step)
+
+    def trains_in_loop(self) -> bool:
+        """Whether :meth:`build_model`'s module trains in the shared loop (a closed-form fit in ``build_model`` returns False)."""
+        return True
+
+    def optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any] | None:
+        """``(optimizer, scheduler)`` when the job needs its own (a GAN's two groups); ``None``: the Trainer's AdamW and schedule."""
+        return None
+
+    def precision(self, start: JobStart) -> str:
+        """The precision the loop runs at (default ``run.precision``, resolved for the device by the Trainer)."""
+        return self.settings.run.precision
 
 
 def stored_by_finished_run(run: RunFolder, section: str, resumed_from: int | None, steps: int) -> str | None:
@@ -186,12 +209,17 @@ def run_training_job(job: TrainingJob, *, resume: Path | None = None, run: RunFo
     load_on_main_first(lambda skipped: job.prepare(start, skipped), start)
     seed_everything(settings.run.seed)
     model = job.build_model(start).to(context.device)
-    trained = wrap_ddp(model, context, find_unused_parameters=job.find_unused_parameters)
-    trainer = Trainer(trained, job.step, job.loader(start), settings.train, context, seed=settings.run.seed,
-                      precision=settings.run.precision, checkpoint_dir=start.run.checkpoint_dir,
-                      tensorboard_dir=start.run.tensorboard_dir, progress=job.progress,
-                      after_optimizer_step=job.after_optimizer_step)
-    result = trainer.fit()
+    trained = model
+    if job.trains_in_loop():
+        trained = wrap_ddp(model, context, find_unused_parameters=job.find_unused_parameters)
+        optimizer, scheduler = job.optimizer(model) or (None, None)
+        trainer = Trainer(trained, job.step, job.loader(start), settings.train, context, seed=settings.run.seed,
+                          precision=job.precision(start), checkpoint_dir=start.run.checkpoint_dir,
+                          tensorboard_dir=start.run.tensorboard_dir, optimizer=optimizer, scheduler=scheduler,
+                          after_optimizer_step=job.after_optimizer_step, progress=job.progress)
+        result = trainer.fit()
+    else:
+        result = TrainResult(step=0)
     outcome = TrainOutcome(run=start.run, steps=result.step, history=result.history)
     if context.is_main:
         model = unwrap(trained).eval()
@@ -204,12 +232,13 @@ def run_training_job(job: TrainingJob, *, resume: Path | None = None, run: RunFo
         elif request is not None:
             record = request.store.save(request.model, name=settings.save.name, factory=request.factory, task=request.task,
                                         config=request.config, preprocessing=request.preprocessing, plugin=job.plugin,
-                                        metrics=request.metrics, parent=request.parent, extra=request.extra)
+                                        metrics=request.metrics, parent=request.parent, extra=request.extra,
+                                        aliases=request.aliases)
             outcome.stored = record.ref
         if outcome.stored:
             metrics["stored_model"] = outcome.stored
         outcome.metrics = metrics
-        start.run.write_metrics({job.section: metrics, "history": result.history})
+        job.write_metrics(start.run, metrics, result)
         job.write_pages(start, metrics, result, outcome)
     barrier(context)
     return outcome

@@ -11,22 +11,19 @@ folder's ``metrics.json`` and ``index.html``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from workbench.checkpoints import seed_everything
 from workbench.data.skipped import SkippedRecords
-from workbench.distributed import DistributedContext, barrier, unwrap, wrap_ddp
 from workbench.errors import ConfigError, DataError
-from workbench.jobs import build_records, load_on_main_first, split_records, start_job
+from workbench.jobs import JobStart, TrainOutcome, train_and_held_out
 from workbench.model_store import open_store
 from workbench.registry import create_model
 from workbench.report import HtmlReport, RunFolder
-from workbench.train import Trainer
+from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.contrastive.batches import PairBatchPreparer, build_pair_loader
 from workbench_plugins.contrastive.data import pair_dataset
 from workbench_plugins.contrastive.evaluate import encode_pairs, evaluate_encoder, write_evaluation_pages
@@ -36,7 +33,6 @@ from workbench_plugins.contrastive.settings import PairDataSettings, PretrainSet
 from workbench_plugins.contrastive.text import TruncationCounter, usable_report
 
 logger = logging.getLogger("workbench.contrastive")
-
 
 
 class PretrainModule(EncoderWithObjective):
@@ -57,27 +53,6 @@ class PretrainModule(EncoderWithObjective):
         return self.objective(self.encoder, self.preparer(batch, self.encoder))
 
 
-@dataclass
-class PretrainOutcome:
-    """What a pretraining run produced.
-
-    Attributes:
-        run: the run folder.
-        metrics: evaluation metrics (rank 0; empty on other ranks).
-        stored: ``name:vN`` of the stored encoder, or ``None``.
-        steps: optimizer steps taken.
-        skipped: records skipped as bad.
-        history: the logged training scalars.
-    """
-
-    run: RunFolder
-    metrics: dict[str, Any] = field(default_factory=dict)
-    stored: str | None = None
-    steps: int = 0
-    skipped: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 def load_pair_records(data: PairDataSettings, builders: Any, output_root: Path, skipped: SkippedRecords | None = None) -> tuple[list[dict], list[dict]]:
     """Build the dataset's records and split them into (train, held-out).
 
@@ -93,9 +68,7 @@ def load_pair_records(data: PairDataSettings, builders: Any, output_root: Path, 
     Raises:
         ConfigError: an unknown builder, or a split with no records.
     """
-    records = build_records(data.dataset, data.root, data.options, builders, output_root, skipped)
-    train = split_records(records, data.train_split, default="train")[: data.max_train or None]
-    held_out = split_records(records, data.eval_split)[: data.max_eval or None]
+    train, held_out = train_and_held_out(data, builders, output_root, skipped)
     if not train:
         raise ConfigError(f"data.train_split {data.train_split}: no records of {data.dataset} at {data.root or output_root} have these splits")
     return train, held_out
@@ -132,6 +105,87 @@ def build_encoder(settings: PretrainSettings) -> ReportImageDualEncoder:
     return encoder
 
 
+class PretrainJob(TrainingJob):
+    """``pretrain`` in the shared job shape: the encoder and its objective train as one module; the encoder is evaluated and stored."""
+
+    kind, section, plugin = "pretrain", "pretrain", "contrastive"
+
+    def __init__(self, settings: PretrainSettings, builders: Any, *, report: HtmlReport | None = None, progress: bool = True,
+                 after_optimizer_step: Callable[[int], None] | None = None) -> None:
+        super().__init__(settings, builders, progress=progress, after_optimizer_step=after_optimizer_step)
+        self.report = report
+        self.find_unused_parameters = objective_needs_unused(settings.objective.name)
+
+    def prepare(self, start: JobStart, skipped: SkippedRecords | None) -> None:
+        """Training and held-out pair records."""
+        self.train_records, self.eval_records = load_pair_records(self.settings.data, self.builders, Path(self.settings.run.output_root), skipped)
+
+    def build_model(self, start: JobStart) -> nn.Module:
+        """The encoder, its cached training pairs, its objective and the batch preparer as one :class:`PretrainModule`."""
+        settings, device = self.settings, start.context.device
+        self.encoder = build_encoder(settings).to(device)
+        self.preprocessing = dual_encoder_preprocessing(self.encoder)
+        self.truncated, self.reports = count_truncated(self.encoder, self.train_records)
+        logger.info("%d of %d training reports truncated to %d tokens", self.truncated, self.reports, self.encoder.context_length)
+        self.train_set = pair_dataset(self.train_records, self.preprocessing, augment=True, cache=settings.data.cache, skipped=start.skipped,
+                                      cache_dir=start.run.path / "cache")
+        objective = build_objective(settings.objective.name, self.encoder, **settings.objective.options).to(device)
+        preparer = PairBatchPreparer(objective, max_sentences=settings.objective.max_sentences, local_crops=settings.objective.local_crops)
+        self.module = PretrainModule(self.encoder, objective, preparer)
+        if settings.model.compile:
+            self.encoder.clip.visual = torch.compile(self.encoder.clip.visual)
+        return self.module
+
+    def loader(self, start: JobStart) -> Any:
+        """Batches of (image, report) pairs, sharded across ranks under DDP."""
+        return build_pair_loader(self.train_set, self.settings.train, self.settings.run.seed, start.context)
+
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The objective's loss and parts for one batch (the module prepares the batch itself)."""
+        return model(batch)
+
+    def after_optimizer_step(self, step: int) -> None:
+        """The objective's own per-step work (EMA teacher, logit-scale clamp), then the caller's."""
+        self.module.after_optimizer_step(step)
+        super().after_optimizer_step(step)
+
+    def evaluate(self, model: nn.Module, start: JobStart, result: Any) -> dict[str, Any]:
+        """Retrieval, zero-shot and linear-probe figures of the encoder on the held-out pairs."""
+        settings, device, skipped = self.settings, start.context.device, start.skipped
+        encoder = model.encoder
+        eval_set = pair_dataset(self.eval_records, self.preprocessing, augment=False, cache="none", skipped=skipped)
+        plain_train = (pair_dataset(train_set_records(self.train_set), self.preprocessing, augment=False, cache="none", skipped=skipped)
+                       if settings.eval.linear_probe else None)
+        self.held_out = encode_pairs(encoder, eval_set, device, settings.eval.batch_size, keep_images=settings.eval.examples)
+        train_pairs = encode_pairs(encoder, plain_train, device, settings.eval.batch_size, keep_images=0) if plain_train is not None else None
+        metrics = evaluate_encoder(encoder, self.held_out, train_pairs, settings.eval, device, settings.data.findings, settings.run.seed)
+        return dict(metrics, truncated_reports=self.truncated, reports=self.reports, objective=settings.objective.name)
+
+    def store_request(self, model: nn.Module, metrics: Mapping[str, Any], start: JobStart) -> StoreRequest | None:
+        """The encoder alone (not its objective), with the preprocessing it was trained with."""
+        settings = self.settings
+        if not settings.save.name:
+            return None
+        return StoreRequest(open_store(settings.save.store), model.encoder, settings.model.preset, "contrastive", _factory_config(settings),
+                            self.preprocessing, metrics=_flat_metrics(dict(metrics)), aliases=("best",) if settings.save.alias_best else (),
+                            extra={"run": start.run.path.name, "objective": settings.objective.name})
+
+    def write_pages(self, start: JobStart, metrics: Mapping[str, Any], result: Any, outcome: TrainOutcome) -> None:
+        """The pretraining section (or the run's own page): figures, retrieval pictures, the training curve."""
+        settings, run = self.settings, start.run
+        page = self.report or HtmlReport(f"Pretraining ({settings.objective.name}, {settings.model.preset})", run.path)
+        page.section("Pretraining")
+        page.text(f"{result.step} optimizer steps of {settings.objective.name} on {len(self.train_set)} training pairs; "
+                  f"{metrics['skipped_records']} records skipped (see skipped.csv); {self.truncated} of {self.reports} reports "
+                  f"truncated to {self.encoder.context_length} tokens." + (f" Stored as {outcome.stored}." if outcome.stored else ""))
+        if result.history:
+            page.table([dict(row) for row in result.history[-5:]])
+        write_evaluation_pages(page, run, dict(metrics), self.held_out, self.preprocessing.mean, self.preprocessing.std, settings.eval.examples)
+        if self.report is None:
+            page.section("Config").preformatted((run.path / "config.yaml").read_text(encoding="utf-8") if (run.path / "config.yaml").exists() else "")
+            page.write()
+
+
 def run_pretrain(
     settings: PretrainSettings,
     builders: Any,
@@ -141,8 +195,8 @@ def run_pretrain(
     report: HtmlReport | None = None,
     run: RunFolder | None = None,
     progress: bool = True,
-) -> PretrainOutcome:
-    """Run the pretraining job.
+) -> TrainOutcome:
+    """Run the pretraining job (:class:`PretrainJob`).
 
     Args:
         settings: the job's settings.
@@ -154,83 +208,15 @@ def run_pretrain(
         progress: show the progress bar.
 
     Returns:
-        The :class:`PretrainOutcome`.
+        The :class:`~workbench.jobs.TrainOutcome` (``metrics`` on rank 0 only).
     """
-    start = start_job(settings, "pretrain", resume, run)
-    context, run, skipped = start.context, start.run, start.skipped
-    train_records, eval_records = load_on_main_first(
-        lambda listed: load_pair_records(settings.data, builders, Path(settings.run.output_root), listed), start)
-
-    seed_everything(settings.run.seed)
-    encoder = build_encoder(settings).to(context.device)
-    preprocessing = dual_encoder_preprocessing(encoder)
-    truncated, total = count_truncated(encoder, train_records)
-    logger.info("%d of %d training reports truncated to %d tokens", truncated, total, encoder.context_length)
-    train_set = pair_dataset(train_records, preprocessing, augment=True, cache=settings.data.cache, skipped=skipped,
-                             cache_dir=run.path / "cache")
-    objective = build_objective(settings.objective.name, encoder, **settings.objective.options).to(context.device)
-    preparer = PairBatchPreparer(objective, max_sentences=settings.objective.max_sentences, local_crops=settings.objective.local_crops)
-    module = PretrainModule(encoder, objective, preparer).to(context.device)
-    loader = build_pair_loader(train_set, settings.train, settings.run.seed, context)
-    trained = wrap_ddp(module, context, find_unused_parameters=objective_needs_unused(settings.objective.name))
-    if settings.model.compile:
-        encoder.clip.visual = torch.compile(encoder.clip.visual)
-
-    def after_step(step: int) -> None:
-        module.after_optimizer_step(step)
-        if after_optimizer_step is not None:
-            after_optimizer_step(step)
-
-    trainer = Trainer(trained, lambda model, batch: model(batch), loader, settings.train, context, seed=settings.run.seed,
-                      precision=settings.run.precision, checkpoint_dir=run.checkpoint_dir, tensorboard_dir=run.tensorboard_dir,
-                      after_optimizer_step=after_step, progress=progress)
-    result = trainer.fit()
-    outcome = PretrainOutcome(run=run, steps=result.step, skipped=len(skipped), history=result.history)
-    if context.is_main:
-        _finish(settings, outcome, unwrap(trained).encoder, train_set, eval_records, preprocessing, skipped, context, report,
-                {"truncated_reports": truncated, "reports": total, "objective": settings.objective.name})
-    barrier(context)
-    return outcome
+    job = PretrainJob(settings, builders, report=report, progress=progress, after_optimizer_step=after_optimizer_step)
+    return run_training_job(job, resume=resume, run=run)
 
 
 def objective_needs_unused(name: str) -> bool:
     """True for objectives whose step leaves some parameters without gradient (DDP must be told)."""
     return name in ("convirt", "cosmos")
-
-
-def _finish(settings: PretrainSettings, outcome: PretrainOutcome, encoder: ReportImageDualEncoder, train_set: Any,
-            eval_records: list[dict], preprocessing: Any, skipped: SkippedRecords, context: DistributedContext,
-            report: HtmlReport | None, extra: dict[str, Any]) -> None:
-    """Rank 0 after training: evaluate, store the encoder, write metrics and pages."""
-    run = outcome.run
-    device = context.device
-    eval_set = pair_dataset(eval_records, preprocessing, augment=False, cache="none", skipped=skipped)
-    plain_train = pair_dataset(train_set_records(train_set), preprocessing, augment=False, cache="none", skipped=skipped) if settings.eval.linear_probe else None
-    held_out = encode_pairs(encoder, eval_set, device, settings.eval.batch_size, keep_images=settings.eval.examples)
-    train_pairs = encode_pairs(encoder, plain_train, device, settings.eval.batch_size, keep_images=0) if plain_train is not None else None
-    metrics = evaluate_encoder(encoder, held_out, train_pairs, settings.eval, device, settings.data.findings, settings.run.seed)
-    metrics.update(extra, steps=outcome.steps, skipped_records=len(skipped))
-    outcome.metrics = metrics
-    if settings.save.name:
-        store = open_store(settings.save.store)
-        record = store.save(encoder, name=settings.save.name, factory=settings.model.preset, task="contrastive",
-                            config=_factory_config(settings), preprocessing=preprocessing, metrics=_flat_metrics(metrics),
-                            aliases=("best",) if settings.save.alias_best else (), plugin="contrastive",
-                            extra={"run": run.path.name, "objective": settings.objective.name})
-        outcome.stored = f"{record.name}:v{record.version}"
-        metrics["stored_model"] = outcome.stored
-    run.write_metrics({"pretrain": metrics, "history": outcome.history})
-    page = report or HtmlReport(f"Pretraining ({settings.objective.name}, {settings.model.preset})", run.path)
-    page.section("Pretraining")
-    page.text(f"{outcome.steps} optimizer steps of {settings.objective.name} on {len(train_set)} training pairs; "
-              f"{len(skipped)} records skipped (see skipped.csv); {extra['truncated_reports']} of {extra['reports']} reports "
-              f"truncated to {encoder.context_length} tokens." + (f" Stored as {outcome.stored}." if outcome.stored else ""))
-    if outcome.history:
-        page.table([{key: value for key, value in row.items()} for row in outcome.history[-5:]])
-    write_evaluation_pages(page, run, metrics, held_out, preprocessing.mean, preprocessing.std, settings.eval.examples)
-    if report is None:
-        page.section("Config").preformatted((run.path / "config.yaml").read_text(encoding="utf-8") if (run.path / "config.yaml").exists() else "")
-        page.write()
 
 
 def train_set_records(dataset: Any) -> list[dict]:

@@ -12,22 +12,21 @@ model, optimizer, random states and data position, so a killed run resumes to th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
-from workbench.checkpoints import seed_everything
 from workbench.data.loaders import build_loader
+from workbench.data.skipped import SkippedRecords
 from workbench.devices import select_precision
 from workbench.errors import ConfigError
-from workbench.jobs import TrainOutcome, start_job
+from workbench.jobs import JobStart, TrainOutcome
+from workbench.model_store import open_store
 from workbench.model_records import Preprocessing
 from workbench.registry import create_model
-from workbench.train import Trainer
+from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.counterfactual.cae_pages import cae_evaluation, write_cae_page
-from workbench_plugins.counterfactual.classify import open_store
 from workbench_plugins.counterfactual.data import ClassBalancedDataset, labelled_dataset, labelled_records, pick_split
 from workbench_plugins.counterfactual.losses import CaeLossWeights, discriminator_loss, generator_forward, generator_loss, partner_indices
 from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
@@ -36,24 +35,6 @@ from workbench_plugins.counterfactual.settings import CaeTrainSettings
 logger = logging.getLogger("workbench.counterfactual")
 
 TASK = "counterfactual"
-
-
-@dataclass
-class CaeOutcome(TrainOutcome):
-    """What a CAE training run produced.
-
-    Attributes:
-        run: the run folder.
-        model: the trained model (eval mode, centroids filled).
-        classes: the class names in label order.
-        metrics: k-NN accuracy of the class codes and reconstruction error on the held-out split.
-        stored: ``name:vN`` of the stored model, or ``None``.
-        steps: optimizer steps taken.
-        history: the logged training scalars.
-    """
-
-    model: ClassAssociationEmbedding | None = None
-    classes: list[str] = field(default_factory=list)
 
 
 def build_cae_optimizer(model: ClassAssociationEmbedding, settings: CaeTrainSettings) -> torch.optim.Adam:
@@ -146,9 +127,97 @@ def guide_classifier(settings: CaeTrainSettings, classes: list[str], device: tor
     return guide, record.ref
 
 
+class CaeTrainJob(TrainingJob):
+    """``cae train`` in the shared job shape: one process, the job's own two-group Adam, the GAN step, centroids at the end."""
+
+    kind, section, plugin = "cae", "cae", "counterfactual"
+    distributed = False  # two optimizer steps per batch are not set up for DDP
+
+    def prepare(self, start: JobStart, skipped: SkippedRecords | None) -> None:
+        """Labelled records of the train and held-out splits and the class names.
+
+        Raises:
+            ConfigError: grad accumulation asked for, or no training records.
+        """
+        settings = self.settings
+        if settings.train.grad_accum != 1:
+            raise ConfigError("train.grad_accum: a CAE step updates the discriminator per micro-batch; use 1")
+        records, self.classes = labelled_records(settings.data, self.builders, Path(settings.run.output_root), skipped)
+        self.train_records = pick_split(records, settings.data.train_split, settings.data.max_train)
+        self.eval_records = pick_split(records, settings.data.eval_split, settings.data.max_eval)
+        if not self.train_records:
+            raise ConfigError(f"data.train_split {settings.data.train_split}: no records in {settings.data.root or settings.data.source}")
+
+    def build_model(self, start: JobStart) -> torch.nn.Module:
+        """The CAE from the registry, and the frozen classifier that guides it (when configured)."""
+        settings = self.settings
+        self.config = {"in_channels": settings.data.channels, "num_classes": len(self.classes), "image_size": settings.data.image_size,
+                       **settings.model.model_dump()}
+        model = create_model("cae", **self.config)
+        assert isinstance(model, ClassAssociationEmbedding)
+        self.guide, self.guide_ref = guide_classifier(settings, self.classes, start.context.device)
+        return model
+
+    def precision(self, start: JobStart) -> str:
+        """The run's precision, except fp16: the inner discriminator step cannot share the Trainer's loss scaler."""
+        precision = select_precision(start.context.device, self.settings.run.precision)
+        if precision == "fp16":
+            logger.warning("cae train: fp16 needs loss scaling for two optimizer steps per batch; training in fp32")
+            return "fp32"
+        return precision
+
+    def optimizer(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        """One Adam with a generator and a discriminator group, and its decay schedule."""
+        self.optimizer_ = build_cae_optimizer(model, self.settings)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer_, cae_lr_factor(self.settings.train.steps, self.settings.optim.decay_steps))
+        self.step_function = cae_step_function(self.optimizer_, CaeLossWeights(**self.settings.loss.model_dump()), self.guide)
+        return self.optimizer_, scheduler
+
+    def loader(self, start: JobStart) -> Any:
+        """Augmented training images (each class equally often when ``class_balanced``)."""
+        settings = self.settings
+        train_set = labelled_dataset(self.train_records, settings.data, augment=True, skipped=start.skipped, cache_dir=start.run.path / "cache")
+        if settings.class_balanced:
+            # The labels of the records that passed build_dataset's checks, in the dataset's order.
+            train_set = ClassBalancedDataset(train_set, [int(record["label"]) for record in train_set.dataset.data])
+        return build_loader(train_set, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed,
+                            num_workers=settings.train.num_workers, drop_last=len(train_set) > settings.train.batch_size)
+
+    def step(self, model: torch.nn.Module, batch: Any) -> Any:
+        """The discriminator's update inside, then the generator's loss for the loop to step (see :func:`cae_step_function`)."""
+        return self.step_function(model, batch)
+
+    def evaluate(self, model: torch.nn.Module, start: JobStart, result: Any) -> dict[str, Any]:
+        """Class centroids filled, then k-NN accuracy of the class codes and reconstruction error on the held-out split."""
+        settings, skipped = self.settings, start.skipped
+        plain_train = labelled_dataset(self.train_records, settings.data, augment=False, skipped=skipped, cache="none")
+        self.eval_set = labelled_dataset(self.eval_records, settings.data, augment=False, skipped=skipped, cache="none")
+        metrics = cae_evaluation(model, plain_train, self.eval_set, self.classes, start.context.device)
+        return dict(metrics, train_images=len(self.train_records), guide_classifier=self.guide_ref)
+
+    def store_request(self, model: torch.nn.Module, metrics: Mapping[str, Any], start: JobStart) -> StoreRequest | None:
+        """The CAE with its classes and input range; its record names the guide classifier."""
+        settings = self.settings
+        if not settings.save.name:
+            return None
+        preprocessing = Preprocessing(image_size=settings.data.image_size, channels=settings.data.channels, intensity="none",
+                                      extra={"input_range": [0.0, 1.0], "read_intensity": settings.data.intensity, "classes": self.classes})
+        return StoreRequest(open_store(settings.save.store), model, "cae", TASK, self.config, preprocessing,
+                            metrics={key: metrics[key] for key in ("knn_accuracy", "reconstruction_l1") if key in metrics},
+                            aliases=("best",) if settings.save.alias_best else (),
+                            extra={"classes": self.classes, "run": start.run.path.name, "guide_classifier": self.guide_ref,
+                                   "data": {"source": settings.data.source, "finding": settings.data.finding}})
+
+    def write_pages(self, start: JobStart, metrics: Mapping[str, Any], result: Any, outcome: TrainOutcome) -> None:
+        """The CAE page: held-out code-space figures, swaps and reconstructions, the training curve."""
+        outcome.details["classes"] = self.classes
+        write_cae_page(start.run, f"CAE ({' vs '.join(self.classes)})", outcome.model, self.eval_set, self.classes, dict(metrics),
+                       result.history, self.settings.examples, start.context.device)
+
+
 def run_cae_train(settings: CaeTrainSettings, builders: Any, *, resume: Path | None = None,
-                  after_optimizer_step: Callable[[int], None] | None = None, progress: bool = True) -> CaeOutcome:
-    """Train a CAE model, fill its class centroids, evaluate its code space, store it, write the run folder.
+                  after_optimizer_step: Callable[[int], None] | None = None, progress: bool = True) -> TrainOutcome:
+    """Train a CAE model, fill its class centroids, evaluate its code space, store it, write the run folder (:class:`CaeTrainJob`).
 
     Args:
         settings: the job's settings.
@@ -158,61 +227,11 @@ def run_cae_train(settings: CaeTrainSettings, builders: Any, *, resume: Path | N
         progress: show the progress bar.
 
     Returns:
-        The :class:`CaeOutcome`.
+        The :class:`~workbench.jobs.TrainOutcome` (``model`` the trained CAE, ``details["classes"]`` the class names).
 
     Raises:
         ConfigError: under torchrun (CAE trains in one process), no training records, or grad accumulation.
     """
     if settings.train.grad_accum != 1:
         raise ConfigError("train.grad_accum: a CAE step updates the discriminator per micro-batch; use 1")
-    start = start_job(settings, "cae", resume)
-    context, run, skipped = start.context, start.run, start.skipped
-    if context.enabled:
-        raise ConfigError("cae train runs in one process: its two optimizer steps per batch are not set up for DDP")
-    records, classes = labelled_records(settings.data, builders, Path(settings.run.output_root), skipped)
-    train_records = pick_split(records, settings.data.train_split, settings.data.max_train)
-    eval_records = pick_split(records, settings.data.eval_split, settings.data.max_eval)
-    if not train_records:
-        raise ConfigError(f"data.train_split {settings.data.train_split}: no records in {settings.data.root or settings.data.source}")
-    seed_everything(settings.run.seed)
-    config = {"in_channels": settings.data.channels, "num_classes": len(classes), "image_size": settings.data.image_size,
-              **settings.model.model_dump()}
-    model = create_model("cae", **config).to(context.device)
-    assert isinstance(model, ClassAssociationEmbedding)
-    precision = select_precision(context.device, settings.run.precision)
-    if precision == "fp16":
-        # The inner discriminator step cannot share the Trainer's loss scaler; bf16 and fp32 need none.
-        logger.warning("cae train: fp16 needs loss scaling for two optimizer steps per batch; training in fp32")
-        precision = "fp32"
-    optimizer = build_cae_optimizer(model, settings)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cae_lr_factor(settings.train.steps, settings.optim.decay_steps))
-    train_set = labelled_dataset(train_records, settings.data, augment=True, skipped=skipped, cache_dir=run.path / "cache")
-    if settings.class_balanced:
-        # The labels of the records that passed build_dataset's checks, in the dataset's order.
-        train_set = ClassBalancedDataset(train_set, [int(record["label"]) for record in train_set.dataset.data])
-    loader = build_loader(train_set, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed,
-                          num_workers=settings.train.num_workers, drop_last=len(train_set) > settings.train.batch_size)
-    weights = CaeLossWeights(**settings.loss.model_dump())
-    guide, guide_ref = guide_classifier(settings, classes, context.device)
-    trainer = Trainer(model, cae_step_function(optimizer, weights, guide), loader, settings.train, context, seed=settings.run.seed,
-                      precision=precision, checkpoint_dir=run.checkpoint_dir, tensorboard_dir=run.tensorboard_dir,
-                      optimizer=optimizer, scheduler=scheduler, after_optimizer_step=after_optimizer_step, progress=progress)
-    result = trainer.fit()
-    outcome = CaeOutcome(run=run, model=model, classes=classes, steps=result.step, history=result.history)
-    plain_train = labelled_dataset(train_records, settings.data, augment=False, skipped=skipped, cache="none")
-    eval_set = labelled_dataset(eval_records, settings.data, augment=False, skipped=skipped, cache="none")
-    outcome.metrics = cae_evaluation(model, plain_train, eval_set, classes, context.device)
-    outcome.metrics.update(steps=result.step, train_images=len(train_records), skipped_records=len(skipped), guide_classifier=guide_ref)
-    if settings.save.name:
-        preprocessing = Preprocessing(image_size=settings.data.image_size, channels=settings.data.channels, intensity="none",
-                                      extra={"input_range": [0.0, 1.0], "read_intensity": settings.data.intensity, "classes": classes})
-        record = open_store(settings.save.store).save(
-            model, name=settings.save.name, factory="cae", task=TASK, config=config, preprocessing=preprocessing,
-            metrics={key: outcome.metrics[key] for key in ("knn_accuracy", "reconstruction_l1") if key in outcome.metrics},
-            aliases=("best",) if settings.save.alias_best else (), plugin="counterfactual",
-            extra={"classes": classes, "run": run.path.name, "guide_classifier": guide_ref, "data": {"source": settings.data.source, "finding": settings.data.finding}})
-        outcome.stored = record.ref
-        outcome.metrics["stored_model"] = record.ref
-    run.write_metrics({"cae": outcome.metrics, "history": outcome.history})
-    write_cae_page(run, f"CAE ({' vs '.join(classes)})", model, eval_set, classes, outcome.metrics, outcome.history, settings.examples, context.device)
-    return outcome
+    return run_training_job(CaeTrainJob(settings, builders, progress=progress, after_optimizer_step=after_optimizer_step), resume=resume)

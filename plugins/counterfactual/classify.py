@@ -9,23 +9,21 @@ written into a torch module so it is stored, loaded and explained like any other
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from workbench.checkpoints import seed_everything
 from workbench.data.loaders import build_loader
-from workbench.distributed import barrier, unwrap, wrap_ddp
+from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError
+from workbench.jobs import JobStart, TrainOutcome
 from workbench.model_store import open_store
-from workbench.jobs import TrainOutcome, load_on_main_first, start_job
 from workbench.model_records import Preprocessing, parse_ref
 from workbench.registry import create_model
-from workbench.train import Trainer
+from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.counterfactual.classifiers import EncoderHeadClassifier
 from workbench_plugins.counterfactual.classify_pages import write_classifier_page
 from workbench_plugins.counterfactual.data import labelled_dataset, labelled_records, pick_split
@@ -35,22 +33,6 @@ from workbench_plugins.counterfactual.settings import ClassifyTrainSettings
 logger = logging.getLogger("workbench.counterfactual")
 
 TASK = "classification"
-
-
-@dataclass
-class ClassifyOutcome(TrainOutcome):
-    """What a classifier training run produced.
-
-    Attributes:
-        run: the run folder.
-        metrics: held-out metrics (see :func:`classification_metrics`).
-        classes: the class names in label order.
-        stored: ``name:vN`` of the stored classifier, or ``None``.
-        steps: optimizer steps taken (0 for a scikit-learn head).
-        history: the logged training scalars.
-    """
-
-    classes: list[str] = field(default_factory=list)
 
 
 def class_weights(labels: list[int], count: int) -> torch.Tensor:
@@ -135,9 +117,91 @@ def _fit_head(settings: ClassifyTrainSettings, classes: list[str], train_set: An
     return classifier, config, record.ref
 
 
+class ClassifyTrainJob(TrainingJob):
+    """``classify train`` in the shared job shape: a MONAI network in the loop, or a scikit-learn head on a stored encoder."""
+
+    kind, section, plugin = "classify", "classify", "counterfactual"
+
+    def prepare(self, start: JobStart, skipped: SkippedRecords | None) -> None:
+        """Labelled records of the train and held-out splits and the class names.
+
+        Raises:
+            ConfigError: no training records.
+        """
+        settings = self.settings
+        records, self.classes = labelled_records(settings.data, self.builders, Path(settings.run.output_root), skipped)
+        self.train_records = pick_split(records, settings.data.train_split, settings.data.max_train)
+        self.eval_records = pick_split(records, settings.data.eval_split, settings.data.max_eval)
+        if not self.train_records:
+            raise ConfigError(f"data.train_split {settings.data.train_split}: no records in {settings.data.root or settings.data.source}")
+
+    def trains_in_loop(self) -> bool:
+        """A head on a stored encoder is fitted in closed form in :meth:`build_model`; MONAI networks train in the loop."""
+        return self.settings.model.network != "classifier-encoder-head"
+
+    def build_model(self, start: JobStart) -> nn.Module:
+        """The network from the registry (or the fitted encoder head), and its stored config."""
+        settings, network, skipped = self.settings, self.settings.model.network, start.skipped
+        if not self.trains_in_loop():
+            plain = labelled_dataset(self.train_records, settings.data, augment=False, skipped=skipped, cache="none")
+            model, self.config, self.parent = _fit_head(settings, self.classes, plain, start.context.device)
+            return model
+        self.config = {"in_channels": settings.data.channels, "num_classes": len(self.classes), "dropout": settings.model.dropout}
+        if not settings.model.max_pool:
+            if network == "classifier-densenet121":
+                raise ConfigError("model.max_pool: false is a ResNet option; DenseNet121 keeps its stem pooling")
+            self.config["max_pool"] = False
+        self.parent = None
+        self.weights = (class_weights([record["label"] for record in self.train_records], len(self.classes)).to(start.context.device)
+                        if settings.model.balanced else None)
+        return create_model(network, **self.config)
+
+    def loader(self, start: JobStart) -> Any:
+        """Augmented training images, sharded across ranks under DDP."""
+        settings, context = self.settings, start.context
+        train_set = labelled_dataset(self.train_records, settings.data, augment=True, skipped=start.skipped, cache_dir=start.run.path / "cache")
+        return build_loader(train_set, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed,
+                            num_workers=settings.train.num_workers, distributed=context.enabled, rank=context.rank, world_size=context.world_size)
+
+    def step(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Cross-entropy (class-weighted when ``model.balanced``) and the batch accuracy."""
+        logits = module(batch["image"])
+        labels = batch["label"].long()
+        loss = nn.functional.cross_entropy(logits.float(), labels, weight=self.weights)
+        return {"loss": loss, "accuracy": (logits.argmax(dim=1) == labels).float().mean()}
+
+    def evaluate(self, model: nn.Module, start: JobStart, result: Any) -> dict[str, Any]:
+        """Batch-norm statistics recomputed on un-augmented training images (loop-trained networks), then held-out metrics."""
+        settings, skipped, device = self.settings, start.skipped, start.context.device
+        if self.trains_in_loop():
+            plain = labelled_dataset(self.train_records, settings.data, augment=False, skipped=skipped, cache="none")
+            recalibrate_batch_norm(model, plain, device, settings.train.batch_size)
+        self.eval_set = labelled_dataset(self.eval_records, settings.data, augment=False, skipped=skipped, cache="none")
+        self.ids, labels, self.probabilities = predict(model, self.eval_set, device)
+        return dict(classification_metrics(labels, self.probabilities, self.classes), train_images=len(self.train_records))
+
+    def store_request(self, model: nn.Module, metrics: Mapping[str, Any], start: JobStart) -> StoreRequest | None:
+        """The classifier with its classes, Grad-CAM layer and data source in the record."""
+        settings = self.settings
+        if not settings.save.name:
+            return None
+        return StoreRequest(open_store(settings.save.store), model, settings.model.network, TASK, self.config,
+                            classifier_preprocessing(settings, self.classes),
+                            metrics={key: metrics[key] for key in ("accuracy", "auroc", "n")}, parent=self.parent,
+                            aliases=("best",) if settings.save.alias_best else (),
+                            extra={"classes": self.classes, "gradcam_layer": getattr(model, "gradcam_layer", None), "run": start.run.path.name,
+                                   "data": {"source": settings.data.source, "finding": settings.data.finding}})
+
+    def write_pages(self, start: JobStart, metrics: Mapping[str, Any], result: Any, outcome: TrainOutcome) -> None:
+        """The classifier page: metrics, confusion, example predictions, the training curve."""
+        outcome.details["classes"] = self.classes
+        write_classifier_page(start.run, f"Classifier ({self.settings.model.network}, {' vs '.join(self.classes)})", dict(metrics),
+                              self.eval_set, self.ids, self.probabilities, self.settings.examples, result.history)
+
+
 def run_classify_train(settings: ClassifyTrainSettings, builders: Any, *, resume: Path | None = None,
-                       after_optimizer_step: Callable[[int], None] | None = None, progress: bool = True) -> ClassifyOutcome:
-    """Train a classifier, evaluate it on the held-out split, store it, and write the run folder.
+                       after_optimizer_step: Callable[[int], None] | None = None, progress: bool = True) -> TrainOutcome:
+    """Train a classifier, evaluate it on the held-out split, store it, and write the run folder (:class:`ClassifyTrainJob`).
 
     Args:
         settings: the job's settings.
@@ -147,68 +211,10 @@ def run_classify_train(settings: ClassifyTrainSettings, builders: Any, *, resume
         progress: show the progress bar.
 
     Returns:
-        The :class:`ClassifyOutcome`.
+        The :class:`~workbench.jobs.TrainOutcome`; ``details["classes"]`` holds the class names in label order.
 
     Raises:
         ConfigError: no training records, one class only, or a bad encoder reference.
     """
-    start = start_job(settings, "classify", resume)
-    context, run, skipped = start.context, start.run, start.skipped
-    records, classes = load_on_main_first(lambda listed: labelled_records(settings.data, builders, Path(settings.run.output_root), listed), start)
-    train_records = pick_split(records, settings.data.train_split, settings.data.max_train)
-    eval_records = pick_split(records, settings.data.eval_split, settings.data.max_eval)
-    if not train_records:
-        raise ConfigError(f"data.train_split {settings.data.train_split}: no records in {settings.data.root or settings.data.source}")
-    seed_everything(settings.run.seed)
-    network = settings.model.network
-    outcome = ClassifyOutcome(run=run, classes=classes)
-    if network == "classifier-encoder-head":
-        plain = labelled_dataset(train_records, settings.data, augment=False, skipped=skipped, cache="none")
-        model, config, parent = _fit_head(settings, classes, plain, context.device)
-    else:
-        config = {"in_channels": settings.data.channels, "num_classes": len(classes), "dropout": settings.model.dropout}
-        if not settings.model.max_pool:
-            if network == "classifier-densenet121":
-                raise ConfigError("model.max_pool: false is a ResNet option; DenseNet121 keeps its stem pooling")
-            config["max_pool"] = False
-        parent = None
-        model = create_model(network, **config).to(context.device)
-        train_set = labelled_dataset(train_records, settings.data, augment=True, skipped=skipped, cache_dir=run.path / "cache")
-        loader = build_loader(train_set, batch_size=settings.train.batch_size, shuffle=True, seed=settings.run.seed,
-                              num_workers=settings.train.num_workers, distributed=context.enabled, rank=context.rank, world_size=context.world_size)
-        weights = class_weights([record["label"] for record in train_records], len(classes)).to(context.device) if settings.model.balanced else None
-
-        def step(module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-            logits = module(batch["image"])
-            labels = batch["label"].long()
-            loss = nn.functional.cross_entropy(logits.float(), labels, weight=weights)
-            return {"loss": loss, "accuracy": (logits.argmax(dim=1) == labels).float().mean()}
-
-        trainer = Trainer(wrap_ddp(model, context), step, loader, settings.train, context, seed=settings.run.seed,
-                          precision=settings.run.precision, checkpoint_dir=run.checkpoint_dir, tensorboard_dir=run.tensorboard_dir,
-                          after_optimizer_step=after_optimizer_step, progress=progress)
-        result = trainer.fit()
-        outcome.steps, outcome.history = result.step, result.history
-        model = unwrap(model)
-        plain = labelled_dataset(train_records, settings.data, augment=False, skipped=skipped, cache="none")
-        recalibrate_batch_norm(model, plain, context.device, settings.train.batch_size)
-    if context.is_main:
-        eval_set = labelled_dataset(eval_records, settings.data, augment=False, skipped=skipped, cache="none")
-        ids, labels, probabilities = predict(model, eval_set, context.device)
-        outcome.metrics = classification_metrics(labels, probabilities, classes)
-        outcome.metrics.update(steps=outcome.steps, train_images=len(train_records), skipped_records=len(skipped))
-        if settings.save.name:
-            store = open_store(settings.save.store)
-            record = store.save(model, name=settings.save.name, factory=network, task=TASK, config=config,
-                                preprocessing=classifier_preprocessing(settings, classes),
-                                metrics={key: outcome.metrics[key] for key in ("accuracy", "auroc", "n")}, parent=parent,
-                                aliases=("best",) if settings.save.alias_best else (), plugin="counterfactual",
-                                extra={"classes": classes, "gradcam_layer": getattr(model, "gradcam_layer", None), "run": run.path.name,
-                                       "data": {"source": settings.data.source, "finding": settings.data.finding}})
-            outcome.stored = record.ref
-            outcome.metrics["stored_model"] = record.ref
-        run.write_metrics({"classify": outcome.metrics, "history": outcome.history})
-        write_classifier_page(run, f"Classifier ({network}, {' vs '.join(classes)})", outcome.metrics, eval_set, ids, probabilities,
-                              settings.examples, outcome.history)
-    barrier(context)
-    return outcome
+    job = ClassifyTrainJob(settings, builders, progress=progress, after_optimizer_step=after_optimizer_step)
+    return run_training_job(job, resume=resume)

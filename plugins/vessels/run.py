@@ -17,22 +17,21 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from workbench.checkpoints import seed_everything
 from workbench.data.skipped import SkippedRecords
-from workbench.distributed import barrier, init_distributed, unwrap, wrap_ddp
+from workbench.distributed import init_distributed, unwrap
 from workbench.errors import ConfigError, DataError, WorkbenchError
-from workbench.jobs import build_records, load_on_main_first, split_records, start_job
+from workbench.jobs import JobStart, TrainOutcome, train_and_held_out
 from workbench.model_records import parse_ref
 from workbench.model_store import open_store
 from workbench.registry import create_model
 from workbench.report import HtmlReport, RunFolder
-from workbench.train import Trainer
+from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.vessels.data import DEFAULT_NORMALISATION, build_vessel_loader, inference_preprocessing, load_inference_item, vessel_training_dataset
 from workbench_plugins.vessels.inference import predict_probabilities, vessel_probability
 from workbench_plugins.vessels.losses import build_vessel_loss
@@ -46,24 +45,17 @@ logger = logging.getLogger("workbench.vessels")
 
 
 @dataclass
-class VesselOutcome:
-    """What a vessel job produced.
+class VesselOutcome(TrainOutcome):
+    """What a vessel job produced: a :class:`~workbench.jobs.TrainOutcome` with the per-image rows.
 
     Attributes:
-        run: the run folder.
         metrics: mean metrics over the scored images (empty without references).
         rows: per-image metric rows.
-        stored: ``name:vN`` of the stored network (training), or ``None``.
-        steps: optimizer steps taken (training).
         skipped: records or files skipped as bad.
         seconds: wall-clock seconds of the training loop (training).
     """
 
-    run: RunFolder
-    metrics: dict[str, float] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
-    stored: str | None = None
-    steps: int = 0
     skipped: int = 0
     seconds: float = 0.0
 
@@ -92,10 +84,7 @@ def split_vessel_records(data: VesselDataSettings, builders: Any, output_root: P
     Raises:
         ConfigError: an unknown builder.
     """
-    records = build_records(data.dataset, data.root, data.options, builders, output_root, skipped)
-    train = split_records(records, data.train_split, default="train")[: data.max_train or None]
-    held_out = split_records(records, data.eval_split)[: data.max_eval or None]
-    return train, held_out
+    return train_and_held_out(data, builders, output_root, skipped)
 
 
 def has_graph_head(model: nn.Module) -> bool:
@@ -103,9 +92,105 @@ def has_graph_head(model: nn.Module) -> bool:
     return bool(getattr(unwrap(model), "has_graph_head", False))
 
 
+class VesselTrainJob(TrainingJob):
+    """``vessels train`` in the shared job shape: patches in the loop, then sliding-window prediction, scoring and storing."""
+
+    kind, section, plugin = "vessels-train", "vessels", "vessels"
+
+    def __init__(self, settings: VesselTrainSettings, builders: Any, *, report: HtmlReport | None = None, progress: bool = True,
+                 after_optimizer_step: Callable[[int], None] | None = None) -> None:
+        super().__init__(settings, builders, progress=progress, after_optimizer_step=after_optimizer_step)
+        self.report = report
+
+    def prepare(self, start: JobStart, skipped: SkippedRecords | None) -> None:
+        """Training and held-out records.
+
+        Raises:
+            ConfigError: no training records.
+        """
+        settings = self.settings
+        self.train_records, self.eval_records = split_vessel_records(settings.data, self.builders, Path(settings.run.output_root), skipped)
+        if not self.train_records:
+            raise ConfigError(f"data.train_split {settings.data.train_split}: no records of {settings.data.dataset} have these splits")
+
+    def build_model(self, start: JobStart) -> nn.Module:
+        """The network from the registry and its loss.
+
+        Raises:
+            ConfigError: the graph loss on a network without the graph head.
+        """
+        settings = self.settings
+        model = create_model(settings.model.name, **settings.model.options)
+        self.loss = build_vessel_loss(settings.loss.name, **settings.loss.options).to(start.context.device)
+        if settings.loss.name == "graph" and not has_graph_head(model):
+            raise ConfigError(f"loss.name 'graph' needs a network with the graph head: set model.options.graph_head "
+                              f"(e.g. {{grid: 16}}) for {settings.model.name!r}")
+        self.segmentation_step = SegmentationStep(self.loss, has_graph_head(model))
+        return model
+
+    def loader(self, start: JobStart) -> Any:
+        """Random patches of the training images (tubes around the centrelines for skeleton recall), sharded under DDP."""
+        settings = self.settings
+        tube_radius = settings.loss.tube_radius if settings.loss.name == "skeleton_recall" else None
+        dataset = vessel_training_dataset(self.train_records, settings.data, tube_radius=tube_radius, skipped=start.skipped,
+                                          cache_dir=start.run.path / "cache")
+        self.started = time.perf_counter()
+        return build_vessel_loader(dataset, settings.train, settings.run.seed, start.context)
+
+    def step(self, model: nn.Module, batch: Any) -> Any:
+        """The segmentation loss of one batch (and the graph head's, when present)."""
+        return self.segmentation_step(model, batch)
+
+    def evaluate(self, model: nn.Module, start: JobStart, result: Any) -> dict[str, Any]:
+        """Sliding-window prediction of every held-out image, post-processed and scored; the mean metrics."""
+        settings = self.settings
+        self.seconds = time.perf_counter() - self.started
+        roi = settings.inference.roi_size or _default_roi(settings.data.patch_size)
+        self.inference = settings.inference.model_copy(update={"roi_size": roi})
+        self.rows, self.figures, self.failures = predict_records(model, self.eval_records, self.inference, settings.check, start.run.path,
+                                                                 start.context.device, score=True, formats=(),
+                                                                 normalisation=settings.data.normalisation, progress=self.progress)
+        return mean_metrics(self.rows)
+
+    def store_request(self, model: nn.Module, metrics: Mapping[str, Any], start: JobStart) -> StoreRequest | None:
+        """The network with its inference settings (window, threshold, clean-up) and preprocessing."""
+        settings, inference = self.settings, self.inference
+        if not settings.save.name:
+            return None
+        scored = {key: value for key, value in metrics.items() if key not in ("steps", "skipped_records")}
+        return StoreRequest(open_store(settings.save.store), model, settings.model.name, "segmentation", dict(settings.model.options),
+                            inference_preprocessing(model, normalisation=settings.data.normalisation), metrics=scored,
+                            extra={"roi_size": inference.roi_size, "threshold": inference.threshold,
+                                   "min_component_area": inference.min_component_area, "loss": settings.loss.name,
+                                   "dataset": settings.data.dataset, "run": str(start.run.path)})
+
+    def write_metrics(self, run: RunFolder, metrics: Mapping[str, Any], result: Any) -> None:
+        """``metrics.json`` with a row per held-out image, the means, and the training history."""
+        settings = self.settings
+        self.history = [{key: round(value, 5) if isinstance(value, float) else value for key, value in entry.items()} for entry in result.history]
+        write_metrics_file(run.file("metrics.json"), self.rows, {"loss": settings.loss.name, "model": settings.model.name,
+                                                                "steps": result.step, "train_seconds": round(self.seconds, 2),
+                                                                "stored_model": metrics.get("stored_model"), "history": self.history})
+
+    def write_pages(self, start: JobStart, metrics: Mapping[str, Any], result: Any, outcome: TrainOutcome) -> None:
+        """The vessel page (or the demo's section): worst Betti-0 error first, overlays, notes."""
+        settings, inference, roi = self.settings, self.inference, self.inference.roi_size
+        notes = [f"{settings.model.name} trained with {settings.loss.name} for {result.step} steps "
+                 f"({self.seconds:.0f} s) on {len(self.train_records)} images of {settings.data.dataset}; "
+                 f"{len(self.eval_records)} held-out images predicted with {roi}-pixel sliding windows, {postprocessing_note(inference)}."]
+        if not self.eval_records:
+            notes.append(f"No record of {settings.data.dataset} has a split in data.eval_split {settings.data.eval_split}: nothing was scored.")
+        if outcome.stored:
+            notes.append(f"Stored as {outcome.stored}: `workbench vessels predict model={outcome.stored} inputs=[...]`, "
+                         f"`workbench export-bundle {outcome.stored} OUT_DIR`.")
+        write_vessel_page(start.run.path, "Vessel segmentation" if self.report is not None else f"Vessels: {settings.loss.name}", self.rows,
+                          self.figures, notes=notes, extra_tables=[("Training loss", self.history[-5:])] if self.history else [],
+                          skipped=self.failures, page=self.report)
+
+
 def run_train(settings: VesselTrainSettings, builders: Any, *, resume: Path | None = None, report: HtmlReport | None = None,
               run: RunFolder | None = None, progress: bool = True, after_optimizer_step: Callable[[int], None] | None = None) -> VesselOutcome:
-    """Train a vessel network, then predict, score and store it.
+    """Train a vessel network, then predict, score and store it (:class:`VesselTrainJob`).
 
     Args:
         settings: the job's settings.
@@ -122,54 +207,16 @@ def run_train(settings: VesselTrainSettings, builders: Any, *, resume: Path | No
     Raises:
         ConfigError: no training records, an unknown network or loss, or a loss the network cannot feed.
     """
-    start = start_job(settings, "vessels-train", resume, run)
-    context, run, skipped = start.context, start.run, start.skipped
-    train_records, eval_records = load_on_main_first(
-        lambda listed: split_vessel_records(settings.data, builders, Path(settings.run.output_root), listed), start)
-    if not train_records:
-        raise ConfigError(f"data.train_split {settings.data.train_split}: no records of {settings.data.dataset} have these splits")
-
-    seed_everything(settings.run.seed)
-    model = create_model(settings.model.name, **settings.model.options).to(context.device)
-    loss = build_vessel_loss(settings.loss.name, **settings.loss.options).to(context.device)
-    if settings.loss.name == "graph" and not has_graph_head(model):
-        raise ConfigError(f"loss.name 'graph' needs a network with the graph head: set model.options.graph_head "
-                          f"(e.g. {{grid: 16}}) for {settings.model.name!r}")
-    dataset = vessel_training_dataset(train_records, settings.data, tube_radius=settings.loss.tube_radius if settings.loss.name == "skeleton_recall" else None,
-                                      skipped=skipped, cache_dir=run.path / "cache")
-    loader = build_vessel_loader(dataset, settings.train, settings.run.seed, context)
-    trained = wrap_ddp(model, context)
-    trainer = Trainer(trained, SegmentationStep(loss, has_graph_head(model)), loader, settings.train, context,
-                      seed=settings.run.seed, precision=settings.run.precision, checkpoint_dir=run.checkpoint_dir,
-                      tensorboard_dir=run.tensorboard_dir, after_optimizer_step=after_optimizer_step, progress=progress)
-    started = time.perf_counter()
-    result = trainer.fit()
-    outcome = VesselOutcome(run=run, steps=result.step, seconds=time.perf_counter() - started)
-    if context.is_main:
-        network = unwrap(trained).eval()
-        roi = settings.inference.roi_size or _default_roi(settings.data.patch_size)
-        inference = settings.inference.model_copy(update={"roi_size": roi})
-        rows, figures, failures = predict_records(network, eval_records, inference, settings.check, run.path, context.device,
-                                                  score=True, formats=(), normalisation=settings.data.normalisation, progress=progress)
-        outcome.rows, outcome.metrics = rows, mean_metrics(rows)
-        outcome.stored = _store(settings, network, inference, outcome.metrics, run)
-        outcome.skipped = len(skipped) + len(failures)
-        history = [{key: round(value, 5) if isinstance(value, float) else value for key, value in entry.items()} for entry in result.history]
-        write_metrics_file(run.file("metrics.json"), rows, {"loss": settings.loss.name, "model": settings.model.name,
-                                                           "steps": result.step, "train_seconds": round(outcome.seconds, 2),
-                                                           "stored_model": outcome.stored, "history": history})
-        notes = [f"{settings.model.name} trained with {settings.loss.name} for {result.step} steps "
-                 f"({outcome.seconds:.0f} s) on {len(train_records)} images of {settings.data.dataset}; "
-                 f"{len(eval_records)} held-out images predicted with {roi}-pixel sliding windows, {postprocessing_note(inference)}."]
-        if not eval_records:
-            notes.append(f"No record of {settings.data.dataset} has a split in data.eval_split {settings.data.eval_split}: nothing was scored.")
-        if outcome.stored:
-            notes.append(f"Stored as {outcome.stored}: `workbench vessels predict model={outcome.stored} inputs=[...]`, "
-                         f"`workbench export-bundle {outcome.stored} OUT_DIR`.")
-        write_vessel_page(run.path, "Vessel segmentation" if report is not None else f"Vessels: {settings.loss.name}", rows, figures,
-                          notes=notes, extra_tables=[("Training loss", history[-5:])] if history else [], skipped=failures, page=report)
-    barrier(context)
-    return outcome
+    job = VesselTrainJob(settings, builders, report=report, progress=progress, after_optimizer_step=after_optimizer_step)
+    outcome = run_training_job(job, resume=resume, run=run)
+    vessel_outcome = VesselOutcome(run=outcome.run, steps=outcome.steps, history=outcome.history, stored=outcome.stored, model=outcome.model)
+    if outcome.model is not None:  # rank 0: the scored held-out images
+        metrics = dict(outcome.metrics)
+        for key in ("steps", "skipped_records", "stored_model"):
+            metrics.pop(key, None)
+        vessel_outcome.metrics, vessel_outcome.rows, vessel_outcome.seconds = metrics, job.rows, job.seconds
+        vessel_outcome.skipped = outcome.metrics["skipped_records"] + len(job.failures)
+    return vessel_outcome
 
 
 def postprocessing_note(inference: InferenceSettings) -> str:
@@ -188,21 +235,6 @@ def postprocessing_note(inference: InferenceSettings) -> str:
 def _default_roi(patch_size: int) -> int:
     """Sliding windows twice the training patch (fewer seams, same receptive field), a multiple of 16."""
     return max(16, (2 * patch_size) // 16 * 16)
-
-
-def _store(settings: VesselTrainSettings, network: nn.Module, inference: InferenceSettings, metrics: dict[str, float],
-           run: RunFolder) -> str | None:
-    if not settings.save.name:
-        return None
-    store = open_store(settings.save.store)
-    record = store.save(network, name=settings.save.name, factory=settings.model.name, task="segmentation",
-                        config=dict(settings.model.options),
-                        preprocessing=inference_preprocessing(network, normalisation=settings.data.normalisation),
-                        metrics=metrics, plugin="vessels",
-                        extra={"roi_size": inference.roi_size, "threshold": inference.threshold,
-                               "min_component_area": inference.min_component_area, "loss": settings.loss.name,
-                               "dataset": settings.data.dataset, "run": str(run.path)})
-    return f"{record.name}:v{record.version}"
 
 
 def predict_records(model: nn.Module, records: Sequence[dict], inference: InferenceSettings, check: CheckSettings,

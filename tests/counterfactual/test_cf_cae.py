@@ -191,7 +191,7 @@ def test_cae_train_job_stores_model_with_centroids(tmp_path):
         *[f"model.{key}={value}" for key, value in TINY.items()], "save.name=tiny-cae", f"save.store={tmp_path / 'store'}", "examples=2"])
     outcome = run_cae_train(settings, host.datasets.builders, progress=False)
     assert outcome.steps == 4 and [row["step"] for row in outcome.history] == [2.0, 4.0]
-    assert outcome.classes == ["lesion", "normal"]
+    assert outcome.details["classes"] == ["lesion", "normal"]
     assert 0.0 <= outcome.metrics["knn_accuracy"] <= 1.0 and outcome.metrics["reconstruction_l1"] > 0
     model, record = ModelStore(tmp_path / "store").load("tiny-cae")
     assert record.task == "counterfactual" and record.extra["classes"] == ["lesion", "normal"]

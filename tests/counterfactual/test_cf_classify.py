@@ -153,7 +153,7 @@ def test_densenet_three_classes_from_manifest(host, tmp_path):
     from workbench_plugins.counterfactual.classify import run_classify_train
 
     outcome = run_classify_train(settings, host.datasets.builders, progress=False)
-    assert outcome.classes == ["bar", "blob", "plain"]
+    assert outcome.details["classes"] == ["bar", "blob", "plain"]
     assert np.array(outcome.metrics["confusion"]).shape == (3, 3) and outcome.metrics["n"] == 30
     assert 0.0 <= outcome.metrics["auroc"] <= 1.0
     model, record, classes = load_classifier("three", tmp_path / "store")
