@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.data
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -150,3 +151,43 @@ def test_chase_with_fov_derived_from_the_photograph():
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert 0.78 < record["dice"] < 0.87 and 0.82 < record["cldice"] < 0.92  # measured 0.827 and 0.867 through the API
+
+
+def write_multiframe_dicom(path: Path, frames: np.ndarray) -> Path:
+    """``frames`` (N, H, W) uint8 as an uncompressed multi-frame secondary-capture DICOM."""
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7.2"  # multi-frame grayscale byte SC
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "OT"
+    ds.NumberOfFrames, (ds.Rows, ds.Columns) = frames.shape[0], frames.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(frames, dtype=np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_frame_option_picks_a_frame_and_multiframe_without_it_is_refused(tmp_path: Path):
+    cine = write_multiframe_dicom(tmp_path / "cine.dcm", np.stack([line_mask(), line_mask(cut=True), line_mask()]))
+    whole, cut = (json.loads(run_cli(["check-topology", str(cine), "--frame", frame, "--no-progress"]).stdout) for frame in ("0", "1"))
+    assert (whole["n_components"], cut["n_components"]) == (1, 2)
+    refused = run_cli(["check-topology", str(cine), "--no-progress"])
+    assert refused.exit_code == EXIT_ALL_INPUTS_FAILED
+    assert "cine.dcm" in refused.stderr and "multi-frame DICOM (3 frames); choose one with --frame N" in refused.stderr
+    beyond = run_cli(["check-topology", str(cine), "--frame", "3", "--no-progress"])
+    assert beyond.exit_code == EXIT_ALL_INPUTS_FAILED and "frame 3 requested but the file has 3 frame(s)" in beyond.stderr
+
+
+def test_frame_option_on_pydicom_multiframe_mr():
+    """pydicom's emri_small.dcm (10 MR frames): --frame decodes that frame, which is then judged (grey levels: not a mask)."""
+    emri = pydicom.data.get_testdata_file("emri_small.dcm", download=False)
+    if emri is None:
+        pytest.skip("emri_small.dcm ships in the pydicom-data package, not installed")
+    without = run_cli(["check-topology", emri, "--no-progress"])
+    assert without.exit_code == EXIT_ALL_INPUTS_FAILED and "multi-frame DICOM (10 frames); choose one with --frame N" in without.stderr
+    with_frame = run_cli(["check-topology", emri, "--frame", "4", "--no-progress"])
+    assert with_frame.exit_code == EXIT_ALL_INPUTS_FAILED and "emri_small.dcm" in with_frame.stderr
+    assert "multi-frame" not in with_frame.stderr and "not a binary-like mask" in with_frame.stderr
