@@ -79,7 +79,7 @@ def mask_plane(image: np.ndarray, source: str | Path | None = None) -> np.ndarra
         raise DataError(source, f"a colour image ({len(colours)} colours in 3 channels that differ), not a mask")
     spread = (colours.max(axis=1) - colours.min(axis=1)).astype(np.float64)
     if not (spread <= GREY_TOLERANCE * _full_scale(colours)).any():
-        shown = " and ".join(str(tuple(colour.tolist())) for colour in colours)
+        shown = " and ".join(str(tuple(int(v) if float(v).is_integer() else float(v) for v in colour)) for colour in colours)
         raise DataError(source, f"a colour image (colours {shown}, neither grey), not a mask")
     return _two_colour_plane(colours, inverse.ravel(), array.shape[1:])
 
