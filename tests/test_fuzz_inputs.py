@@ -161,8 +161,9 @@ def run_cases(paths: list[Path], warm_up: list[Path]) -> dict[str, dict]:
             except queue.Empty:
                 worker.kill()
                 worker.wait()
-                results[current or pending[0].name] = {"outcome": "hang", "detail": f"no answer in {CASE_SECONDS:g} s"}
-                break
+                if current is not None:
+                    results[current] = {"outcome": "hang", "detail": f"no answer in {CASE_SECONDS:g} s"}
+                break  # with no case started the worker was only slow to exit (or to start the next case)
             if line is None:
                 code = worker.wait()
                 if current is not None:
@@ -174,7 +175,11 @@ def run_cases(paths: list[Path], warm_up: list[Path]) -> dict[str, dict]:
             else:
                 results[message.pop("case")] = message
                 current = None
-        pending = [path for path in pending if path.name not in results]
+        remaining = [path for path in pending if path.name not in results]
+        if len(remaining) == len(pending):  # a worker that answers nothing at all: blame the case it was given first
+            results[pending[0].name] = {"outcome": "hang", "detail": "the worker stopped before starting it"}
+            remaining = pending[1:]
+        pending = remaining
     return results
 
 
