@@ -3,7 +3,8 @@
 Core: ``plugins``, ``models list|show|rm|verify``, ``demo``. The built-in plugin adds
 ``phantoms``; first-party and third-party plugins add their jobs through the
 ``workbench_add_commands`` hook. A :class:`~workbench.errors.WorkbenchError`
-is printed as one clear message (no traceback) and exits with status 2.
+is printed as one clear message (no traceback) and exits with status 2;
+batch commands exit 3 when some inputs failed and 4 when all did (``workbench.errors``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from workbench import __version__
 from workbench.config import config_options, load_settings
 from workbench.bench import bench_command
 from workbench.datasets_cli import datasets_group
-from workbench.errors import WorkbenchError
+from workbench.errors import EXIT_ERROR, EXIT_OK, WorkbenchError
 from workbench.host import Host, pass_host
 
 console = Console(stderr=True)
@@ -217,10 +218,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         host = create_plugin_manager(disabled=disabled)
         cli = build_cli(host)
-        cli.main(args=arguments, prog_name="workbench", standalone_mode=False, obj=host)
+        status = cli.main(args=arguments, prog_name="workbench", standalone_mode=False, obj=host)
     except WorkbenchError as error:
         console.print(f"error: {error}", style="bold red", highlight=False, markup=False)
-        sys.exit(2)
+        sys.exit(EXIT_ERROR)
     except KeyboardInterrupt as stop:
         console.print(str(stop) or "interrupted", highlight=False, markup=False)
         sys.exit(130)
@@ -232,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(error.exit_code)
     except click.exceptions.Exit as exit_request:
         sys.exit(exit_request.exit_code)
+    # Without standalone mode click returns a command's ``ctx.exit(code)`` instead of exiting:
+    # a batch command's status (workbench.errors.batch_exit_status) would otherwise be lost.
+    if type(status) is int and status != EXIT_OK:
+        sys.exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,6 +40,7 @@ def _label_colour_overlay(image: np.ndarray, label_map: np.ndarray) -> np.ndarra
 def add_phantom_sections(report: HtmlReport, run: RunFolder, cxr_manifest: Path, fundus_manifest: Path, shown: int = 6) -> None:
     """Show the first ``shown`` chest studies (DICOM read back, masks, boxes, report) and fundus images."""
     from workbench.data.manifests import read_manifest
+    from workbench.data.masks import read_binary_mask
     from workbench.data.readers import read_image
 
     studies = read_manifest(cxr_manifest)
@@ -65,8 +66,7 @@ def add_phantom_sections(report: HtmlReport, run: RunFolder, cxr_manifest: Path,
     items = []
     for record in images[:shown]:
         image, _ = read_image(record["image"])
-        vessels, _ = read_image(record["mask"], intensity="stored")
-        overlay = overlay_mask(image, vessels[0] > 0, (230, 25, 75), alpha=0.6)
+        overlay = overlay_mask(image, read_binary_mask(record["mask"]), (230, 25, 75), alpha=0.6)
         items.append((save_png(run.file(f"figures/fundus_{record['id']}_image.png"), image), f"{record['id']}"))
         items.append((save_png(run.file(f"figures/fundus_{record['id']}_vessels.png"), overlay), f"{record['id']} vessels"))
     report.figures(items)

@@ -46,3 +46,22 @@ class IntegrityError(RegistryError):
 
 class PluginError(WorkbenchError):
     """A plugin broke the contract (duplicate name, failing hook)."""
+
+
+# Exit statuses of the ``workbench`` command (README "Exit status"); the one place they are defined.
+EXIT_OK = 0
+EXIT_ERROR = 2  # a WorkbenchError stopped the command (bad config, unreadable single input, ...)
+EXIT_SOME_INPUTS_FAILED = 3  # a batch command finished, but some of its inputs were skipped as bad
+EXIT_ALL_INPUTS_FAILED = 4  # a batch command had inputs and every one of them failed
+
+
+def batch_exit_status(n_inputs: int, n_failed: int) -> int:
+    """The exit status of a batch command that processed ``n_inputs`` inputs, ``n_failed`` of them skipped.
+
+    Returns:
+        :data:`EXIT_OK` when none failed, :data:`EXIT_ALL_INPUTS_FAILED` when every
+        one did (and there was at least one), else :data:`EXIT_SOME_INPUTS_FAILED`.
+    """
+    if n_failed <= 0:
+        return EXIT_OK
+    return EXIT_ALL_INPUTS_FAILED if n_failed >= n_inputs else EXIT_SOME_INPUTS_FAILED

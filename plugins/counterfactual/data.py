@@ -283,9 +283,11 @@ def read_lesion_mask(paths: Sequence[str], image_size: int) -> np.ndarray | None
     """The union of the lesion-mask files, resized (nearest) to ``(image_size, image_size)`` bool; ``None`` when none."""
     from PIL import Image
 
+    from workbench.data.masks import read_binary_mask
+
     union = None
     for path in paths:
-        with Image.open(path) as handle:
-            mask = np.asarray(handle.convert("L").resize((image_size, image_size), Image.NEAREST)) > 0
+        full = Image.fromarray(read_binary_mask(path).astype(np.uint8))
+        mask = np.asarray(full.resize((image_size, image_size), Image.NEAREST)) > 0
         union = mask if union is None else union | mask
     return union

@@ -57,9 +57,9 @@ def load_cae(reference: str, store_path: Path | None, device: torch.device) -> t
     return model.eval(), record, list(record.extra.get("classes") or [])
 
 
-def single_case(path: Path, channels: int, size: int) -> Case:
-    """Read one image file and fit it to the CAE (channels converted and size resampled, each with a note)."""
-    array, meta = read_image(path)
+def single_case(path: Path, channels: int, size: int, frame: int | None = None) -> Case:
+    """Read one image file (``frame`` of a multi-frame DICOM) and fit it to the CAE (channels converted and size resampled, each with a note)."""
+    array, meta = read_image(path, frame=frame)
     notes = []
     if array.shape[0] != channels:
         notes.append(f"{path.name}: {array.shape[0]}-channel image converted to {channels} channel(s)")
@@ -136,7 +136,7 @@ def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, di
     classifier_channels = classifier_record.preprocessing.channels
     skipped = SkippedRecords(run.skipped_csv)
     if settings.image is not None:
-        cases = [single_case(Path(settings.image), channels, size)]
+        cases = [single_case(Path(settings.image), channels, size, settings.frame)]
     else:
         cases, data_classes = batch_cases(settings, builders, channels, size, skipped)
         if data_classes != classes:

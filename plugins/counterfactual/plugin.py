@@ -95,14 +95,15 @@ def cae_train_command(config: Path | None, overrides: tuple[str, ...], resume: P
 @click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="one image to explain (DICOM, PNG, JPEG, NIfTI...); without it, the config's data (batch form)")
 @click.option("--target", default=None, help="target class name or index (required for more than two classes)")
+@click.option("--frame", type=click.IntRange(min=0), default=None, help="frame of a multi-frame DICOM --image (0-based)")
 @click.option("--evaluate", is_flag=True, help="compute flip rate, proximity, sparsity, localisation, queries and seconds")
 def explain_command(config: Path | None, overrides: tuple[str, ...], classifier: str | None, cae: str | None, image: Path | None,
-                    target: str | None, evaluate: bool) -> None:
+                    target: str | None, frame: int | None, evaluate: bool) -> None:
     """Counterfactual explanations (CAE linear path, stop at first flip) next to Grad-CAM; per-case index.html."""
     from workbench_plugins.counterfactual.explain_job import run_explain
     from workbench_plugins.counterfactual.settings import ExplainSettings
 
-    flags = {"classifier": classifier, "cae": cae, "image": image, "target": target, "evaluate": True if evaluate else None}
+    flags = {"classifier": classifier, "cae": cae, "image": image, "target": target, "frame": frame, "evaluate": True if evaluate else None}
     extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
     settings = load_settings(ExplainSettings, config, [*overrides, *extra])
     run, _ = run_explain(settings, _builders())

@@ -253,6 +253,7 @@ class ExplainSettings(StrictModel):
         cae: the stored CAE ``name[:version]`` (trained on the classifier's classes).
         store: the registry folder (``null``: default).
         image: one image file to explain; ``null`` explains ``data.eval_split`` (the batch form).
+        frame: the frame of a multi-frame DICOM ``image`` (``null``: the file must hold one frame).
         target: the target class (name or index); ``null`` for the other class of a binary classifier.
         data: the batch form's images (and lesion masks, where the layout has them).
         max_cases: how many images the batch form explains.
@@ -279,6 +280,7 @@ class ExplainSettings(StrictModel):
     cae: str = "cae-phantom"
     store: Path | None = None
     image: Path | None = None
+    frame: int | None = Field(None, ge=0)
     target: str | int | None = None
     data: LabelledDataSettings = LabelledDataSettings(augment=False)
     max_cases: int = Field(20, gt=0)

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from workbench.data.masks import read_binary_mask
 from workbench.data.readers import read_image
 from workbench.data.skipped import SkippedRecords
 from workbench.errors import DataError
@@ -87,10 +88,10 @@ def load_sample(record: Mapping[str, Any]) -> GroundingSample:
         category = str(box.get("category") or "all")
         boxes.append({"phrase": phrase, "category": category, "x": x, "y": y, "w": w, "h": h})
         if category in mask_files:
-            mask, _ = read_image(mask_files[category], intensity="stored", ensure_channel_first=False)
-            if mask.shape[:2] != (height, width):
-                raise DataError(mask_files[category], f"mask of {category!r} is {mask.shape[:2]}, its image {source} is {(height, width)}")
-            masks[index] = np.asarray(mask if mask.ndim == 2 else mask[..., 0]) > 0
+            mask = read_binary_mask(mask_files[category])
+            if mask.shape != (height, width):
+                raise DataError(mask_files[category], f"mask of {category!r} is {mask.shape}, its image {source} is {(height, width)}")
+            masks[index] = mask
     if not boxes:
         raise DataError(source, "the record has no boxes to ground")
     return GroundingSample(str(record.get("id") or source), image, boxes, masks, str(record.get("report") or ""), source)

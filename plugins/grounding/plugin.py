@@ -9,6 +9,7 @@ import click
 
 from workbench import hookimpl
 from workbench.config import RunSettings, config_options, load_settings, resumable_config_options
+from workbench.errors import batch_exit_status
 
 PLUGIN_NAME = "grounding"
 
@@ -51,6 +52,7 @@ def _builders() -> Any:
 @click.group("ground", invoke_without_command=True)
 @click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None, help="ground phrases on this image")
 @click.option("--phrase", "phrases", multiple=True, help="a phrase to ground (repeatable)")
+@click.option("--frame", type=click.IntRange(min=0), default=None, help="frame of a multi-frame DICOM --image (0-based)")
 @click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="batch form: ground every box phrase of this manifest and score it")
 @click.option("--encoder", default="contrastive-phantom:latest", show_default=True, help="stored dual encoder name[:version]")
@@ -62,7 +64,7 @@ def _builders() -> Any:
 @click.option("--output-root", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
-def ground_group(ctx: click.Context, image: Path | None, phrases: tuple[str, ...], manifest: Path | None, encoder: str, head: str | None,
+def ground_group(ctx: click.Context, image: Path | None, phrases: tuple[str, ...], frame: int | None, manifest: Path | None, encoder: str, head: str | None,
                  store: Path | None, method: str, saliency: Path | None, output_root: Path, device: str) -> None:
     """Phrase grounding: heatmaps and boxes for report phrases (zero-shot from a stored encoder, or a trained head)."""
     if ctx.invoked_subcommand is not None:
@@ -75,7 +77,7 @@ def ground_group(ctx: click.Context, image: Path | None, phrases: tuple[str, ...
         if not phrases:
             raise click.UsageError("give at least one --phrase to ground on --image")
         index = run_ground_image(image, list(phrases), encoder=encoder, store=store, head=head, method=method, saliency=saliency,
-                                 run_settings=run_settings)
+                                 run_settings=run_settings, frame=frame)
         click.echo(str(index.resolve()))
         return
     if manifest is not None:
@@ -84,8 +86,15 @@ def ground_group(ctx: click.Context, image: Path | None, phrases: tuple[str, ...
                                   encoder={"name": encoder, "store": store}, zero_shot={"method": method})
         outcome = run_ground_evaluate(settings, _builders())
         click.echo(str((outcome.run.path / "index.html").resolve()))
+        _exit_with_batch_status(outcome.metrics)
         return
     click.echo(ctx.get_help())
+
+
+def _exit_with_batch_status(metrics: dict[str, Any]) -> None:
+    """Exit 3 when some manifest records were skipped, 4 when all were (``workbench.errors.batch_exit_status``)."""
+    skipped = int(metrics.get("skipped_records") or 0)
+    click.get_current_context().exit(batch_exit_status(int(metrics.get("images") or 0) + skipped, skipped))
 
 
 @ground_group.command("evaluate")
@@ -97,6 +106,7 @@ def evaluate_command(config: Path | None, overrides: tuple[str, ...]) -> None:
 
     outcome = run_ground_evaluate(load_settings(GroundSettings, config, overrides), _builders())
     click.echo(str((outcome.run.path / "index.html").resolve()))
+    _exit_with_batch_status(outcome.metrics)
 
 
 @ground_group.command("train")

@@ -95,7 +95,8 @@ def run_ground_evaluate(settings: GroundSettings, builders: Any, *, report: Html
 
 def run_ground_image(image: Path, phrases: Sequence[str], *, encoder: str, store: Path | None = None, head: str | None = None,
                      method: str = "occlusion", window: float | Sequence[float] = 0.25, overlap: float = 0.5, threshold: float = 0.5,
-                     max_boxes: int = 3, saliency: Path | None = None, run_settings: RunSettings | None = None) -> Path:
+                     max_boxes: int = 3, saliency: Path | None = None, run_settings: RunSettings | None = None,
+                     frame: int | None = None) -> Path:
     """Ground phrases on one image file: overlays with each phrase as caption, boxes, ``metrics.json``, ``index.html``.
 
     Args:
@@ -108,6 +109,7 @@ def run_ground_image(image: Path, phrases: Sequence[str], *, encoder: str, store
         threshold, max_boxes: heatmap -> boxes.
         saliency: a saliency map of the same image to compare each heatmap with.
         run_settings: output root, run name and device.
+        frame: the frame of a multi-frame DICOM image.
 
     Returns:
         The path of the run's ``index.html``.
@@ -118,7 +120,7 @@ def run_ground_image(image: Path, phrases: Sequence[str], *, encoder: str, store
     """
     run_settings = run_settings or RunSettings()
     phrases = check_phrases(phrases, str(image))
-    pixels, _ = read_image(image)
+    pixels, _ = read_image(image, frame=frame)
     grounder = build_grounder(encoder, open_store(store), run_settings.device, head, method, window, overlap, threshold, max_boxes)
     result = grounder.ground(pixels, phrases)
     run = RunFolder.create("ground", run_settings.output_root, run_settings.name)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workbench.data.readers import read_image
+from workbench.data.masks import read_binary_mask
 from workbench.errors import ConfigError, DataError, RegistryError
 from workbench.model_records import parse_ref
 from workbench.model_store import ModelStore
@@ -73,8 +73,7 @@ class GroundingJudge:
             path = (self.records[record_index].get("masks") or {}).get(finding)
             if not path:
                 return None
-            mask, _ = read_image(path, intensity="stored", ensure_channel_first=False)
-            self._masks[key] = np.asarray(mask if mask.ndim == 2 else mask[..., 0]) > 0
+            self._masks[key] = read_binary_mask(path)
         return self._masks[key]
 
     def __call__(self, record_index: int, explanation: str, named: Sequence[str]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import click
 
 from workbench import hookimpl
 from workbench.config import RunSettings, load_settings, resumable_config_options
+from workbench.errors import batch_exit_status
 
 PLUGIN_NAME = "reporting"
 
@@ -47,6 +49,7 @@ def _builders() -> Any:
 
 @click.group("report", invoke_without_command=True)
 @click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None, help="report on this image")
+@click.option("--frame", type=click.IntRange(min=0), default=None, help="frame of a multi-frame DICOM --image (0-based)")
 @click.option("--question", "questions", multiple=True, help="a question to answer and explain (repeatable; default: every trained finding)")
 @click.option("--draft", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="a draft report (text file) for the editor to correct; an empty file is written from scratch")
@@ -58,7 +61,7 @@ def _builders() -> Any:
 @click.option("--output-root", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
-def report_group(ctx: click.Context, image: Path | None, questions: tuple[str, ...], draft: Path | None, manifest: Path | None,
+def report_group(ctx: click.Context, image: Path | None, frame: int | None, questions: tuple[str, ...], draft: Path | None, manifest: Path | None,
                  models: tuple[str, ...], store: Path | None, beam_size: int, output_root: Path, device: str) -> None:
     """Answer-and-explain and report editing on images with stored reporting models."""
     if ctx.invoked_subcommand is not None:
@@ -72,11 +75,14 @@ def report_group(ctx: click.Context, image: Path | None, questions: tuple[str, .
         raise click.UsageError("give at least one stored reporting model with --model NAME")
     run_settings = RunSettings(output_root=output_root, device=device)
     if image is not None:
-        cases = [ReportCase(str(image), list(questions), read_draft(draft) if draft is not None else None)]
+        cases = [ReportCase(str(image), list(questions), read_draft(draft) if draft is not None else None, frame=frame)]
     else:
         cases = manifest_cases(manifest)  # type: ignore[arg-type]
     index = run_report(cases, list(models), store=store, beam_size=beam_size, run_settings=run_settings, skipped_ok=manifest is not None)
     click.echo(str(index.resolve()))
+    if manifest is not None:  # exit 3 when some images were skipped, 4 when all were
+        skipped = int(json.loads((index.parent / "metrics.json").read_text(encoding="utf-8")).get("skipped") or 0)
+        ctx.exit(batch_exit_status(len(cases), skipped))
 
 
 @report_group.command("train")

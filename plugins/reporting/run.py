@@ -82,6 +82,7 @@ class ReportCase:
     questions: list[str] = field(default_factory=list)
     draft: str | None = None
     id: str = ""
+    frame: int | None = None  # of a multi-frame DICOM image
 
 
 def read_draft(path: Path) -> str:
@@ -110,7 +111,7 @@ def report_case(case: ReportCase, decoders: Sequence[LoadedDecoder], beam_size: 
         DataError: unreadable image, or an image the encoder cannot take (naming the file).
         ConfigError: a draft without an editor.
     """
-    pixels, _ = read_image(case.image)
+    pixels, _ = read_image(case.image, frame=case.frame)
     result: dict[str, Any] = {"id": case.id or Path(case.image).stem, "image": case.image, "answers": [], "edit": None, "pixels": pixels}
     editors = [d for d in decoders if d.kind == "editor"]
     if case.draft is not None and not editors:

@@ -5,7 +5,9 @@ Each prediction is read (PNG, GIF, TIFF, NIfTI, DICOM, through
 ``> 0`` (0/255 PNGs and label maps are masks; probability maps and photographs
 are refused), checked with :func:`~.topology.check_mask` and printed as one
 JSON object per line on stdout. A file that cannot be used is named on stderr
-with the reason and skipped; the exit status is 1 only when every file failed.
+with the reason and skipped; the exit status is 0 when every file was checked,
+3 when some were skipped and 4 when all were (:func:`workbench.errors.batch_exit_status`).
+``--frame N`` reads frame N of multi-frame DICOM masks.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from workbench.data.masks import mask_plane, read_mask_values
 from workbench.data.readers import SUFFIX_FORMATS, read_image
-from workbench.errors import DataError
+from workbench.errors import DataError, batch_exit_status
 from workbench.fsutil import atomic_write_text
 from workbench.report import HtmlReport, save_png
 from workbench_plugins.vessels.topology import DEFAULT_BREAK_DISTANCE, DEFAULT_FRAGMENT_AREA, TopologyReport, check_mask
-from workbench_plugins.vessels.topology_masks import binarise_mask, fov_from_fundus, mask_from_channels
+from workbench_plugins.vessels.topology_masks import binarise_mask, fov_from_fundus
 
 TABLE_COLUMNS = ("file", "dice", "cldice", "cal", "betti0_error", "betti1_error", "n_components", "n_holes", "n_breaks", "n_spurious_fragments")
 MAX_FIGURES = 60
@@ -103,22 +106,29 @@ class _Companions:
         return match
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Read a 2-D mask file as ``(H, W)`` bool (binarised at > 0).
+def read_mask(path: Path, frame: int | None = None) -> np.ndarray:
+    """Read a 2-D mask file as ``(H, W)`` bool (binarised at > 0; a two-colour image by its brighter colour).
+
+    Args:
+        path: the mask file.
+        frame: the frame of a multi-frame DICOM.
 
     Raises:
         DataError: unreadable, not 2-D, a colour image, or not binary-like.
     """
-    image, _ = read_image(path, intensity="stored")
-    return binarise_mask(mask_from_channels(image, path), path)
+    return binarise_mask(read_mask_values(path, frame=frame), path)
 
 
-def read_fov(path: Path) -> np.ndarray:
+def read_fov(path: Path, frame: int | None = None) -> np.ndarray:
     """Read a field-of-view mask; a colour fundus photograph gives its derived FOV (:func:`fov_from_fundus`)."""
-    image, _ = read_image(path, intensity="stored")
-    if image.shape[0] == 3 and not (np.array_equal(image[0], image[1]) and np.array_equal(image[1], image[2])):
-        return fov_from_fundus(image)
-    return binarise_mask(mask_from_channels(image, path), path)
+    image, _ = read_image(path, intensity="stored", frame=frame)
+    try:
+        plane = mask_plane(image, path)
+    except DataError:
+        if image.shape[0] != 3:
+            raise
+        return fov_from_fundus(image)  # more than two colours: a photograph
+    return binarise_mask(plane, path)
 
 
 class _Outputs:
@@ -158,7 +168,7 @@ class _Outputs:
 
 
 def check_files(predictions: Sequence[Path], references: _Companions | None, fovs: _Companions | None, out: Path | None,
-                options: dict[str, Any], progress: bool = True) -> Iterator[tuple[Path, dict[str, Any] | None, str | None]]:
+                options: dict[str, Any], progress: bool = True, frame: int | None = None) -> Iterator[tuple[Path, dict[str, Any] | None, str | None]]:
     """Check each prediction, writing ``--out`` files as it goes and the report at the end.
 
     Args:
@@ -167,6 +177,7 @@ def check_files(predictions: Sequence[Path], references: _Companions | None, fov
         out: the output folder, or None.
         options: keyword options of :func:`~.topology.check_mask`.
         progress: show a progress bar on stderr.
+        frame: the frame to read from multi-frame DICOM files (predictions, references and FOVs).
 
     Returns:
         An iterator of ``(path, record, None)`` for a checked file and ``(path, None, reason)`` for a skipped one.
@@ -181,12 +192,12 @@ def check_files(predictions: Sequence[Path], references: _Companions | None, fov
         task = bar.add_task("masks", total=len(predictions))
         for index, path in enumerate(predictions):
             try:
-                prediction = read_mask(path)
+                prediction = read_mask(path, frame)
                 reference_path = references.find(index, path, "reference") if references else None
-                reference = read_mask(reference_path) if reference_path else None
+                reference = read_mask(reference_path, frame) if reference_path else None
                 fov_path = fovs.find(index, path, "field of view") if fovs else None
                 if fov_path is not None and fov_path not in cached_fov:
-                    cached_fov = {fov_path: read_fov(fov_path)}  # one FOV for all is read once; per-file FOVs are not kept
+                    cached_fov = {fov_path: read_fov(fov_path, frame)}  # one FOV for all is read once; per-file FOVs are not kept
                 fov = cached_fov[fov_path] if fov_path is not None else None
                 for name, other in ((reference_path, reference), (fov_path, fov)):
                     if other is not None and other.shape != prediction.shape:
@@ -219,12 +230,14 @@ def check_files(predictions: Sequence[Path], references: _Companions | None, fov
               help="largest end-point gap (pixels) reported as a likely break")
 @click.option("--fragment-area", type=click.IntRange(min=0), default=DEFAULT_FRAGMENT_AREA, show_default=True,
               help="largest component area (pixels) that can be a spurious fragment")
+@click.option("--frame", type=click.IntRange(min=0), default=None, help="frame of multi-frame DICOM masks to check (0-based)")
 @click.option("--no-progress", is_flag=True, help="no progress bar on stderr")
 def check_topology_command(predictions: tuple[str, ...], references: tuple[str, ...], fovs: tuple[str, ...], out: Path | None,
-                           break_distance: float, fragment_area: int, no_progress: bool) -> None:
+                           break_distance: float, fragment_area: int, frame: int | None, no_progress: bool) -> None:
     """Connectivity of vessel masks (PRED: files, folders or globs): Dice, clDice, Betti errors, CAL, breaks.
 
-    Masks are binarised at > 0 (0/255 PNGs and label maps work). Prints one JSON object per mask.
+    Masks are binarised at > 0 (0/255 PNGs and label maps work; a two-colour image by its brighter colour).
+    Prints one JSON object per mask. Exit status: 0 all checked, 3 some skipped, 4 all skipped.
     """
     files = expand_inputs(predictions)
     if not files:
@@ -233,12 +246,13 @@ def check_topology_command(predictions: tuple[str, ...], references: tuple[str, 
     fov_finder = _Companions.build(fovs, len(files), "field-of-view", allow_single=True)
     options = {"break_distance": break_distance, "fragment_area": fragment_area}
     failed = 0
-    for path, record, reason in check_files(files, reference_finder, fov_finder, out, options, progress=not no_progress):
+    for path, record, reason in check_files(files, reference_finder, fov_finder, out, options, progress=not no_progress, frame=frame):
         if record is not None:
             click.echo(json.dumps(record))
         else:
             failed += 1
             click.echo(f"skipped {path}: {reason}", err=True)
-    if failed == len(files):
-        click.echo(f"every one of the {failed} files failed", err=True)
-        click.get_current_context().exit(1)
+    status = batch_exit_status(len(files), failed)
+    if status:
+        click.echo(f"{failed} of the {len(files)} files failed", err=True)
+        click.get_current_context().exit(status)

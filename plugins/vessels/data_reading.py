@@ -162,7 +162,8 @@ def read_vessel_record(record: Mapping[str, Any], with_reference: bool = True, f
     """Read a record's image, reference mask and field of view, checking that their sizes agree.
 
     Args:
-        record: ``image`` path; ``mask`` (optional) and ``fov`` (a path, or ``None`` to derive it).
+        record: ``image`` path; ``mask`` (optional) and ``fov`` (a path, or ``None`` to derive it); ``frame``
+            (optional): the frame of a multi-frame DICOM image.
         with_reference: read ``mask`` when the record has one.
         fov_fallback: see :func:`field_of_view`.
 
@@ -174,7 +175,7 @@ def read_vessel_record(record: Mapping[str, Any], with_reference: bool = True, f
         DataError: an unreadable file, a colour or NaN mask, no field of view, or sizes that differ (naming both files).
     """
     image_path, mask_path = record["image"], record.get("mask") if with_reference else None
-    image, meta = read_image(image_path)
+    image, meta = read_image(image_path, frame=record.get("frame"))
     if image.shape[0] == 1:
         image = np.repeat(image, 3, axis=0)
     shape = tuple(image.shape[1:])

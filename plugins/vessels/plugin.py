@@ -50,20 +50,24 @@ def train_command(config: Path | None, overrides: tuple[str, ...], resume: Path 
     click.echo(str((outcome.run.path / "index.html").resolve()))
 
 
-def _predict(config: Path | None, overrides: tuple[str, ...], score: bool) -> None:
+def _predict(config: Path | None, overrides: tuple[str, ...], score: bool, frame: int | None = None) -> None:
+    from workbench.errors import batch_exit_status
     from workbench_plugins.vessels.run import run_predict
     from workbench_plugins.vessels.settings import VesselPredictSettings
 
-    settings = load_settings(VesselPredictSettings, config, overrides)
+    settings = load_settings(VesselPredictSettings, config, [*overrides, *([f"frame={frame}"] if frame is not None else [])])
     outcome = run_predict(settings, _builders(), score=score)
     click.echo(str((outcome.run.path / "index.html").resolve()))
+    # exit 3 when some images were skipped, 4 when all were
+    click.get_current_context().exit(batch_exit_status(len(outcome.rows) + outcome.skipped, outcome.skipped))
 
 
 @vessels_group.command("predict")
 @config_options
-def predict_command(config: Path | None, overrides: tuple[str, ...]) -> None:
+@click.option("--frame", type=click.IntRange(min=0), default=None, help="frame of multi-frame DICOM inputs (0-based)")
+def predict_command(config: Path | None, overrides: tuple[str, ...], frame: int | None) -> None:
     """Predict vessel masks (PNG, NIfTI, DICOM SEG) with connectivity overlays for files or a dataset split."""
-    _predict(config, overrides, score=False)
+    _predict(config, overrides, score=False, frame=frame)
 
 
 @vessels_group.command("evaluate")

@@ -292,10 +292,10 @@ def predict_records(model: nn.Module, records: Sequence[dict], inference: Infere
     return rows, figures, failures
 
 
-def _inputs_as_records(inputs: Sequence[Path]) -> list[dict]:
+def _inputs_as_records(inputs: Sequence[Path], frame: int | None = None) -> list[dict]:
     from workbench_plugins.vessels.check import expand_inputs
 
-    return [{"id": path.stem, "image": str(path)} for path in expand_inputs(inputs)]
+    return [{"id": path.stem, "image": str(path), **({"frame": frame} if frame is not None else {})} for path in expand_inputs(inputs)]
 
 
 def run_predict(settings: VesselPredictSettings, builders: Any, *, score: bool) -> VesselOutcome:
@@ -326,7 +326,7 @@ def run_predict(settings: VesselPredictSettings, builders: Any, *, score: bool) 
     inference = settings.inference.model_copy(update={"roi_size": settings.inference.roi_size or int(record.extra.get("roi_size") or 128)})
     skipped = SkippedRecords(run.skipped_csv)
     if settings.inputs and not score:
-        records = _inputs_as_records(settings.inputs)
+        records = _inputs_as_records(settings.inputs, settings.frame)
     else:
         _, records = split_vessel_records(settings.data, builders, Path(settings.run.output_root), skipped)
     if not records:

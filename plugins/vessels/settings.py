@@ -150,11 +150,13 @@ class VesselPredictSettings(VesselTrainSettings):
     Attributes:
         weights: ``name[:version]`` in the registry (``null``: ``<save.name>:latest``).
         inputs: image files or folders to predict (``predict`` only; empty: the dataset's ``eval_split``).
+        frame: the frame of multi-frame DICOM ``inputs`` (``null``: each file must hold one frame).
         formats: mask files to write besides PNG: ``nifti`` and ``dicom-seg`` (the latter for DICOM inputs).
     """
 
     weights: str | None = None
     inputs: list[Path] = []
+    frame: int | None = Field(None, ge=0)
     formats: list[Literal["nifti", "dicom-seg"]] = ["nifti", "dicom-seg"]
 
     def weights_ref(self) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import disk
 
+from workbench.data.masks import mask_plane
 from workbench.errors import DataError
 
 logger = logging.getLogger("workbench.vessels")
@@ -70,28 +71,21 @@ def binarise_mask(values: np.ndarray, source: str | Path | None = None) -> np.nd
 
 
 def mask_from_channels(image: np.ndarray, source: str | Path | None = None) -> np.ndarray:
-    """The one mask plane of a ``(C, H, W)`` array read from a file.
+    """The one mask plane of a ``(C, H, W)`` array read from a file (the workbench's shared
+    :func:`workbench.data.masks.mask_plane`: a two-colour image, e.g. a palette GIF of near-black
+    and near-white, gives ``{0, 1}`` with 1 where the brighter colour is).
 
     Args:
-        image: ``(1, H, W)``, ``(3, H, W)`` with equal channels (a grey mask saved as RGB), or ``(H, W)``.
+        image: ``(1, H, W)``, ``(3, H, W)`` or ``(H, W)``.
         source: the file, named in errors.
 
     Returns:
         ``(H, W)`` values (not yet binarised).
 
     Raises:
-        DataError: three channels that differ (a colour image, not a mask) or another layout.
+        DataError: a colour image (more than two colours, or two non-grey ones) or another layout.
     """
-    array = np.asarray(image)
-    if array.ndim == 2:
-        return array
-    if array.ndim == 3 and array.shape[0] == 1:
-        return array[0]
-    if array.ndim == 3 and array.shape[0] == 3:
-        if np.array_equal(array[0], array[1]) and np.array_equal(array[1], array[2]):
-            return array[0]
-        raise DataError(source, "a colour image (3 channels that differ), not a mask")
-    raise DataError(source, f"expected a 2-D mask (1, H, W) but got shape {tuple(array.shape)}")
+    return mask_plane(image, source)
 
 
 def fov_from_fundus(image: np.ndarray, threshold: float = 0.06, erosion: int = 3) -> np.ndarray:

@@ -9,6 +9,7 @@ import click
 
 from workbench import hookimpl
 from workbench.config import RunSettings, config_options, load_settings
+from workbench.errors import batch_exit_status
 
 PLUGIN_NAME = "vlm_explain"
 
@@ -16,6 +17,7 @@ PLUGIN_NAME = "vlm_explain"
 @click.group("explain-vlm", invoke_without_command=True)
 @click.option("--model", default="contrastive-phantom-clip:latest", show_default=True, help="stored dual encoder name[:version]")
 @click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None, help="explain this image")
+@click.option("--frame", type=click.IntRange(min=0), default=None, help="frame of a multi-frame DICOM --image (0-based)")
 @click.option("--classes", "classes", multiple=True,
               help="zero-shot classes (repeat, or comma-separated), at least two; their decision is explained "
                    "(batch form default: the phantoms' five findings)")
@@ -30,7 +32,7 @@ PLUGIN_NAME = "vlm_explain"
 @click.option("--output-root", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
-def explain_vlm_group(ctx: click.Context, model: str, image: Path | None, classes: tuple[str, ...], report: str | None,
+def explain_vlm_group(ctx: click.Context, model: str, image: Path | None, frame: int | None, classes: tuple[str, ...], report: str | None,
                       manifest: Path | None, bank: Path, store: Path | None, occlusion_only: bool, max_images: int | None,
                       output_root: Path, device: str) -> None:
     """Explain a dual encoder: concepts behind a zero-shot decision, image-text similarity maps."""
@@ -44,7 +46,7 @@ def explain_vlm_group(ctx: click.Context, model: str, image: Path | None, classe
         from workbench_plugins.vlm_explain.run import run_explain_image
 
         index = run_explain_image(image, model=model, classes=list(classes) or None, report=report, bank=bank, store=store, maps=maps,
-                                  run_settings=run_settings)
+                                  run_settings=run_settings, frame=frame)
         click.echo(str(index.resolve()))
         return
     if manifest is not None:
@@ -57,7 +59,8 @@ def explain_vlm_group(ctx: click.Context, model: str, image: Path | None, classe
                                    **({"classes": _split_classes(classes)} if classes else {}))
         outcome = run_explain_batch(settings)
         click.echo(str((outcome.run.path / "index.html").resolve()))
-        return
+        skipped = int(outcome.metrics.get("skipped_records") or 0)  # exit 3 when some images were skipped, 4 when all were
+        ctx.exit(batch_exit_status(len(outcome.rows) + skipped, skipped))
     click.echo(ctx.get_help())
 
 

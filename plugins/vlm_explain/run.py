@@ -75,7 +75,7 @@ def build_explainer(model: str, store: Path | None, bank: Path, classes: Sequenc
 def run_explain_image(image: Path, *, model: str, classes: Sequence[str] | None = None, report: str | None = None,
                       bank: Path = Path("configs/concepts_cxr.txt"), store: Path | None = None,
                       concepts: ConceptSettings | None = None, deletion: DeletionSettings | None = None, maps: MapSettings | None = None,
-                      run_settings: RunSettings | None = None) -> Path:
+                      run_settings: RunSettings | None = None, frame: int | None = None) -> Path:
     """Explain one image file: decision, top concepts with regions, mutual knowledge, deletion chart, similarity maps.
 
     Args:
@@ -87,6 +87,7 @@ def run_explain_image(image: Path, *, model: str, classes: Sequence[str] | None 
         store: the model store folder (``None``: default).
         concepts, deletion, maps: settings sections (defaults when ``None``).
         run_settings: output root, run name, device, seed.
+        frame: the frame of a multi-frame DICOM image.
 
     Returns:
         The path of the run's ``index.html``.
@@ -99,7 +100,7 @@ def run_explain_image(image: Path, *, model: str, classes: Sequence[str] | None 
         raise ConfigError("give --classes (a zero-shot decision to explain) or --report (an image-report similarity to map)")
     run_settings = run_settings or RunSettings()
     concepts, deletion, maps = concepts or ConceptSettings(), deletion or DeletionSettings(), maps or MapSettings()
-    pixels, _ = read_image(image)
+    pixels, _ = read_image(image, frame=frame)
     explainer = build_explainer(model, store, bank, list(classes) if classes else None, concepts, deletion, maps,
                                 run_settings.device, run_settings.seed)
     explanation = explainer.explain(pixels, report=report)

@@ -14,7 +14,7 @@ from tests.reporting.reporting_helpers import save_tiny_encoder
 from workbench.checkpoints import latest_checkpoint
 from workbench.cli import build_cli
 from workbench.data.phantoms import write_cxr_phantoms
-from workbench.errors import DataError, ImageReadError
+from workbench.errors import EXIT_SOME_INPUTS_FAILED, DataError, ImageReadError
 from workbench.host import create_plugin_manager
 from workbench.model_store import ModelStore
 from workbench_plugins.reporting.features import ReportingEncoder
@@ -95,7 +95,7 @@ def test_train_store_resume_and_report_on_images(tmp_path):
     manifest.write_text("\n".join(json.dumps(row) for row in [{"image": str(image), "question": "Is there cardiomegaly?"},
                                                               {"image": str(broken)}]))
     result = _invoke(["report", "--manifest", str(manifest), "--model", "tiny-explainer", *common])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_SOME_INPUTS_FAILED, result.output  # one of the two images skipped
     batch = json.loads((Path(result.output.strip().splitlines()[-1]).parent / "metrics.json").read_text())
     assert batch["skipped"] == 1 and len(batch["results"]) == 1
 

@@ -15,6 +15,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from workbench.cli import build_cli
+from workbench.errors import EXIT_SOME_INPUTS_FAILED
 from workbench.host import create_plugin_manager
 from tests.helpers.kill_resume import assert_same_tensors
 from workbench.model_store import ModelStore
@@ -25,10 +26,10 @@ TINY = ["data.options={n: 6, size: 64, seed: 2}", "data.patch_size=32", "data.pa
         "train.log_every=1", "inference.roi_size=64", "run.device=cpu"]
 
 
-def invoke(arguments: list[str]) -> Path:
+def invoke(arguments: list[str], status: int = 0) -> Path:
     host = create_plugin_manager()
     result = CliRunner().invoke(build_cli(host), arguments, obj={"host": host}, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == status, result.output
     return Path(result.output.strip().splitlines()[-1])
 
 
@@ -119,7 +120,7 @@ def test_predict_writes_png_nifti_and_dicom_seg_and_skips_a_bad_file(trained, tm
     dicom = Path(get_testdata_file("CT_small.dcm"))
     index = invoke(["vessels", "predict", "weights=vessels-phantom:latest",
                     f"save.store={root / 'store'}", f"run.output_root={tmp_path}", "run.device=cpu", "inference.roi_size=64",
-                    f"inputs=[{phantom_image}, {dicom}, {broken}]"])
+                    f"inputs=[{phantom_image}, {dicom}, {broken}]"], status=EXIT_SOME_INPUTS_FAILED)
     metrics = json.loads((index.parent / "metrics.json").read_text())
     rows = {row["id"]: row for row in metrics["images"]}
     assert set(rows) == {phantom_image.stem, dicom.stem}

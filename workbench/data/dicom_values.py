@@ -130,7 +130,9 @@ def dicom_to_array(
         raise ImageReadError(source, f"zero-size image ({rows} rows x {columns} columns)")
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames > 1 and frame is None:
-        raise ImageReadError(source, f"multi-frame DICOM ({frames} frames); pass frame=<index> to read one frame")
+        raise ImageReadError(
+            source, f"multi-frame DICOM ({frames} frames); choose one with --frame N (frame=N in Python, 0-based)"
+        )
     if frame is not None and not 0 <= frame < frames:
         raise ImageReadError(source, f"frame {frame} requested but the file has {frames} frame(s)")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
