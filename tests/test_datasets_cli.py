@@ -22,7 +22,7 @@ def cli():
 
 def _invoke(cli, arguments: list[str]):
     command, host = cli
-    return CliRunner().invoke(command, arguments, obj={"host": host})
+    return CliRunner().invoke(command, arguments, obj=host)
 
 
 def test_datasets_lists_every_builder_with_its_plugin_and_layout(cli):

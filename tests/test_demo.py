@@ -20,7 +20,7 @@ def test_demo_runs_every_plugin_step_and_writes_one_page(tmp_path):
                       f"train: {{steps: 3, batch_size: 8, checkpoint_every: 3}}, inference: {{roi_size: 64}}, save: {{store: {tmp_path / 'store'}}}}}}}")
     result = CliRunner().invoke(build_cli(host), ["demo", "--config", "configs/demo.yaml", f"run.output_root={tmp_path}",
                                                   "data.cxr_studies=8", "data.fundus_images=2", "run.device=cpu", small_pretrain],
-                                obj={"host": host}, catch_exceptions=False)
+                                obj=host, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     index = Path(result.output.strip().splitlines()[-1])
     page = index.read_text()

@@ -46,7 +46,7 @@ def test_the_documented_plugin_trains_scores_and_stores(installed_example: Path)
     assert host.plugins["blob"].ok and host.models.entry("blob-linear").plugin == "blob"
     runs = installed_example / "runs"
     arguments = ["blob-train", f"run.output_root={runs}", "run.device=cpu", "run.name=first"]
-    result = CliRunner().invoke(build_cli(host), arguments, obj={"host": host}, catch_exceptions=False)
+    result = CliRunner().invoke(build_cli(host), arguments, obj=host, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     accuracy = float(re.search(r"accuracy ([0-9.]+)", result.output).group(1))
     assert accuracy >= 0.95  # two blobs 4 standard deviations apart
@@ -61,7 +61,7 @@ def test_resuming_a_finished_run_stores_no_second_version(installed_example: Pat
     host = create_plugin_manager()
     runs = installed_example / "runs"
     cli = build_cli(host)
-    first = CliRunner().invoke(cli, ["blob-train", f"run.output_root={runs}", "run.device=cpu", "run.name=once"], obj={"host": host})
+    first = CliRunner().invoke(cli, ["blob-train", f"run.output_root={runs}", "run.device=cpu", "run.name=once"], obj=host)
     assert first.exit_code == 0, first.output
     from workbench.training_job import run_training_job
 

@@ -120,7 +120,7 @@ def test_duplicate_command_names_both_plugins(plugin_site: Path):
     cli = build_cli(host)
     duplicate = host.plugins["zz-duplicate"]
     assert "'hello-test'" in duplicate.error and "'good'" in duplicate.error and "'zz-duplicate'" in duplicate.error
-    result = CliRunner().invoke(cli, ["hello-test"], obj={"host": host})
+    result = CliRunner().invoke(cli, ["hello-test"], obj=host)
     assert result.exit_code == 0 and "hello from the good plugin" in result.output
     assert host.commands.entry("hello-test").plugin == "good"
     assert host.commands.entry("phantoms").plugin == "builtin"
@@ -128,7 +128,7 @@ def test_duplicate_command_names_both_plugins(plugin_site: Path):
 
 def test_plugins_json_lists_errors(plugin_site: Path):
     host = create_plugin_manager()
-    result = CliRunner().invoke(build_cli(host), ["plugins", "--json"], obj={"host": host})
+    result = CliRunner().invoke(build_cli(host), ["plugins", "--json"], obj=host)
     assert result.exit_code == 0, result.output
     listed = {info["name"]: info for info in json.loads(result.output)}
     assert set(ENTRY_POINTS) | {"builtin"} <= set(listed)

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from workbench import hookimpl
+from workbench.host import Host, pass_host
 from workbench.config import config_options, load_settings, resumable_config_options
 
 PLUGIN_NAME = "contrastive"
@@ -36,26 +37,25 @@ def workbench_register_datasets(catalog: Any) -> None:
     catalog.add_builder("report-manifest", build_report_manifest, description="a CSV/JSONL manifest with image and report columns")
 
 
-def _builders() -> Any:
-    return click.get_current_context().find_root().obj["host"].datasets.builders
-
 
 @click.command("pretrain")
 @resumable_config_options
-def pretrain_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
+@pass_host
+def pretrain_command(host: Host, config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
     """Report-paired contrastive pretraining (CLIP, SigLIP, ConVIRT, FLAIR, COSMOS); torchrun-ready."""
     from workbench_plugins.contrastive.pretrain import run_pretrain
     from workbench_plugins.contrastive.settings import PretrainSettings
 
     settings = load_settings(PretrainSettings, config, overrides)
-    outcome = run_pretrain(settings, _builders(), resume=resume)
+    outcome = run_pretrain(settings, host.datasets.builders, resume=resume)
     click.echo(str((outcome.run.path / "index.html").resolve()))
 
 
 @click.command("eval")
 @click.argument("task", type=click.Choice(["retrieval", "zeroshot", "linear-probe", "all"]))
 @config_options
-def eval_command(task: str, config: Path | None, overrides: tuple[str, ...]) -> None:
+@pass_host
+def eval_command(host: Host, task: str, config: Path | None, overrides: tuple[str, ...]) -> None:
     """Evaluate a stored encoder: retrieval R@1/5/10, zero-shot AUROC or a linear probe at 1/10/100 % of labels."""
     from workbench_plugins.contrastive.evaluate_job import run_evaluation
     from workbench_plugins.contrastive.settings import EvaluateSettings
@@ -63,7 +63,7 @@ def eval_command(task: str, config: Path | None, overrides: tuple[str, ...]) -> 
     settings = load_settings(EvaluateSettings, config, overrides)
     wanted = {"retrieval": {"retrieval"}, "zeroshot": {"zeroshot"}, "linear-probe": {"linear_probe"}, "all": {"retrieval", "zeroshot", "linear_probe"}}[task]
     settings.eval = settings.eval.model_copy(update={name: name in wanted for name in ("retrieval", "zeroshot", "linear_probe")})
-    index = run_evaluation(settings, _builders())
+    index = run_evaluation(settings, host.datasets.builders)
     click.echo(str(index.resolve()))
 
 

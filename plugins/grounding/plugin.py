@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from workbench import hookimpl
+from workbench.host import Host, pass_host
 from workbench.config import RunSettings, config_options, load_settings, resumable_config_options
 from workbench.errors import batch_exit_status
 
@@ -45,9 +46,6 @@ def workbench_register_metrics(metrics: Any) -> None:
     metrics.add("grounding-scores", grounding_metrics.GroundingScores, description="CNR, pointing, mIoU sweep, box acc@0.5 per category")
 
 
-def _builders() -> Any:
-    return click.get_current_context().find_root().obj["host"].datasets.builders
-
 
 @click.group("ground", invoke_without_command=True)
 @click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None, help="ground phrases on this image")
@@ -64,7 +62,8 @@ def _builders() -> Any:
 @click.option("--output-root", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"), show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
-def ground_group(ctx: click.Context, image: Path | None, phrases: tuple[str, ...], frame: int | None, manifest: Path | None, encoder: str, head: str | None,
+@pass_host
+def ground_group(host: Host, ctx: click.Context, image: Path | None, phrases: tuple[str, ...], frame: int | None, manifest: Path | None, encoder: str, head: str | None,
                  store: Path | None, method: str, saliency: Path | None, output_root: Path, device: str) -> None:
     """Phrase grounding: heatmaps and boxes for report phrases (zero-shot from a stored encoder, or a trained head)."""
     if ctx.invoked_subcommand is not None:
@@ -84,7 +83,7 @@ def ground_group(ctx: click.Context, image: Path | None, phrases: tuple[str, ...
         settings = GroundSettings(run=run_settings, head=head,
                                   data={"dataset": "box-manifest", "root": manifest, "eval_split": ["train", "val", "test"]},
                                   encoder={"name": encoder, "store": store}, zero_shot={"method": method})
-        outcome = run_ground_evaluate(settings, _builders())
+        outcome = run_ground_evaluate(settings, host.datasets.builders)
         click.echo(str((outcome.run.path / "index.html").resolve()))
         _exit_with_batch_status(outcome.metrics)
         return
@@ -99,24 +98,26 @@ def _exit_with_batch_status(metrics: dict[str, Any]) -> None:
 
 @ground_group.command("evaluate")
 @config_options
-def evaluate_command(config: Path | None, overrides: tuple[str, ...]) -> None:
+@pass_host
+def evaluate_command(host: Host, config: Path | None, overrides: tuple[str, ...]) -> None:
     """Ground and score every held-out phrase: CNR, pointing game, mIoU sweep, box acc@0.5, per category."""
     from workbench_plugins.grounding.run import run_ground_evaluate
     from workbench_plugins.grounding.settings import GroundSettings
 
-    outcome = run_ground_evaluate(load_settings(GroundSettings, config, overrides), _builders())
+    outcome = run_ground_evaluate(load_settings(GroundSettings, config, overrides), host.datasets.builders)
     click.echo(str((outcome.run.path / "index.html").resolve()))
     _exit_with_batch_status(outcome.metrics)
 
 
 @ground_group.command("train")
 @resumable_config_options
-def train_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
+@pass_host
+def train_command(host: Host, config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
     """Train a grounding head (box L1 + GIoU, heatmap BCE + Dice) on a frozen stored encoder; store it with task 'grounding'."""
     from workbench_plugins.grounding.settings import GroundTrainSettings
     from workbench_plugins.grounding.train_job import run_ground_train
 
-    outcome = run_ground_train(load_settings(GroundTrainSettings, config, overrides), _builders(), resume=resume)
+    outcome = run_ground_train(load_settings(GroundTrainSettings, config, overrides), host.datasets.builders, resume=resume)
     click.echo(str((outcome.run.path / "index.html").resolve()))
 
 

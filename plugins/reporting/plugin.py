@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from workbench import hookimpl
+from workbench.host import Host, pass_host
 from workbench.config import RunSettings, load_settings, resumable_config_options
 from workbench.errors import batch_exit_status
 
@@ -42,9 +43,6 @@ def workbench_register_metrics(metrics: Any) -> None:
     metrics.add("report-rouge-l", lambda: report_metrics.rouge_l, description="mean ROUGE-L F (rouge-score) of generated text")
     metrics.add("report-edit-score", lambda: report_metrics.score_edit, description="an edit against its draft's injected error: fixed, damage")
 
-
-def _builders() -> Any:
-    return click.get_current_context().find_root().obj["host"].datasets.builders
 
 
 @click.group("report", invoke_without_command=True)
@@ -87,12 +85,13 @@ def report_group(ctx: click.Context, image: Path | None, frame: int | None, ques
 
 @report_group.command("train")
 @resumable_config_options
-def train_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
+@pass_host
+def train_command(host: Host, config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
     """Train an answer-and-explain decoder or a report editor on a frozen stored encoder; store it with task 'reporting'."""
     from workbench_plugins.reporting.settings import ReportTrainSettings
     from workbench_plugins.reporting.train_job import run_report_train
 
-    outcome = run_report_train(load_settings(ReportTrainSettings, config, overrides), _builders(), resume=resume)
+    outcome = run_report_train(load_settings(ReportTrainSettings, config, overrides), host.datasets.builders, resume=resume)
     click.echo(str((outcome.run.path / "index.html").resolve()))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from workbench import hookimpl
+from workbench.host import Host, pass_host
 from workbench.config import config_options, load_settings, resumable_config_options
 
 PLUGIN_NAME = "vessels"
@@ -29,9 +30,6 @@ def workbench_register_datasets(catalog: Any) -> None:
     register_vessel_datasets(catalog)
 
 
-def _builders() -> Any:
-    return click.get_current_context().find_root().obj["host"].datasets.builders
-
 
 @click.group("vessels")
 def vessels_group() -> None:
@@ -40,23 +38,24 @@ def vessels_group() -> None:
 
 @vessels_group.command("train")
 @resumable_config_options
-def train_command(config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
+@pass_host
+def train_command(host: Host, config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
     """Train a vessel network on patches, then predict and score the held-out images."""
     from workbench_plugins.vessels.run import run_train
     from workbench_plugins.vessels.settings import VesselTrainSettings
 
     settings = load_settings(VesselTrainSettings, config, overrides)
-    outcome = run_train(settings, _builders(), resume=resume)
+    outcome = run_train(settings, host.datasets.builders, resume=resume)
     click.echo(str((outcome.run.path / "index.html").resolve()))
 
 
-def _predict(config: Path | None, overrides: tuple[str, ...], score: bool, frame: int | None = None) -> None:
+def _predict(host: Host, config: Path | None, overrides: tuple[str, ...], score: bool, frame: int | None = None) -> None:
     from workbench.errors import batch_exit_status
     from workbench_plugins.vessels.run import run_predict
     from workbench_plugins.vessels.settings import VesselPredictSettings
 
     settings = load_settings(VesselPredictSettings, config, [*overrides, *([f"frame={frame}"] if frame is not None else [])])
-    outcome = run_predict(settings, _builders(), score=score)
+    outcome = run_predict(settings, host.datasets.builders, score=score)
     click.echo(str((outcome.run.path / "index.html").resolve()))
     # exit 3 when some images were skipped, 4 when all were
     click.get_current_context().exit(batch_exit_status(len(outcome.rows) + outcome.skipped, outcome.skipped))
@@ -65,16 +64,18 @@ def _predict(config: Path | None, overrides: tuple[str, ...], score: bool, frame
 @vessels_group.command("predict")
 @config_options
 @click.option("--frame", type=click.IntRange(min=0), default=None, help="frame of multi-frame DICOM inputs (0-based)")
-def predict_command(config: Path | None, overrides: tuple[str, ...], frame: int | None) -> None:
+@pass_host
+def predict_command(host: Host, config: Path | None, overrides: tuple[str, ...], frame: int | None) -> None:
     """Predict vessel masks (PNG, NIfTI, DICOM SEG) with connectivity overlays for files or a dataset split."""
-    _predict(config, overrides, score=False, frame=frame)
+    _predict(host, config, overrides, score=False, frame=frame)
 
 
 @vessels_group.command("evaluate")
 @config_options
-def evaluate_command(config: Path | None, overrides: tuple[str, ...]) -> None:
+@pass_host
+def evaluate_command(host: Host, config: Path | None, overrides: tuple[str, ...]) -> None:
     """Predict a dataset split and score it against its references: metrics.json and index.html worst first."""
-    _predict(config, overrides, score=True)
+    _predict(host, config, overrides, score=True)
 
 
 @hookimpl

@@ -73,7 +73,7 @@ def pretrained_run(pair_manifest, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pretrain")
     config = tiny_config(folder, pair_manifest)
     host = create_plugin_manager()
-    result = CliRunner().invoke(build_cli(host), ["pretrain", "--config", str(folder / "config.yaml")], obj={"host": host}, catch_exceptions=False)
+    result = CliRunner().invoke(build_cli(host), ["pretrain", "--config", str(folder / "config.yaml")], obj=host, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     index = Path(result.output.strip().splitlines()[-1])
     return index.parent, config
@@ -125,7 +125,7 @@ def test_eval_command_scores_the_stored_encoder_and_a_random_floor(pretrained_ru
     outputs = {}
     for name, extra in (("stored", []), ("random", ["random=true", "model=dual-vit-tiny-minilm", "model_options={image_size: 32, context_length: 32}"])):
         result = CliRunner().invoke(cli, ["eval", "retrieval", "--config", str(eval_config), f"run.output_root={tmp_path / name}", *extra],
-                                    obj={"host": host}, catch_exceptions=False)
+                                    obj=host, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         outputs[name] = json.loads((Path(result.output.strip().splitlines()[-1]).parent / "metrics.json").read_text())["eval"]
     stored = json.loads((run / "metrics.json").read_text())["pretrain"]["retrieval"]

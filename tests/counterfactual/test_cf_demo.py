@@ -16,7 +16,7 @@ def test_demo_step_explains_phantom_cases(tmp_path):
                "explain: {max_cases: 3, shown: 2, steps: 3}}}")
     result = CliRunner().invoke(build_cli(host), ["demo", "--config", "configs/demo.yaml", f"run.output_root={tmp_path}", "data.cxr_studies=4",
                                                   "data.fundus_images=2", "run.device=cpu", "steps=[counterfactual]", options],
-                                obj={"host": host}, catch_exceptions=False)
+                                obj=host, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     index = next(line for line in reversed(result.output.strip().splitlines()) if line.endswith("index.html"))
     page = open(index, encoding="utf-8").read()

@@ -47,7 +47,7 @@ def test_loss_is_zero_for_boxes_on_target_and_grows_with_the_error():
 
 def _invoke(arguments: list[str]):
     host = create_plugin_manager()
-    return CliRunner().invoke(build_cli(host), arguments, obj={"host": host}, catch_exceptions=False)
+    return CliRunner().invoke(build_cli(host), arguments, obj=host, catch_exceptions=False)
 
 
 def test_ground_train_stores_a_head_that_grounds_and_resumes(tmp_path):

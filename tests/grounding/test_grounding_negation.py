@@ -17,7 +17,7 @@ from workbench_plugins.grounding.zero_shot import peak_response
 
 def _invoke(arguments: list[str]):
     host = create_plugin_manager()
-    return CliRunner().invoke(build_cli(host), arguments, obj={"host": host}, catch_exceptions=False)
+    return CliRunner().invoke(build_cli(host), arguments, obj=host, catch_exceptions=False)
 
 
 @pytest.mark.slow

@@ -125,7 +125,7 @@ def test_a_cnn_tower_is_named_when_patch_tokens_are_needed_and_occlusion_still_w
 
 def _invoke(arguments: list[str]):
     host = create_plugin_manager()
-    return CliRunner().invoke(build_cli(host), arguments, obj={"host": host})
+    return CliRunner().invoke(build_cli(host), arguments, obj=host)
 
 
 def test_ground_command_on_one_image_writes_overlays_metrics_and_the_saliency_overlap(workspace, tmp_path):

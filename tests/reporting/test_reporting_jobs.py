@@ -21,7 +21,7 @@ from workbench_plugins.reporting.features import ReportingEncoder
 
 def _invoke(arguments: list[str]):
     host = create_plugin_manager()
-    return CliRunner().invoke(build_cli(host), arguments, obj={"host": host}, catch_exceptions=False)
+    return CliRunner().invoke(build_cli(host), arguments, obj=host, catch_exceptions=False)
 
 
 def _config(tmp_path: Path, reference: str, model: str, name: str) -> Path:

@@ -22,7 +22,7 @@ from tests.helpers.shared_data import CHASE_DB1 as CHASE, requires_chase_db1
 
 def run_cli(arguments: list[str]):
     host = create_plugin_manager(autoload=False, extra_plugins=[("vessels", vessels_plugin)])
-    return CliRunner().invoke(build_cli(host), arguments, obj={"host": host}, catch_exceptions=False)
+    return CliRunner().invoke(build_cli(host), arguments, obj=host, catch_exceptions=False)
 
 
 def line_mask(cut: bool = False) -> np.ndarray:

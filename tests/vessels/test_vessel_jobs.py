@@ -28,7 +28,7 @@ TINY = ["data.options={n: 6, size: 64, seed: 2}", "data.patch_size=32", "data.pa
 
 def invoke(arguments: list[str], status: int = 0) -> Path:
     host = create_plugin_manager()
-    result = CliRunner().invoke(build_cli(host), arguments, obj={"host": host}, catch_exceptions=False)
+    result = CliRunner().invoke(build_cli(host), arguments, obj=host, catch_exceptions=False)
     assert result.exit_code == status, result.output
     return Path(result.output.strip().splitlines()[-1])
 
@@ -139,7 +139,7 @@ def test_export_bundle_of_the_trained_network(trained, tmp_path):
     out = tmp_path / "bundle"
     host = create_plugin_manager()
     result = CliRunner().invoke(build_cli(host), ["export-bundle", "vessels-phantom:latest", str(out), "--store", str(trained["root"] / "store")],
-                                obj={"host": host}, catch_exceptions=False)
+                                obj=host, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     inference = json.loads((out / "configs" / "inference.json").read_text())
     assert {"network_def", "preprocessing", "inferer", "postprocessing"} <= set(inference)

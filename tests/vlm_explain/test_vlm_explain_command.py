@@ -33,7 +33,7 @@ def workspace(tmp_path_factory):
 
 def _invoke(arguments: list[str]):
     host = create_plugin_manager()
-    return CliRunner().invoke(build_cli(host), arguments, obj={"host": host})
+    return CliRunner().invoke(build_cli(host), arguments, obj=host)
 
 
 def test_one_image_gets_a_page_with_decision_concepts_regions_and_similarity_maps(workspace, tmp_path):

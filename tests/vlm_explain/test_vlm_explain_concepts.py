@@ -59,7 +59,7 @@ def test_concepts_command_mines_the_training_reports_of_a_manifest(tmp_path):
     host = create_plugin_manager()
     out = tmp_path / "concepts.txt"
     result = CliRunner().invoke(build_cli(host), ["explain-vlm", "concepts", "--manifest", str(manifest), "--out", str(out),
-                                                  "--min-count", "2", "--split", "train"], obj={"host": host})
+                                                  "--min-count", "2", "--split", "train"], obj=host)
     assert result.exit_code == 0, result.output
     bank = read_concept_bank(out)
     assert "pleural effusion" in bank and "cardiomegaly" in bank
