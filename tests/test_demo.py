@@ -13,13 +13,15 @@ from workbench.host import create_plugin_manager
 
 def test_demo_runs_every_plugin_step_and_writes_one_page(tmp_path):
     host = create_plugin_manager()
-    small_pretrain = ("options={contrastive-pretrain: {data: {options: {n: 64, size: 128}}, "
-                      "model: {options: {image_size: 32, context_length: 32}}, train: {steps: 3, batch_size: 8, checkpoint_every: 3}, "
-                      f"save: {{store: {tmp_path / 'store'}}}}}, "
-                      "vessels: {data: {patch_size: 32, patches_per_image: 4}, model: {options: {channels: [8, 16, 32], strides: [2, 2]}}, "
-                      f"train: {{steps: 3, batch_size: 8, checkpoint_every: 3}}, inference: {{roi_size: 64}}, save: {{store: {tmp_path / 'store'}}}}}}}")
+    store = tmp_path / "store"
+    small = [f"options.contrastive-pretrain.{key}" for key in (
+        "data.options.n=64", "model.options.image_size=32", "model.options.context_length=32", "train.steps=3", "train.batch_size=8",
+        "train.checkpoint_every=3", f"save.store={store}")]
+    small += [f"options.vessels.{key}" for key in (
+        "data.patch_size=32", "data.patches_per_image=4", "model.options.channels=[8, 16, 32]", "model.options.strides=[2, 2]",
+        "train.steps=3", "train.batch_size=8", "train.checkpoint_every=3", "inference.roi_size=64", f"save.store={store}")]
     result = CliRunner().invoke(build_cli(host), ["demo", "--config", "configs/demo.yaml", f"run.output_root={tmp_path}",
-                                                  "data.cxr_studies=8", "data.fundus_images=2", "run.device=cpu", small_pretrain],
+                                                  "data.cxr_studies=8", "data.fundus_images=2", "run.device=cpu", *small],
                                 obj=host, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     index = Path(result.output.strip().splitlines()[-1])
@@ -30,3 +32,34 @@ def test_demo_runs_every_plugin_step_and_writes_one_page(tmp_path):
     timings = json.loads((index.parent / "metrics.json").read_text())["demo_timings"]
     assert set(timings) >= {"phantoms_s", "contrastive-pretrain_s", "vessels_s", "vlm-explain_s"}
     assert json.loads((index.parent / "metrics.json").read_text())["pretrain"]["steps"] == 3
+
+
+def test_every_demo_step_section_validates_against_its_jobs_settings():
+    import yaml
+
+    from workbench.config import load_settings
+    from workbench_plugins.contrastive.settings import PretrainSettings
+    from workbench_plugins.counterfactual.settings import CaeTrainSettings, ClassifyTrainSettings
+    from workbench_plugins.counterfactual.settings import ExplainSettings as CounterfactualExplainSettings
+    from workbench_plugins.grounding.settings import GroundSettings
+    from workbench_plugins.vessels.settings import VesselTrainSettings
+    from workbench_plugins.vlm_explain.settings import ExplainSettings as VlmExplainSettings
+
+    options = yaml.safe_load(Path("configs/demo.yaml").read_text())["options"]
+    counterfactual = options["counterfactual"]
+    sections = [(PretrainSettings, options["contrastive-pretrain"]), (VesselTrainSettings, options["vessels"]),
+                (GroundSettings, options["grounding"]), (VlmExplainSettings, options["vlm-explain"]),
+                (ClassifyTrainSettings, {"data": counterfactual["data"], **counterfactual["classify"]}),
+                (CaeTrainSettings, {"data": counterfactual["data"], **counterfactual["cae"]}),
+                (CounterfactualExplainSettings, {"data": counterfactual["data"], **counterfactual["explain"]})]
+    for settings_class, section in sections:
+        load_settings(settings_class, None, [], defaults=section)  # raises naming the key on a typo
+    assert set(options) == {"contrastive-pretrain", "vessels", "grounding", "counterfactual", "vlm-explain"}
+
+
+def test_a_demo_step_without_its_section_names_the_section(tmp_path):
+    host = create_plugin_manager()
+    result = CliRunner().invoke(build_cli(host), ["demo", f"run.output_root={tmp_path}", "data.cxr_studies=4", "data.fundus_images=2",
+                                                  "run.device=cpu", "steps=[vessels]"], obj=host)
+    assert result.exit_code != 0
+    assert "demo step 'vessels' has no settings: give them under options.vessels" in str(result.exception)

@@ -260,3 +260,14 @@ __all__ = [
     "config_options",
     "format_validation_error",
 ]
+
+
+def merge_options(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, nested dicts merged key by key (neither input is changed).
+
+    Used by demo steps: the run's own values, then the step's section of the demo config.
+    """
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = merge_options(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged

@@ -13,16 +13,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from workbench.catalogs import NamedCatalog, PluginScope
-from workbench.config import RunSettings, StrictModel
-from workbench.errors import PluginError
+from workbench.config import RunSettings, StrictModel, load_settings, merge_options
+from workbench.errors import ConfigError, PluginError
 from workbench.report import HtmlReport, RunFolder
 
 logger = logging.getLogger("workbench.demo")
+SettingsT = TypeVar("SettingsT")
 
 
 class DemoDataSettings(StrictModel):
@@ -75,6 +76,37 @@ class DemoContext:
     def options(self, step: str) -> dict[str, Any]:
         """The per-step options from ``settings.options[step]`` (empty when none)."""
         return dict(self.settings.options.get(step, {}))
+
+    def run_values(self, output_root: Path | str | None = None, precision: bool = True) -> dict[str, Any]:
+        """The ``run`` section every step takes from the demo itself: seed, device, precision and where it writes."""
+        values: dict[str, Any] = {"seed": self.settings.run.seed, "device": str(self.device), "output_root": str(output_root or self.run.path)}
+        if precision:
+            values["precision"] = self.settings.run.precision
+        return values
+
+    def step_settings(self, step: str, settings_class: type[SettingsT], own: dict[str, Any], section: dict[str, Any] | None = None) -> SettingsT:
+        """A step's job settings: its section of the demo config with the run's own values under it.
+
+        The demo's sizes and budgets live in ``configs/demo.yaml`` (``options.<step>``), never in code; a
+        step adds only what the run decides (seed, device, folders, the encoder an earlier step stored).
+
+        Args:
+            step: the step's name (its key under ``options``).
+            settings_class: the job's settings class.
+            own: the values the run decides, laid under the config section (the config may still override them).
+            section: the config section to use (default ``options[step]``; a sub-section for steps with several jobs).
+
+        Returns:
+            The validated settings.
+
+        Raises:
+            ConfigError: the demo config has no section for the step, or a key in it is wrong (named).
+        """
+        section = self.options(step) if section is None else section
+        if not section:
+            raise ConfigError(f"demo step {step!r} has no settings: give them under options.{step} (see configs/demo.yaml), "
+                              "e.g. workbench demo --config configs/demo.yaml")
+        return load_settings(settings_class, None, [], defaults=merge_options(own, section))
 
 
 @dataclass(frozen=True)

@@ -181,14 +181,3 @@ def train_and_held_out(data: Any, builders: Any, output_root: Path, skipped: Ski
 def split_records(records: Sequence[dict], wanted: Sequence[str], default: str | None = None) -> list[dict]:
     """The records whose ``split`` (``default`` when absent) is one of ``wanted``, in their order."""
     return [record for record in records if record.get("split", default) in wanted]
-
-
-def merge_options(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``update`` laid over it, nested dicts merged key by key (neither input is changed).
-
-    Used by demo steps: their defaults, then the user's ``options.<step>`` from the demo config.
-    """
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = merge_options(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged

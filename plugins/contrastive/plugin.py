@@ -75,23 +75,14 @@ def workbench_add_commands(cli: Any) -> None:
 
 
 def demo_pretrain(context: Any) -> None:
-    """Demo step: pretrain briefly on chest phantoms and show retrieval examples."""
-    from workbench.jobs import merge_options
+    """Demo step: pretrain briefly on chest phantoms (settings: ``options.contrastive-pretrain`` of the demo config)."""
     from workbench_plugins.contrastive.pretrain import run_pretrain
     from workbench_plugins.contrastive.settings import PretrainSettings
 
     options = context.options("contrastive-pretrain")
-    defaults = {
-        "run": {"seed": context.settings.run.seed, "device": str(context.device), "precision": context.settings.run.precision,
-                "output_root": str(context.run.path)},
-        "data": {"dataset": "phantom-cxr", "root": str(context.run.path / "data" / "cxr-pretrain"),
-                 "options": {"n": 400, "size": 128, "seed": context.settings.run.seed}},
-        "model": {"preset": "dual-vit-tiny-conv-minilm", "options": {"image_size": 64, "context_length": 64}, "text_unlocked_layers": 0},
-        "train": {"steps": 120, "batch_size": 64, "lr": 1e-3, "warmup_steps": 10, "checkpoint_every": 60, "log_every": 20},
-        "eval": {"examples": 3, "probe_fractions": [0.1, 1.0]},
-        "save": {"name": "contrastive-demo"},
-    }
-    settings = load_settings(PretrainSettings, None, [], defaults=merge_options(defaults, options))
+    data_options = {"seed": context.settings.run.seed, **((options.get("data") or {}).get("options") or {})}
+    own = {"run": context.run_values(), "data": {"root": str(context.run.path / "data" / "cxr-pretrain"), "options": data_options}}
+    settings = context.step_settings("contrastive-pretrain", PretrainSettings, own)
     outcome = run_pretrain(settings, context.host.datasets.builders, report=context.report, run=context.run, progress=False)
     context.results["contrastive-pretrain"] = outcome
 

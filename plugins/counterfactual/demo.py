@@ -1,23 +1,17 @@
 """The ``counterfactual`` step of ``workbench demo``: classifier, CAE and a few explained phantom cases on one page.
 
-The defaults are small so the demo (and its test) stays quick on a CPU; ``configs/demo.yaml`` can
-pass larger ones under ``options.counterfactual`` (sections ``classify``, ``cae``, ``explain``,
-each overriding that job's settings, plus ``phantoms``: ``{n, size, seed}`` and ``image_size``).
+Its sizes and budgets are in ``configs/demo.yaml`` under ``options.counterfactual``: ``data`` (the
+data settings the three jobs share: ``image_size``, ``phantoms: {n, size}``) and the sections
+``classify``, ``cae`` and ``explain`` (each that job's own settings); the step adds only what the
+run decides (seed, device, folders, the store).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from workbench.config import load_settings
+from workbench.config import merge_options
 from workbench.report import RunFolder
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
 
 
 def demo_counterfactual(context: Any) -> None:
@@ -31,21 +25,18 @@ def demo_counterfactual(context: Any) -> None:
     root = context.run.path / "counterfactual"
     store = str(root / "store")
     data = {"source": "phantoms", "root": str(context.run.path / "data" / "cxr-counterfactual"),
-            "phantoms": dict({"n": 60, "size": 128, "seed": context.settings.run.seed}, **options.get("phantoms", {})),
-            "image_size": int(options.get("image_size", 32)), "cache": "memory"}
-    run = {"seed": context.settings.run.seed, "device": str(context.device), "precision": context.settings.run.precision, "output_root": str(root)}
-    classify = _merge({"run": run, "data": data, "model": {"network": "classifier-resnet18"},
-                       "train": {"steps": 15, "batch_size": 16, "lr": 0.002, "checkpoint_every": 15, "log_every": 5},
-                       "save": {"name": "demo-classifier", "store": store}, "examples": 0}, options.get("classify", {}))
-    cae = _merge({"run": run, "data": data, "model": {"dim": 8, "n_res": 2, "mlp_dim": 64, "disc_dim": 8, "disc_layers": 3},
-                  "train": {"steps": 8, "batch_size": 8, "checkpoint_every": 8, "log_every": 4},
-                  "save": {"name": "demo-cae", "store": store}, "examples": 0}, options.get("cae", {}))
-    explain = _merge({"run": run, "data": data, "classifier": "demo-classifier", "cae": "demo-cae", "store": store, "max_cases": 4,
-                      "shown": 2, "evaluate": True, "baselines": ["gradcam"]}, options.get("explain", {}))
-    classified = run_classify_train(load_settings(ClassifyTrainSettings, None, [], defaults=classify), context.host.datasets.builders,
-                                    progress=False)
-    trained = run_cae_train(load_settings(CaeTrainSettings, None, [], defaults=cae), context.host.datasets.builders, progress=False)
-    explained_run, summary = run_explain(load_settings(ExplainSettings, None, [], defaults=explain), context.host.datasets.builders)
+            "phantoms": {"seed": context.settings.run.seed}, "cache": "memory"}
+    own = {"run": context.run_values(root), "data": merge_options(data, options.get("data") or {})}
+
+    def job_settings(job: str, settings_class: type, extra: dict[str, Any]) -> Any:
+        return context.step_settings("counterfactual", settings_class, merge_options(own, extra), section=options.get(job) or {})
+
+    classify = job_settings("classify", ClassifyTrainSettings, {"save": {"store": store}})
+    cae = job_settings("cae", CaeTrainSettings, {"save": {"store": store}})
+    explain = job_settings("explain", ExplainSettings, {"classifier": classify.save.name, "cae": cae.save.name, "store": store})
+    classified = run_classify_train(classify, context.host.datasets.builders, progress=False)
+    trained = run_cae_train(cae, context.host.datasets.builders, progress=False)
+    explained_run, summary = run_explain(explain, context.host.datasets.builders)
     context.results["counterfactual"] = {"classifier": classified.stored, "cae": trained.stored, "explain": summary}
     _add_section(context, explained_run, classified.metrics, trained.metrics, summary)
 

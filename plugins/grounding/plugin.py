@@ -128,35 +128,20 @@ def workbench_add_commands(cli: Any) -> None:
 
 
 def demo_grounding(context: Any) -> None:
-    """Demo step: ground the phantoms' phrases zero-shot with the encoder the contrastive step stored."""
+    """Demo step: ground the phantoms' phrases with the encoder the contrastive step stored (``options.grounding``)."""
     from workbench_plugins.grounding.run import run_ground_evaluate
     from workbench_plugins.grounding.settings import GroundSettings
 
-    pretrained = context.results.get("contrastive-pretrain")
-    stored = getattr(pretrained, "stored", None)
+    stored = getattr(context.results.get("contrastive-pretrain"), "stored", None)
     if not stored:
         context.report.section("Phrase grounding").text("skipped: the contrastive step stored no encoder")
         return
-    options = context.options("grounding")
-    defaults = {
-        "run": {"seed": context.settings.run.seed, "device": str(context.device), "output_root": str(context.run.path)},
-        "data": {"dataset": "box-manifest", "root": str(context.cxr_manifest), "eval_split": ["train", "val", "test"], "max_eval": 12},
-        # the contrastive step's own store (its ``save.store`` option), where it put the encoder
-        "encoder": {"name": stored, "store": (context.options("contrastive-pretrain").get("save") or {}).get("store")},
-        "zero_shot": {"method": "occlusion"},
-        "examples": 6,
-    }
-    settings = load_settings(GroundSettings, None, [], defaults=_merge(defaults, options))
+    own = {"run": context.run_values(precision=False), "data": {"root": str(context.cxr_manifest)},
+           # the contrastive step's own store (its ``save.store`` option), where it put the encoder
+           "encoder": {"name": stored, "store": (context.options("contrastive-pretrain").get("save") or {}).get("store")}}
+    settings = context.step_settings("grounding", GroundSettings, own)
     outcome = run_ground_evaluate(settings, context.host.datasets.builders, report=context.report, run=context.run, progress=False)
     context.results["grounding"] = outcome
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``update`` merged in, section by section."""
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
 
 
 @hookimpl

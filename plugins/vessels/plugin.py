@@ -90,27 +90,14 @@ def workbench_add_commands(cli: Any) -> None:
 
 
 def demo_vessels(context: Any) -> None:
-    """Demo step: train briefly on fundus phantoms and show predictions with their connectivity report."""
-    from workbench.jobs import merge_options
+    """Demo step: train briefly on fundus phantoms and show predictions with their connectivity report (``options.vessels``)."""
     from workbench.report import RunFolder
     from workbench_plugins.vessels.run import run_train
     from workbench_plugins.vessels.settings import VesselTrainSettings
 
-    defaults = {
-        "run": {"seed": context.settings.run.seed, "device": str(context.device), "precision": context.settings.run.precision,
-                "output_root": str(context.run.path)},
-        "data": {"dataset": "phantom-fundus", "root": str(context.run.path / "data" / "fundus-vessels"),
-                 "options": {"n": max(6, context.settings.data.fundus_images), "size": context.settings.data.fundus_size,
-                             "seed": context.settings.run.seed},
-                 "patch_size": 64, "patches_per_image": 8},
-        "model": {"name": "vessel-unet", "options": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2]}},
-        "loss": {"name": "skeleton_recall"},  # as cheap as Dice+CE per step, best clDice on CHASE_DB1 at one budget
-        "train": {"steps": 300, "batch_size": 16, "lr": 2e-3, "warmup_steps": 20, "checkpoint_every": 100, "log_every": 50},
-        # mirrored passes, specks removed, fragments bridged along the probability map (green on the overlay)
-        "inference": {"roi_size": 128, "flips": True, "min_component_area": 20, "bridge_max_cost": 10, "min_isolated_area": 40},
-        "save": {"name": "vessels-demo"},
-    }
-    settings = load_settings(VesselTrainSettings, None, [], defaults=merge_options(defaults, context.options("vessels")))
+    phantoms = {"n": max(6, context.settings.data.fundus_images), "size": context.settings.data.fundus_size, "seed": context.settings.run.seed}
+    own = {"run": context.run_values(), "data": {"root": str(context.run.path / "data" / "fundus-vessels"), "options": phantoms}}
+    settings = context.step_settings("vessels", VesselTrainSettings, own)
     run = RunFolder(context.run.path / "vessels")  # its own checkpoints/ and figures/ inside the demo's folder
     context.results["vessels"] = run_train(settings, context.host.datasets.builders, report=context.report, run=run, progress=False)
 

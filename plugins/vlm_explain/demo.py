@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench.config import load_settings
 from workbench.errors import ConfigError
-from workbench.jobs import merge_options
 
 
 def demo_vlm_explain(context: Any) -> None:
@@ -30,14 +28,10 @@ def demo_vlm_explain(context: Any) -> None:
     except ConfigError as error:
         section.text(f"skipped: {error}")
         return
-    defaults = {
-        "run": {"seed": context.settings.run.seed, "device": str(context.device), "output_root": str(folder)},
-        "model": {"name": stored, "store": (context.options("contrastive-pretrain").get("save") or {}).get("store")},
-        "concepts": {"bank": str(bank), "reference_images": 32},
-        "data": {"manifest": str(context.cxr_manifest), "splits": ["test", "val"], "max_images": 6, "max_map_images": 2},
-        "examples": 2,
-    }
-    settings = load_settings(ExplainSettings, None, [], defaults=merge_options(defaults, context.options("vlm-explain")))
+    own = {"run": context.run_values(folder, precision=False),
+           "model": {"name": stored, "store": (context.options("contrastive-pretrain").get("save") or {}).get("store")},
+           "concepts": {"bank": str(bank)}, "data": {"manifest": str(context.cxr_manifest)}}
+    settings = context.step_settings("vlm-explain", ExplainSettings, own)
     outcome = run_explain_batch(settings, progress=False)
     metrics = outcome.metrics
     section.text(f"{len(outcome.rows)} test images explained with {stored} over {count} concepts mined from the demo's "

@@ -12,10 +12,10 @@ from workbench.host import create_plugin_manager
 
 def test_demo_step_explains_phantom_cases(tmp_path):
     host = create_plugin_manager()
-    options = ("options={counterfactual: {phantoms: {n: 40}, classify: {train: {steps: 3}}, cae: {train: {steps: 2}}, "
-               "explain: {max_cases: 3, shown: 2, steps: 3}}}")
+    small = [f"options.counterfactual.{key}" for key in ("data.phantoms.n=40", "classify.train.steps=3", "cae.train.steps=2",
+                                                         "explain.max_cases=3", "explain.shown=2", "explain.steps=3")]
     result = CliRunner().invoke(build_cli(host), ["demo", "--config", "configs/demo.yaml", f"run.output_root={tmp_path}", "data.cxr_studies=4",
-                                                  "data.fundus_images=2", "run.device=cpu", "steps=[counterfactual]", options],
+                                                  "data.fundus_images=2", "run.device=cpu", "steps=[counterfactual]", *small],
                                 obj=host, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     index = next(line for line in reversed(result.output.strip().splitlines()) if line.endswith("index.html"))
