@@ -56,7 +56,7 @@ def pretrain_encoder(provenance: Any, work_dir: Path, store: Path, tiny: bool, m
         return models["encoder"], {"steps": None, "wall_seconds": None}
     from workbench.config import load_settings
     from workbench.host import create_plugin_manager
-    from workbench_plugins.contrastive.pretrain import run_pretrain
+    from workbench_plugins.contrastive.jobs.pretrain import run_pretrain
     from workbench_plugins.contrastive.settings import PretrainSettings
 
     config = provenance.config(PRETRAIN_CONFIG)

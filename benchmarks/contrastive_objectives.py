@@ -63,8 +63,8 @@ def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "run
     from workbench.config import load_settings
     from workbench.host import create_plugin_manager
     from workbench.provenance import Provenance
-    from workbench_plugins.contrastive.evaluate_job import run_evaluation
-    from workbench_plugins.contrastive.pretrain import run_pretrain
+    from workbench_plugins.contrastive.jobs.evaluation import run_evaluation
+    from workbench_plugins.contrastive.jobs.pretrain import run_pretrain
     from workbench_plugins.contrastive.settings import EvaluateSettings, PretrainSettings
 
     provenance = Provenance("contrastive_objectives", tiny=tiny)

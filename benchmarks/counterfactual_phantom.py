@@ -46,9 +46,9 @@ from workbench.host import create_plugin_manager  # noqa: E402
 from workbench.model_records import parse_ref  # noqa: E402
 from workbench.model_store import ModelStore  # noqa: E402
 from workbench.provenance import Provenance  # noqa: E402
-from workbench_plugins.counterfactual.cae_train import run_cae_train  # noqa: E402
-from workbench_plugins.counterfactual.classify import run_classify_train  # noqa: E402
-from workbench_plugins.counterfactual.explain_job import run_explain  # noqa: E402
+from workbench_plugins.counterfactual.jobs.cae_train import run_cae_train  # noqa: E402
+from workbench_plugins.counterfactual.jobs.classify import run_classify_train  # noqa: E402
+from workbench_plugins.counterfactual.jobs.explain import run_explain  # noqa: E402
 from workbench_plugins.counterfactual.settings import CaeTrainSettings, ClassifyTrainSettings, ExplainSettings  # noqa: E402
 
 METHODS = ("cae", "gradcam", "gradcampp", "occlusion")

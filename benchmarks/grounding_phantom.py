@@ -60,9 +60,9 @@ def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "run
     from workbench.host import create_plugin_manager
     from workbench.provenance import Provenance
     from workbench.selection import Selection, selection_record
-    from workbench_plugins.grounding.run import run_ground_evaluate
+    from workbench_plugins.grounding.jobs.ground import run_ground_evaluate
     from workbench_plugins.grounding.settings import GroundSettings, GroundTrainSettings
-    from workbench_plugins.grounding.train_job import run_ground_train
+    from workbench_plugins.grounding.jobs.train import run_ground_train
 
     models, store = dict(models or {}), Path(store or work_dir / "store")
     provenance = Provenance("grounding_phantom", tiny=tiny)

@@ -45,7 +45,7 @@ from workbench.data.manifests import read_manifest  # noqa: E402
 from workbench.data.phantoms import write_cxr_phantoms  # noqa: E402
 from workbench.devices import select_device  # noqa: E402
 from workbench.host import create_plugin_manager  # noqa: E402
-from workbench_plugins.contrastive.pretrain import run_pretrain  # noqa: E402
+from workbench_plugins.contrastive.jobs.pretrain import run_pretrain  # noqa: E402
 from workbench_plugins.contrastive.settings import PretrainSettings  # noqa: E402
 from workbench_plugins.contrastive.text import usable_report  # noqa: E402
 

@@ -47,7 +47,7 @@ def train(config: Path, overrides: list[str], builders: Any) -> tuple[dict[str, 
     """Run one ``report train`` in one go; returns (its metrics, {run, stored, steps, wall seconds, the last logged scalars})."""
     from workbench.config import load_settings
     from workbench_plugins.reporting.settings import ReportTrainSettings
-    from workbench_plugins.reporting.train_job import run_report_train
+    from workbench_plugins.reporting.jobs.train import run_report_train
 
     started = time.perf_counter()
     outcome = run_report_train(load_settings(ReportTrainSettings, config, overrides), builders, progress=False)

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from workbench.data.phantoms import make_fundus  # noqa: E402
 from workbench.provenance import Provenance  # noqa: E402
-from workbench_plugins.vessels.topology import check_mask, fov_from_fundus  # noqa: E402
-from workbench_plugins.vessels.topology_masks import binarise_mask  # noqa: E402
+from workbench_plugins.vessels.topology.check import check_mask, fov_from_fundus  # noqa: E402
+from workbench_plugins.vessels.topology.masks import binarise_mask  # noqa: E402
 
 SHAPE = (584, 565)  # (H, W)
 from tests.helpers.shared_data import CHASE_DB1 as DEFAULT_CHASE  # noqa: E402  ($WORKBENCH_SHARED_DATA, else ../shared/data)

@@ -68,7 +68,7 @@ def step_seconds(variants: list[str], patch: int, batch: int, rounds: int = 8) -
 
     from workbench.registry import create_model
     from workbench_plugins.vessels.losses import build_vessel_loss
-    from workbench_plugins.vessels.run import SegmentationStep, has_graph_head
+    from workbench_plugins.vessels.jobs import SegmentationStep, has_graph_head
 
     config = yaml.safe_load(CONFIG.read_text())
     label = (torch.rand(batch, 1, patch, patch) > 0.85).float()
@@ -97,8 +97,8 @@ def human_row() -> dict[str, Any]:
     """The second observer against the first on the 8 test images, inside the derived FOVs."""
     from workbench_plugins.vessels.builders import build_chase_db1
     from workbench_plugins.vessels.check import read_mask
-    from workbench_plugins.vessels.scoring import mean_metrics, score_image
-    from workbench_plugins.vessels.topology_masks import fov_from_fundus
+    from workbench_plugins.vessels.metrics import mean_metrics, score_image
+    from workbench_plugins.vessels.topology.masks import fov_from_fundus
     from workbench.data.readers import read_image
 
     rows = []
@@ -129,7 +129,7 @@ def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "run
     from workbench.config import load_settings
     from workbench.errors import ConfigError
     from workbench.provenance import Provenance
-    from workbench_plugins.vessels.run import run_predict, run_train
+    from workbench_plugins.vessels.jobs import run_predict, run_train
     from workbench_plugins.vessels.settings import VesselPredictSettings, VesselTrainSettings
 
     if not CHASE_DB1.is_dir():

@@ -70,8 +70,8 @@ def score_grid(maps: list[dict[str, np.ndarray]], min_area: int, costs: list[flo
     """Mean metrics of every ``(cost, area)`` setting over ``maps``: ``{setting name: {metric: value}}``."""
     from skimage.morphology import remove_small_objects
 
-    from workbench_plugins.vessels.scoring import mean_metrics, postprocess_mask, score_image
-    from workbench_plugins.vessels.topology_repair import bridge_gaps
+    from workbench_plugins.vessels.metrics import mean_metrics, postprocess_mask, score_image
+    from workbench_plugins.vessels.topology.repair import bridge_gaps
 
     rows: dict[str, list[dict[str, Any]]] = {}
     for item in maps:
@@ -112,7 +112,7 @@ def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "run
     from workbench.provenance import Provenance
     from workbench.selection import Selection
     from workbench_plugins.vessels.builders import build_chase_db1
-    from workbench_plugins.vessels.run import run_train
+    from workbench_plugins.vessels.jobs import run_train
     from workbench_plugins.vessels.settings import VesselTrainSettings
 
     if not CHASE_DB1.is_dir():

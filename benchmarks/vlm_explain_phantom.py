@@ -58,7 +58,7 @@ def shuffled_image_null(explained: list[Any], rows: list[dict[str, Any]], explai
     top concept may name the chosen class whatever the image. This null says how much of the score the image carries.
     """
     from workbench_plugins.vlm_explain.decomposition import class_margins
-    from workbench_plugins.vlm_explain.scoring import names_class
+    from workbench_plugins.vlm_explain.metrics import names_class
 
     rng = np.random.default_rng(seed)
     hits = []
@@ -86,8 +86,8 @@ def run(out_path: Path, tiny: bool = False, *, work_dir: Path = REPO_ROOT / "run
     from workbench_plugins.grounding.encoder import GroundingEncoder
     from workbench_plugins.grounding.zero_shot import ground_phrases
     from workbench_plugins.vlm_explain.explain import Explainer, ImageExplanation
-    from workbench_plugins.vlm_explain.run import build_explainer, load_records, reference_images, run_build_concepts
-    from workbench_plugins.vlm_explain.scoring import aggregate_rows, report_sentence_for, score_record
+    from workbench_plugins.vlm_explain.jobs import build_explainer, load_records, reference_images, run_build_concepts
+    from workbench_plugins.vlm_explain.metrics import aggregate_rows, report_sentence_for, score_record
     from workbench_plugins.vlm_explain.settings import ExplainSettings
     from workbench_plugins.vlm_explain.similarity_maps import box_area_fraction, energy_in_box
 

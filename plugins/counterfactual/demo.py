@@ -16,9 +16,9 @@ from workbench.report import RunFolder
 
 def demo_counterfactual(context: Any) -> None:
     """Train a small classifier and CAE on chest phantoms, explain a few test cases, add them to the demo page."""
-    from workbench_plugins.counterfactual.cae_train import run_cae_train
-    from workbench_plugins.counterfactual.classify import run_classify_train
-    from workbench_plugins.counterfactual.explain_job import run_explain
+    from workbench_plugins.counterfactual.jobs.cae_train import run_cae_train
+    from workbench_plugins.counterfactual.jobs.classify import run_classify_train
+    from workbench_plugins.counterfactual.jobs.explain import run_explain
     from workbench_plugins.counterfactual.settings import CaeTrainSettings, ClassifyTrainSettings, ExplainSettings
 
     options = context.options("counterfactual")
@@ -44,7 +44,7 @@ def demo_counterfactual(context: Any) -> None:
 def _add_section(context: Any, explained_run: RunFolder, classifier_metrics: dict[str, Any], cae_metrics: dict[str, Any],
                  summary: dict[str, Any]) -> None:
     """Copy the explanation figures' section into the demo page (figures stay in the explain run folder)."""
-    from workbench_plugins.counterfactual.explain_pages import method_rows
+    from workbench_plugins.counterfactual.pages.explain import method_rows
 
     page = context.report
     page.section("Counterfactual explanations (CAE)")

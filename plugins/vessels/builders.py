@@ -26,7 +26,7 @@ from workbench.data.readers import read_image
 from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError, DataError
 from workbench.fsutil import atomic_path
-from workbench_plugins.vessels.topology_masks import fov_from_fundus
+from workbench_plugins.vessels.topology.masks import fov_from_fundus
 
 logger = logging.getLogger("workbench.vessels")
 

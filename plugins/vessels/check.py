@@ -28,8 +28,8 @@ from workbench.data.readers import SUFFIX_FORMATS, read_image
 from workbench.errors import DataError, batch_exit_status
 from workbench.fsutil import atomic_write_text
 from workbench.report import HtmlReport, save_png
-from workbench_plugins.vessels.topology import DEFAULT_BREAK_DISTANCE, DEFAULT_FRAGMENT_AREA, TopologyReport, check_mask
-from workbench_plugins.vessels.topology_masks import binarise_mask, fov_from_fundus
+from workbench_plugins.vessels.topology.check import DEFAULT_BREAK_DISTANCE, DEFAULT_FRAGMENT_AREA, TopologyReport, check_mask
+from workbench_plugins.vessels.topology.masks import binarise_mask, fov_from_fundus
 
 TABLE_COLUMNS = ("file", "dice", "cldice", "cal", "betti0_error", "betti1_error", "n_components", "n_holes", "n_breaks", "n_spurious_fragments")
 MAX_FIGURES = 60
@@ -140,7 +140,7 @@ class _Outputs:
         self._names: set[str] = set()
 
     def overlay(self, prediction: np.ndarray, report: TopologyReport, reference: np.ndarray | None, fov: np.ndarray | None, source: Path) -> str:
-        from workbench_plugins.vessels.topology_overlay import draw_topology_overlay
+        from workbench_plugins.vessels.topology.overlay import draw_topology_overlay
 
         name, counter = mask_stem(source), 1
         while name in self._names:  # same stem from different folders

@@ -30,7 +30,7 @@ from monai.transforms import MapTransform, NormalizeIntensity
 from workbench.data.readers import read_image
 from workbench.errors import ConfigError, DataError
 from workbench.model_records import Preprocessing
-from workbench_plugins.vessels.topology_masks import MAX_LABEL_VALUES, binarise_mask, fov_from_fundus, mask_from_channels
+from workbench_plugins.vessels.topology.masks import MAX_LABEL_VALUES, binarise_mask, fov_from_fundus, mask_from_channels
 
 logger = logging.getLogger("workbench.vessels")
 

@@ -14,7 +14,7 @@ def demo_vlm_explain(context: Any) -> None:
     ``index.html`` with the concept tables, region overlays and similarity maps); skipped, with a note, when the
     contrastive step stored no encoder or the demo's reports are too few for a bank.
     """
-    from workbench_plugins.vlm_explain.run import run_build_concepts, run_explain_batch
+    from workbench_plugins.vlm_explain.jobs import run_build_concepts, run_explain_batch
     from workbench_plugins.vlm_explain.settings import ExplainSettings
 
     section = context.report.section("Why the encoder decided (concept explanations)")

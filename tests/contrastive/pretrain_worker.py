@@ -13,7 +13,7 @@ from tests.helpers.kill_resume import sigkill_at
 from workbench.config import load_settings
 from workbench.host import create_plugin_manager
 from workbench.report import RunFolder
-from workbench_plugins.contrastive.pretrain import run_pretrain
+from workbench_plugins.contrastive.jobs.pretrain import run_pretrain
 from workbench_plugins.contrastive.settings import PretrainSettings
 
 

@@ -151,7 +151,7 @@ def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(pair_mani
 
 @pytest.mark.parametrize("objective", ["siglip", "convirt", "flair", "cosmos"])
 def test_every_objective_trains_through_the_job(objective, pair_manifest, tmp_path):
-    from workbench_plugins.contrastive.pretrain import run_pretrain
+    from workbench_plugins.contrastive.jobs.pretrain import run_pretrain
     from workbench_plugins.contrastive.settings import PretrainSettings
     from workbench.config import load_settings
 
@@ -166,7 +166,7 @@ def test_every_objective_trains_through_the_job(objective, pair_manifest, tmp_pa
 
 def test_a_named_run_with_checkpoints_is_not_silently_continued(pretrained_run):
     from workbench.errors import ConfigError
-    from workbench_plugins.contrastive.pretrain import run_pretrain
+    from workbench_plugins.contrastive.jobs.pretrain import run_pretrain
     from workbench_plugins.contrastive.settings import PretrainSettings
     from workbench.config import load_settings
 

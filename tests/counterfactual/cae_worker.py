@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from tests.helpers.kill_resume import sigkill_at
 from workbench.config import load_settings
 from workbench.host import create_plugin_manager
-from workbench_plugins.counterfactual.cae_train import run_cae_train
+from workbench_plugins.counterfactual.jobs.cae_train import run_cae_train
 from workbench_plugins.counterfactual.settings import CaeTrainSettings
 
 

@@ -13,7 +13,7 @@ from workbench.config import load_settings
 from workbench.errors import ConfigError
 from workbench.host import create_plugin_manager
 from workbench.model_store import ModelStore
-from workbench_plugins.counterfactual.cae_train import build_cae_optimizer, cae_step_function, guide_classifier, run_cae_train
+from workbench_plugins.counterfactual.jobs.cae_train import build_cae_optimizer, cae_step_function, guide_classifier, run_cae_train
 from workbench_plugins.counterfactual.classifiers import resnet18_classifier
 from workbench_plugins.counterfactual.losses import CaeLossWeights, code_separation_loss, generator_forward, generator_loss, partner_indices
 from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
@@ -271,7 +271,7 @@ def test_minimal_change_is_the_swap_distance_to_the_reconstruction_and_leaves_th
 
 
 def test_lr_decay_is_constant_then_linear_to_zero_over_the_last_steps():
-    from workbench_plugins.counterfactual.cae_train import cae_lr_factor
+    from workbench_plugins.counterfactual.jobs.cae_train import cae_lr_factor
 
     constant = cae_lr_factor(100, 0)
     assert [constant(step) for step in (0, 50, 99, 150)] == [1.0, 1.0, 1.0, 1.0]

@@ -20,7 +20,7 @@ from workbench.data.phantoms import make_cxr_study
 from workbench.errors import ConfigError
 from workbench.host import create_plugin_manager
 from workbench.model_store import ModelStore
-from workbench_plugins.counterfactual.classify_eval import load_classifier
+from workbench_plugins.counterfactual.jobs.classify_evaluate import load_classifier
 from workbench_plugins.counterfactual.data import labelled_dataset, labelled_records, read_lesion_mask
 from workbench_plugins.counterfactual.metrics import classification_metrics, predict
 from workbench_plugins.counterfactual.settings import ClassifyTrainSettings, LabelledDataSettings
@@ -150,7 +150,7 @@ def test_densenet_three_classes_from_manifest(host, tmp_path):
         f"run.output_root={tmp_path / 'runs'}", "run.device=cpu", "data.source=manifest", f"data.root={manifest}", "data.image_size=32",
         "data.train_split=[train, val, test]", "data.eval_split=[train, val, test]", "model.network=classifier-densenet121",
         "train.steps=2", "train.batch_size=6", "save.name=three", f"save.store={tmp_path / 'store'}", "examples=0"])
-    from workbench_plugins.counterfactual.classify import run_classify_train
+    from workbench_plugins.counterfactual.jobs.classify import run_classify_train
 
     outcome = run_classify_train(settings, host.datasets.builders, progress=False)
     assert outcome.details["classes"] == ["bar", "blob", "plain"]
@@ -182,7 +182,7 @@ def test_head_on_stored_encoder(host, tmp_path, blob_folder, head):
                    preprocessing={"image_size": 24, "channels": 3, "intensity": "zscore", "mean": [0.5], "std": [0.25]})
         config = blob_config(tmp_path, blob_folder, network="classifier-encoder-head", encoder="tiny-encoder", head=head, hidden=32)
         settings = load_settings(ClassifyTrainSettings, config)
-        from workbench_plugins.counterfactual.classify import run_classify_train
+        from workbench_plugins.counterfactual.jobs.classify import run_classify_train
 
         outcome = run_classify_train(settings, host.datasets.builders, progress=False)
         assert outcome.steps == 0 and outcome.metrics["auroc"] >= 0.85
@@ -200,7 +200,7 @@ def test_head_on_stored_encoder(host, tmp_path, blob_folder, head):
 def test_head_needs_an_encoder_with_encode_image(host, tmp_path, blob_folder):
     config = blob_config(tmp_path, blob_folder, network="classifier-encoder-head")
     settings = load_settings(ClassifyTrainSettings, config)
-    from workbench_plugins.counterfactual.classify import run_classify_train
+    from workbench_plugins.counterfactual.jobs.classify import run_classify_train
 
     with pytest.raises(ConfigError, match="model.encoder"):
         run_classify_train(settings, host.datasets.builders, progress=False)

@@ -20,7 +20,7 @@ from workbench.host import create_plugin_manager
 from workbench_plugins.counterfactual.baselines import baseline_maps
 from workbench_plugins.counterfactual.data import convert_channels
 from workbench_plugins.counterfactual.explain import check_compatible, explain_linear, resolve_target
-from workbench_plugins.counterfactual.explain_job import single_case
+from workbench_plugins.counterfactual.jobs.explain import single_case
 from workbench_plugins.counterfactual.explain_metrics import localisation, proximity
 from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
 

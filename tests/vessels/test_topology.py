@@ -11,9 +11,9 @@ from PIL import Image
 
 from workbench.data.phantoms import make_fundus
 from workbench.errors import DataError
-from workbench_plugins.vessels.topology import check_mask, fov_from_fundus
-from workbench_plugins.vessels.topology_masks import binarise_mask
-from workbench_plugins.vessels.topology_metrics import cldice, count_holes, label_components
+from workbench_plugins.vessels.topology.check import check_mask, fov_from_fundus
+from workbench_plugins.vessels.topology.masks import binarise_mask
+from workbench_plugins.vessels.topology.metrics import cldice, count_holes, label_components
 
 from tests.helpers.shared_data import CHASE_DB1 as CHASE, requires_chase_db1
 
@@ -188,7 +188,7 @@ def test_chase_second_observer_against_first_inside_derived_fov():
 @pytest.mark.parametrize("shape", [(48, 40), (12, 10, 9)])
 @pytest.mark.parametrize("prediction_rate, reference_rate", [(0.3, 0.2), (0.0, 0.2), (0.3, 0.0), (0.0, 0.0), (1.0, 1.0)])
 def test_dice_by_monai_is_the_overlap_formula(shape, prediction_rate, reference_rate):
-    from workbench_plugins.vessels.topology_metrics import dice
+    from workbench_plugins.vessels.topology.metrics import dice
 
     rng = np.random.default_rng(7)
     prediction, reference = rng.random(shape) < prediction_rate, rng.random(shape) < reference_rate

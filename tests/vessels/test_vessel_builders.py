@@ -17,7 +17,7 @@ from workbench.errors import ConfigError, DataError
 from workbench.builtin import build_fundus_phantoms
 from workbench_plugins.vessels.builders import (build_chase_db1, build_drive, build_hrf, build_stare,
                                                 register_vessel_datasets)
-from workbench_plugins.vessels.topology_masks import fov_from_fundus
+from workbench_plugins.vessels.topology.masks import fov_from_fundus
 
 SIZE = 24
 RECORD_KEYS = {"id", "image", "mask", "fov", "split", "dataset"}

@@ -28,7 +28,7 @@ from workbench_plugins.vessels.bundle import bundle_preprocessing, export_bundle
 from workbench_plugins.vessels.data_reading import inference_preprocessing, load_inference_item
 from workbench_plugins.vessels.inference import predict_probabilities
 from workbench_plugins.vessels.models import network_definition, register_vessel_models
-from workbench_plugins.vessels.scoring import postprocess_mask
+from workbench_plugins.vessels.metrics import postprocess_mask
 
 # MONAI's DICOM reader warns on every machine without NVIDIA's image codec; it is not what these tests check.
 pytestmark = pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")

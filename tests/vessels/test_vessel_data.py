@@ -25,7 +25,7 @@ from workbench_plugins.vessels.data import records_per_batch, vessel_training_da
 from workbench_plugins.vessels.data_reading import inference_preprocessing, label_from_mask_file, load_inference_item, normalise_image
 from workbench_plugins.vessels.inference import predict_probabilities, vessel_probability
 from workbench_plugins.vessels.skeleton_tube import SkeletonTubed, skeleton_tube
-from workbench_plugins.vessels.topology_masks import fov_from_fundus
+from workbench_plugins.vessels.topology.masks import fov_from_fundus
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from workbench.errors import EXIT_SOME_INPUTS_FAILED
 from workbench.host import create_plugin_manager
 from tests.helpers.kill_resume import assert_same_tensors
 from workbench.model_store import ModelStore
-from workbench_plugins.vessels.topology_masks import fov_from_fundus
+from workbench_plugins.vessels.topology.masks import fov_from_fundus
 
 TINY = ["data.options={n: 6, size: 64, seed: 2}", "data.patch_size=32", "data.patches_per_image=4",
         "model.options={channels: [8, 16, 32], strides: [2, 2]}", "train.batch_size=8", "train.warmup_steps=0",
@@ -65,7 +65,7 @@ def test_ctrl_c_then_resume_reaches_the_same_weights_as_an_uninterrupted_run(tra
 
     from workbench.checkpoints import latest_checkpoint
     from workbench.config import load_settings
-    from workbench_plugins.vessels.run import run_train
+    from workbench_plugins.vessels.jobs import run_train
     from workbench_plugins.vessels.settings import VesselTrainSettings
 
     root, host = trained["root"], create_plugin_manager()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from workbench.errors import DataError
-from workbench_plugins.vessels.scoring import hysteresis_mask, postprocess_mask
-from workbench_plugins.vessels.topology_metrics import label_components
+from workbench_plugins.vessels.metrics import hysteresis_mask, postprocess_mask
+from workbench_plugins.vessels.topology.metrics import label_components
 
 
 def count_components(mask: np.ndarray) -> int:

@@ -1,13 +1,13 @@
-"""Bridging vessel fragments along the cheapest probability path (plugins/vessels/topology_repair.py)."""
+"""Bridging vessel fragments along the cheapest probability path (plugins/vessels/topology/repair.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from workbench_plugins.vessels.scoring import postprocess_mask
-from workbench_plugins.vessels.topology import check_mask
-from workbench_plugins.vessels.topology_repair import bridge_gaps, reconnect_mask
+from workbench_plugins.vessels.metrics import postprocess_mask
+from workbench_plugins.vessels.topology.check import check_mask
+from workbench_plugins.vessels.topology.repair import bridge_gaps, reconnect_mask
 
 
 def broken_line(gap_probability: float, gap: tuple[int, int] = (30, 36), size: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -36,7 +36,7 @@ from workbench_plugins.vessels.data import DEFAULT_NORMALISATION, build_vessel_l
 from workbench_plugins.vessels.inference import predict_probabilities, vessel_probability
 from workbench_plugins.vessels.losses import build_vessel_loss
 from workbench_plugins.vessels.outputs import write_mask_outputs
-from workbench_plugins.vessels.scoring import (mean_metrics, postprocess_mask, score_image, write_image_figure,
+from workbench_plugins.vessels.metrics import (mean_metrics, postprocess_mask, score_image, write_image_figure,
                                                write_metrics_file, write_vessel_page)
 from workbench_plugins.vessels.settings import (CheckSettings, InferenceSettings, VesselDataSettings, VesselPredictSettings,
                                                 VesselTrainSettings)

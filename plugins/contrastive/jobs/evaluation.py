@@ -16,7 +16,7 @@ from workbench.report import HtmlReport, RunFolder
 from workbench_plugins.contrastive.data import pair_dataset
 from workbench_plugins.contrastive.evaluate import encode_pairs, evaluate_encoder, write_evaluation_pages
 from workbench_plugins.contrastive.models import ReportImageDualEncoder, dual_encoder_preprocessing
-from workbench_plugins.contrastive.pretrain import load_pair_records
+from workbench_plugins.contrastive.jobs.pretrain import load_pair_records
 from workbench_plugins.contrastive.settings import EvaluateSettings
 
 logger = logging.getLogger("workbench.contrastive")

@@ -20,9 +20,9 @@ from skimage.morphology import remove_small_objects
 from workbench.errors import DataError
 from workbench.fsutil import atomic_write_json
 from workbench.report import HtmlReport, heat_colours, image_strip, save_png, to_rgb_uint8
-from workbench_plugins.vessels.topology import TopologyReport, check_mask
-from workbench_plugins.vessels.topology_overlay import draw_topology_overlay
-from workbench_plugins.vessels.topology_repair import reconnect_mask
+from workbench_plugins.vessels.topology.check import TopologyReport, check_mask
+from workbench_plugins.vessels.topology.overlay import draw_topology_overlay
+from workbench_plugins.vessels.topology.repair import reconnect_mask
 
 SUMMARY_KEYS = ("dice", "cldice", "betti0_error", "betti1_error", "n_components", "reference_components", "cal",
                 "n_breaks", "n_spurious_fragments")

@@ -21,7 +21,7 @@ from workbench.model_store import open_store
 from workbench_plugins.vlm_explain.encoder import ExplainedEncoder
 from workbench_plugins.vlm_explain.explain import Explainer, ImageExplanation
 from workbench_plugins.vlm_explain.pages import write_image_section
-from workbench_plugins.vlm_explain.scoring import aggregate_rows, report_sentence_for, score_record, write_summary_section
+from workbench_plugins.vlm_explain.metrics import aggregate_rows, report_sentence_for, score_record, write_summary_section
 from workbench_plugins.vlm_explain.settings import ConceptSettings, DeletionSettings, ExplainSettings, MapSettings
 from workbench_plugins.vlm_explain.zero_shot import mean_image_embedding
 

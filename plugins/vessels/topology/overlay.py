@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from workbench_plugins.vessels.topology import TopologyReport
+from workbench_plugins.vessels.topology.check import TopologyReport
 
 PREDICTION_COLOUR = (235, 235, 235)
 FALSE_POSITIVE_COLOUR = (0, 170, 255)

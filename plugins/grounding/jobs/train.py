@@ -33,7 +33,7 @@ from workbench_plugins.grounding.grounders import HEAD_TASK, HeadGrounder
 from workbench_plugins.grounding.losses import GroundingLoss, patch_coverage
 from workbench_plugins.grounding.models import PhraseGroundingHead
 from workbench_plugins.grounding.pages import write_evaluation_section
-from workbench_plugins.grounding.run import load_grounding_records
+from workbench_plugins.grounding.jobs.ground import load_grounding_records
 from workbench_plugins.grounding.settings import GroundTrainSettings
 
 logger = logging.getLogger("workbench.grounding")

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import DataError
-from workbench_plugins.vessels.topology_breaks import Break, Fragment, find_breaks, find_spurious_fragments
-from workbench_plugins.vessels.topology_masks import binarise_mask, fov_from_fundus
-from workbench_plugins.vessels.topology_metrics import cal_score, cldice, count_holes, dice, label_components, skeleton
+from workbench_plugins.vessels.topology.breaks import Break, Fragment, find_breaks, find_spurious_fragments
+from workbench_plugins.vessels.topology.masks import binarise_mask, fov_from_fundus
+from workbench_plugins.vessels.topology.metrics import cal_score, cldice, count_holes, dice, label_components, skeleton
 
 __all__ = ["TopologyReport", "check_mask", "fov_from_fundus", "Break", "Fragment", "DEFAULT_BREAK_DISTANCE", "DEFAULT_FRAGMENT_AREA"]
 

@@ -20,12 +20,12 @@ from workbench.fsutil import atomic_path
 from workbench.model_records import parse_ref
 from workbench.report import RunFolder
 from workbench_plugins.counterfactual.baselines import baseline_maps
-from workbench_plugins.counterfactual.classify import open_store
-from workbench_plugins.counterfactual.classify_eval import load_classifier
+from workbench_plugins.counterfactual.jobs.classify import open_store
+from workbench_plugins.counterfactual.jobs.classify_evaluate import load_classifier
 from workbench_plugins.counterfactual.data import convert_channels, labelled_dataset, labelled_records, pick_split, read_lesion_mask
 from workbench_plugins.counterfactual.explain import check_compatible, explain_linear, fit_to, nearest_exemplar
 from workbench_plugins.counterfactual.explain_metrics import localisation, mean_of, proximity
-from workbench_plugins.counterfactual.explain_pages import write_explain_page
+from workbench_plugins.counterfactual.pages.explain import write_explain_page
 from workbench_plugins.counterfactual.guided_path import CodeGraph, build_code_graph, guided_waypoints
 from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
 from workbench_plugins.counterfactual.settings import ExplainSettings
@@ -90,7 +90,7 @@ def batch_cases(settings: ExplainSettings, builders: Any, channels: int, size: i
 def reference_codes(settings: ExplainSettings, builders: Any, cae: ClassAssociationEmbedding, channels: int, size: int,
                     device: torch.device, skipped: SkippedRecords) -> tuple[np.ndarray, np.ndarray]:
     """The class codes ``(N, D)`` and labels ``(N,)`` of up to ``reference_cases`` ``data.train_split`` images."""
-    from workbench_plugins.counterfactual.cae_pages import class_codes_of
+    from workbench_plugins.counterfactual.pages.cae import class_codes_of
 
     records, _ = labelled_records(settings.data, builders, Path(settings.run.output_root), skipped)
     reference = pick_split(records, settings.data.train_split, settings.reference_cases)

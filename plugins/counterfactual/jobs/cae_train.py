@@ -26,7 +26,7 @@ from workbench.model_store import open_store
 from workbench.model_records import Preprocessing
 from workbench.registry import create_model
 from workbench.training_job import StoreRequest, TrainingJob, run_training_job
-from workbench_plugins.counterfactual.cae_pages import cae_evaluation, write_cae_page
+from workbench_plugins.counterfactual.pages.cae import cae_evaluation, write_cae_page
 from workbench_plugins.counterfactual.data import ClassBalancedDataset, labelled_dataset, labelled_records, pick_split
 from workbench_plugins.counterfactual.losses import CaeLossWeights, discriminator_loss, generator_forward, generator_loss, partner_indices
 from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
@@ -110,7 +110,7 @@ def guide_classifier(settings: CaeTrainSettings, classes: list[str], device: tor
         return None, None
     if not settings.guide.classifier:
         raise ConfigError("loss.classifier_guidance > 0 needs guide.classifier: a stored classifier name[:version] on the same classes")
-    from workbench_plugins.counterfactual.classify_eval import load_classifier
+    from workbench_plugins.counterfactual.jobs.classify_evaluate import load_classifier
     from workbench_plugins.counterfactual.explain import fit_to
 
     classifier, record, classifier_classes = load_classifier(settings.guide.classifier, settings.guide.store or settings.save.store, device)

@@ -25,7 +25,7 @@ from workbench.model_records import Preprocessing, parse_ref
 from workbench.registry import create_model
 from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.counterfactual.classifiers import EncoderHeadClassifier
-from workbench_plugins.counterfactual.classify_pages import write_classifier_page
+from workbench_plugins.counterfactual.pages.classify import write_classifier_page
 from workbench_plugins.counterfactual.data import labelled_dataset, labelled_records, pick_split
 from workbench_plugins.counterfactual.metrics import classification_metrics, predict
 from workbench_plugins.counterfactual.settings import ClassifyTrainSettings

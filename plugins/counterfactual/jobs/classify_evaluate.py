@@ -13,8 +13,8 @@ from workbench.devices import select_device
 from workbench.errors import ConfigError
 from workbench.model_records import ModelRecord, parse_ref
 from workbench.report import RunFolder
-from workbench_plugins.counterfactual.classify import TASK, open_store
-from workbench_plugins.counterfactual.classify_pages import write_classifier_page
+from workbench_plugins.counterfactual.jobs.classify import TASK, open_store
+from workbench_plugins.counterfactual.pages.classify import write_classifier_page
 from workbench_plugins.counterfactual.data import labelled_dataset, labelled_records, pick_split
 from workbench_plugins.counterfactual.metrics import classification_metrics, predict
 from workbench_plugins.counterfactual.settings import ClassifyEvaluateSettings

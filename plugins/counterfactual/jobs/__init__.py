@@ -1,0 +1,1 @@
+"""The counterfactual plugin's jobs: classifier and CAE training (TrainingJobs), classifier evaluation, explanations."""
