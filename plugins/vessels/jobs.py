@@ -38,7 +38,7 @@ from workbench_plugins.vessels.losses import build_vessel_loss
 from workbench_plugins.vessels.outputs import write_mask_outputs
 from workbench_plugins.vessels.metrics import (mean_metrics, postprocess_mask, score_image, write_image_figure,
                                                write_metrics_file, write_vessel_page)
-from workbench_plugins.vessels.settings import (CheckSettings, InferenceSettings, VesselDataSettings, VesselPredictSettings,
+from workbench_plugins.vessels.settings import (CheckSettings, InferenceSettings, VesselPredictSettings, 
                                                 VesselTrainSettings)
 
 logger = logging.getLogger("workbench.vessels")
@@ -77,16 +77,6 @@ class SegmentationStep:
         return self.loss(output, batch)
 
 
-def split_vessel_records(data: VesselDataSettings, builders: Any, output_root: Path,
-                         skipped: SkippedRecords | None = None) -> tuple[list[dict], list[dict]]:
-    """The dataset's (training, held-out) records, capped by ``max_train`` / ``max_eval``.
-
-    Raises:
-        ConfigError: an unknown builder.
-    """
-    return train_and_held_out(data, builders, output_root, skipped)
-
-
 def has_graph_head(model: nn.Module) -> bool:
     """True when the network carries the SCOPE-style graph head (it then returns node logits on request)."""
     return bool(getattr(unwrap(model), "has_graph_head", False))
@@ -109,7 +99,7 @@ class VesselTrainJob(TrainingJob):
             ConfigError: no training records.
         """
         settings = self.settings
-        self.train_records, self.eval_records = split_vessel_records(settings.data, self.builders, Path(settings.run.output_root), skipped)
+        self.train_records, self.eval_records = train_and_held_out(settings.data, self.builders, Path(settings.run.output_root), skipped)
         if not self.train_records:
             raise ConfigError(f"data.train_split {settings.data.train_split}: no records of {settings.data.dataset} have these splits")
 
@@ -328,7 +318,7 @@ def run_predict(settings: VesselPredictSettings, builders: Any, *, score: bool) 
     if settings.inputs and not score:
         records = _inputs_as_records(settings.inputs, settings.frame)
     else:
-        _, records = split_vessel_records(settings.data, builders, Path(settings.run.output_root), skipped)
+        _, records = train_and_held_out(settings.data, builders, Path(settings.run.output_root), skipped)
     if not records:
         raise ConfigError("nothing to predict: give inputs=[files or folders] or a dataset whose eval_split has records")
     rows, figures, failures = predict_records(model, records, inference, settings.check, run.path, device, score=score,
