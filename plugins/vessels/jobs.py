@@ -35,11 +35,10 @@ from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.vessels.data import DEFAULT_NORMALISATION, build_vessel_loader, inference_preprocessing, load_inference_item, vessel_training_dataset
 from workbench_plugins.vessels.inference import predict_probabilities, vessel_probability
 from workbench_plugins.vessels.losses import build_vessel_loss
-from workbench_plugins.vessels.outputs import write_mask_outputs
 from workbench_plugins.vessels.metrics import (mean_metrics, postprocess_mask, score_image, write_image_figure,
                                                write_metrics_file, write_vessel_page)
-from workbench_plugins.vessels.settings import (CheckSettings, InferenceSettings, VesselPredictSettings, 
-                                                VesselTrainSettings)
+from workbench_plugins.vessels.outputs import write_mask_outputs
+from workbench_plugins.vessels.settings import CheckSettings, InferenceSettings, VesselPredictSettings, VesselTrainSettings
 
 logger = logging.getLogger("workbench.vessels")
 
