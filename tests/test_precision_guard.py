@@ -88,14 +88,16 @@ def test_vessel_training_two_steps_in_bf16_matches_fp32(tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # bf16 emulated (a CPU without bf16 instructions): about 5 s a step on one thread
 def test_pretraining_dozens_of_steps_in_bf16_matches_fp32(tmp_path: Path):
-    fp32, bf16 = _both(pretrain_quality, tmp_path, steps=40, images=600, batch_size=32, image_size=64)
+    fp32, bf16 = _both(pretrain_quality, tmp_path, steps=36, images=600, batch_size=16, image_size=64)
     assert fp32["pairs"] == bf16["pairs"] >= 100
     assert fp32["zeroshot_auroc"] > 0.55, f"40 steps did not learn anything in fp32: {fp32}"
     assert_close(fp32, bf16, ("i2t_R@10", "t2i_R@10", "zeroshot_auroc"), PRETRAIN_TOLERANCE)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_vessel_training_dozens_of_steps_in_bf16_matches_fp32(tmp_path: Path):
     fp32, bf16 = _both(vessel_quality, tmp_path, steps=40, images=12, size=128, patch=64)
     assert fp32["dice"] > 0.3, f"40 steps did not learn anything in fp32: {fp32}"
