@@ -4,16 +4,25 @@ Nothing in the workbench names a device literally: every job asks
 :func:`select_device` and :func:`select_precision`, so the same config runs on
 a laptop CPU, a GPU workstation and a cluster node.
 
-Why precision is chosen from the hardware: a CPU runs fp16 autocast emulated.
-On a 2-core x86 machine open_clip's trainer with its default ``amp`` trains a
-ViT-S-32 at 0.1 samples/s versus 1.9 samples/s in fp32, so ``auto`` picks a
-reduced precision only where the device runs it natively.
+Why precision is chosen from the hardware: a CPU without bf16 instructions runs
+reduced-precision autocast emulated. On a 2-core AVX2 machine open_clip's
+trainer with its default ``amp`` trains a ViT-S-32 at 0.1 samples/s versus
+1.9 samples/s in fp32, and a bf16 matmul runs at 1/70 of the fp32 one. So
+``auto`` picks bf16 only where the hardware has it: a CPU with AVX512-BF16 or
+AMX-BF16 (and torch dispatching its AVX512 kernels), or an aarch64 CPU with the
+``bf16`` extension; a CUDA device that supports bf16. fp16 is never chosen on a
+CPU. :func:`choose_precision` returns the reason with the choice, for the run
+log and ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
 from typing import ContextManager, Literal
 
 import torch
@@ -57,30 +66,147 @@ def select_device(requested: str = "auto", local_rank: int | None = None) -> tor
     return device
 
 
-def select_precision(device: torch.device, requested: str = "auto") -> Precision:
-    """Pick the compute precision for ``device``.
+@dataclass(frozen=True)
+class CpuCapabilities:
+    """What decides whether a CPU runs bf16 natively.
+
+    Attributes:
+        isa: the kernels torch dispatches, ``torch.backends.cpu.get_cpu_capability()``
+            (``"AVX512"``, ``"AVX2"``, ``"DEFAULT"``, ``"SVE256"``...).
+        flags: the CPU's feature flags (``/proc/cpuinfo`` ``flags`` on x86, ``Features`` on ARM).
+        machine: ``platform.machine()`` (``"x86_64"``, ``"aarch64"``, ``"arm64"``).
+    """
+
+    isa: str
+    flags: frozenset[str]
+    machine: str
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """A precision and why it was picked.
+
+    Attributes:
+        name: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        reason: one sentence for the run log and ``metrics.json``.
+    """
+
+    name: Precision
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        """``{"name": ..., "reason": ...}``, the ``precision`` entry of ``metrics.json``."""
+        return {"name": self.name, "reason": self.reason}
+
+
+_X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The first processor's feature flags; empty where ``/proc/cpuinfo`` does not exist (macOS, Windows)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_capabilities() -> CpuCapabilities:
+    """This machine's :class:`CpuCapabilities` (read once per process)."""
+    return CpuCapabilities(isa=torch.backends.cpu.get_cpu_capability(), flags=_cpu_flags(), machine=platform.machine().lower())
+
+
+def cpu_bf16_support(capabilities: CpuCapabilities) -> tuple[bool, str]:
+    """Whether a CPU runs bf16 autocast natively, and why.
+
+    Args:
+        capabilities: the CPU's ISA and flags (:func:`cpu_capabilities`, or fake ones in tests).
+
+    Returns:
+        ``(native, reason)``. x86 needs a bf16 instruction set (AVX512-BF16 or AMX-BF16)
+        and torch dispatching its AVX512 kernels (elementwise ops under autocast use
+        them); aarch64 needs the ``bf16`` extension.
+    """
+    if capabilities.machine in ("aarch64", "arm64"):
+        if "bf16" in capabilities.flags:
+            return True, "the ARM CPU has the bf16 extension"
+        return False, "the ARM CPU lacks the bf16 extension (bf16 would be emulated)"
+    present = [flag for flag in _X86_BF16_FLAGS if flag in capabilities.flags]
+    if not present:
+        return False, f"the CPU has no AVX512-BF16 or AMX-BF16 (torch ISA {capabilities.isa}); bf16 would be emulated"
+    if not capabilities.isa.upper().startswith("AVX512"):
+        return False, f"the CPU has {'/'.join(present)} but torch dispatches {capabilities.isa} kernels (ATEN_CPU_CAPABILITY?)"
+    return True, f"the CPU runs bf16 natively ({'/'.join(present)}, torch ISA {capabilities.isa})"
+
+
+def choose_precision(device: torch.device, requested: str = "auto", *, cpu: CpuCapabilities | None = None,
+                     cuda_bf16: bool | None = None) -> PrecisionChoice:
+    """Pick the autocast precision for ``device``, with the reason.
+
+    ``auto``: bf16 on a CPU that runs it natively (:func:`cpu_bf16_support`), else fp32;
+    on CUDA bf16 where the device supports it, else fp16 (with loss scaling); on MPS
+    fp16. ``WORKBENCH_PRECISION`` in the environment overrides ``auto`` (tests,
+    quick comparisons). An explicit request wins, except fp16 on a CPU, which runs
+    emulated and has no loss scaler there: it falls back to fp32, and the reason says so.
 
     Args:
         device: where the work runs.
         requested: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        cpu: the CPU's capabilities; default this machine's.
+        cuda_bf16: whether the CUDA device supports bf16; default asked of torch.
 
     Returns:
-        ``"fp32"`` on CPU for ``auto`` (reduced precision is emulated there);
-        on CUDA ``"bf16"`` where supported, else ``"fp16"``; on MPS ``"fp16"``.
-        An explicit request is returned as is.
+        The :class:`PrecisionChoice`.
+
+    Raises:
+        ValueError: an unknown precision name (in ``requested`` or ``WORKBENCH_PRECISION``).
+    """
+    source = "requested"
+    if requested == "auto" and os.environ.get("WORKBENCH_PRECISION", "auto") != "auto":
+        requested, source = os.environ["WORKBENCH_PRECISION"], "set by WORKBENCH_PRECISION"
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+    if requested != "auto":
+        if requested == "fp16" and device.type == "cpu":
+            return PrecisionChoice("fp32", f"fp16 was {source}, but a CPU runs it emulated and without loss scaling: fp32")
+        return PrecisionChoice(requested, f"{requested} was {source}")  # type: ignore[arg-type]
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported() if cuda_bf16 is None else cuda_bf16
+        if supported:
+            return PrecisionChoice("bf16", "auto: the CUDA device supports bf16")
+        return PrecisionChoice("fp16", "auto: the CUDA device lacks bf16; fp16 with loss scaling")
+    if device.type == "mps":
+        return PrecisionChoice("fp16", "auto: MPS runs fp16 natively")
+    if device.type == "cpu":
+        native, why = cpu_bf16_support(cpu if cpu is not None else cpu_capabilities())
+        return PrecisionChoice("bf16" if native else "fp32", f"auto: {why}")
+    return PrecisionChoice("fp32", f"auto: no reduced precision known for {device.type} devices")
+
+
+def select_precision(device: torch.device, requested: str = "auto") -> Precision:
+    """The name of :func:`choose_precision`'s choice for ``device`` (``fp32``/``bf16``/``fp16``).
 
     Raises:
         ValueError: an unknown precision name.
     """
-    if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
-    if requested != "auto":
-        return requested  # type: ignore[return-value]
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "mps":
-        return "fp16"
-    return "fp32"
+    return choose_precision(device, requested).name
+
+
+def placement_precision(device: torch.device, requested: str = "auto") -> Precision:
+    """The dtype to cast a stored model's weights to for inference on ``device``.
+
+    Unlike autocast, a cast keeps no fp32 reductions and hands bf16 tensors to code
+    that calls ``.numpy()``; so ``auto`` keeps fp32 weights on a CPU even where
+    bf16 autocast is native. Elsewhere as :func:`select_precision`.
+    """
+    if device.type == "cpu" and requested == "auto":
+        return "fp32"
+    return select_precision(device, requested)
 
 
 def torch_dtype(precision: str) -> torch.dtype:

@@ -10,6 +10,7 @@ split by each record's ``split`` value.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -17,11 +18,14 @@ from typing import Any, Callable, Sequence, TypeVar
 from workbench.checkpoints import latest_checkpoint
 from workbench.config import RunSettings
 from workbench.data.skipped import SkippedRecords
+from workbench.devices import choose_precision
 from workbench.distributed import DistributedContext, barrier, broadcast_text, init_distributed
 from workbench.errors import ConfigError
 from workbench.report import RunFolder
 
 LoadedT = TypeVar("LoadedT")
+
+logger = logging.getLogger("workbench.jobs")
 
 
 @dataclass
@@ -65,6 +69,10 @@ class JobStart:
 def start_job(settings: Any, job: str, resume: Path | None = None, run: RunFolder | None = None) -> JobStart:
     """Join the process group, open the run folder, log to it and save the resolved config (new runs).
 
+    Rank 0 also writes the ``precision`` entry of ``metrics.json`` (``{"name", "reason"}``,
+    the choice :class:`~workbench.train.Trainer` makes for ``settings.run.precision``),
+    so every training job says which precision it ran in and why.
+
     Args:
         settings: the job's settings (with a ``run`` section).
         job: the job's name, the run folder's prefix.
@@ -81,6 +89,10 @@ def start_job(settings: Any, job: str, resume: Path | None = None, run: RunFolde
         run.attach_log()
         if resume is None:
             run.save_settings(settings)
+    if context.is_main:
+        precision = choose_precision(context.device, settings.run.precision)
+        logger.info("%s on %s, precision %s: %s", job, context.device, precision.name, precision.reason)
+        run.write_metrics({"precision": precision.as_dict()})
     return JobStart(context, run, SkippedRecords(run.skipped_csv if context.is_main else None))
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterable, NamedTuple, Protocol
 import torch
 from torch import nn
 
-from workbench.devices import memory_budget_bytes, select_device, select_precision, torch_dtype
+from workbench.devices import memory_budget_bytes, placement_precision, select_device, torch_dtype
 
 if TYPE_CHECKING:  # pragma: no cover - type hints only
     from workbench.model_records import ModelRecord
@@ -110,7 +110,7 @@ class ModelCache:
         if target.type == "cuda" and target.index is None:
             # "cuda" and "cuda:0" are one device: one key, one instance.
             target = torch.device("cuda", torch.cuda.current_device())
-        chosen_precision = select_precision(target, precision)
+        chosen_precision = placement_precision(target, precision)
         record = self.store.resolve(name, version)
         key = CacheKey(record.name, record.version, str(target), chosen_precision)
         with self._lock:

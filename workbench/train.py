@@ -37,7 +37,7 @@ from torch import nn
 
 from workbench.checkpoints import restore_rng_state, resumable_checkpoint, rng_state_bytes, save_checkpoint, seed_everything
 from workbench.config import StrictModel
-from workbench.devices import autocast, needs_grad_scaler, select_precision
+from workbench.devices import autocast, choose_precision, needs_grad_scaler
 from workbench.distributed import DistributedContext, all_ranks_true, gather_bytes, unwrap
 from workbench.errors import ConfigError, IntegrityError, WorkbenchError
 from workbench.progress import StopRequest, TrainingProgress
@@ -243,7 +243,10 @@ class Trainer:
     ):
         self.model, self.step_fn, self.loader, self.settings, self.context = model, step_fn, loader, settings, context
         self.seed = seed
-        self.precision = select_precision(context.device, precision)
+        self.precision_choice = choose_precision(context.device, precision)
+        self.precision = self.precision_choice.name
+        if context.is_main:
+            logger.info("precision %s: %s", self.precision, self.precision_choice.reason)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir is not None else None
         self.optimizer = optimizer if optimizer is not None else build_optimizer(unwrap(model), settings)

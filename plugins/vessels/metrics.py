@@ -8,6 +8,7 @@ components; it can also reconnect the fragments first (:mod:`.topology_repair`).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,10 +213,12 @@ def write_vessel_page(folder: Path, title: str, rows: Sequence[dict[str, Any]], 
 
 
 def write_metrics_file(path: Path, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None) -> Path:
-    """Write ``metrics.json``: ``{"mean": {...}, "images": [...], **extra}`` (NaN-free JSON), atomically."""
+    """Write ``metrics.json``: ``{"mean": {...}, "images": [...], **extra}`` (NaN-free JSON) over what is there, atomically."""
     def clean(value: Any) -> Any:
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
     payload = {"mean": mean_metrics(rows), "images": [{key: clean(value) for key, value in row.items()} for row in rows], **(extra or {})}
+    if path.exists():  # keep what the job's start wrote (the ``precision`` choice, workbench.jobs.start_job)
+        payload = {**json.loads(path.read_text(encoding="utf-8")), **payload}
     atomic_write_json(path, payload)
     return path
