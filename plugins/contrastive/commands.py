@@ -6,21 +6,14 @@ from pathlib import Path
 
 import click
 
-from workbench.config import config_options, load_settings, resumable_config_options
+from workbench.config import config_options, load_settings
 from workbench.host import Host, pass_host
+from workbench.job_commands import training_command
 
 
-@click.command("pretrain")
-@resumable_config_options
-@pass_host
-def pretrain_command(host: Host, config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
-    """Report-paired contrastive pretraining (CLIP, SigLIP, ConVIRT, FLAIR, COSMOS); torchrun-ready."""
-    from workbench_plugins.contrastive.jobs.pretrain import run_pretrain
-    from workbench_plugins.contrastive.settings import PretrainSettings
-
-    settings = load_settings(PretrainSettings, config, overrides)
-    outcome = run_pretrain(settings, host.datasets.builders, resume=resume)
-    click.echo(str((outcome.run.path / "index.html").resolve()))
+pretrain_command = training_command(
+    "pretrain", "workbench_plugins.contrastive.jobs.pretrain:run_pretrain", "workbench_plugins.contrastive.settings:PretrainSettings",
+    "Report-paired contrastive pretraining (CLIP, SigLIP, ConVIRT, FLAIR, COSMOS); torchrun-ready.")
 
 
 @click.command("eval")

@@ -6,12 +6,9 @@ from pathlib import Path
 
 import click
 
-from workbench.config import config_options, load_settings, resumable_config_options
+from workbench.config import config_options, load_settings
 from workbench.host import Host, pass_host
-
-
-def _resume_config(config: Path | None, resume: Path | None) -> Path | None:
-    return resume / "config.yaml" if resume is not None and config is None else config
+from workbench.job_commands import training_command
 
 
 @click.group("classify")
@@ -19,17 +16,10 @@ def classify_group() -> None:
     """Train and evaluate the classifiers that counterfactual explanations explain."""
 
 
-@classify_group.command("train")
-@resumable_config_options
-@pass_host
-def classify_train_command(host: Host, config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
-    """Train a MONAI DenseNet121/ResNet classifier or a head on a stored encoder; store it in the registry."""
-    from workbench_plugins.counterfactual.jobs.classify import run_classify_train
-    from workbench_plugins.counterfactual.settings import ClassifyTrainSettings
-
-    settings = load_settings(ClassifyTrainSettings, _resume_config(config, resume), overrides)
-    outcome = run_classify_train(settings, host.datasets.builders, resume=resume)
-    click.echo(str((outcome.run.path / "index.html").resolve()))
+classify_train_command = training_command(
+    "train", "workbench_plugins.counterfactual.jobs.classify:run_classify_train", "workbench_plugins.counterfactual.settings:ClassifyTrainSettings",
+    "Train a MONAI DenseNet121/ResNet classifier or a head on a stored encoder; store it in the registry.")
+classify_group.add_command(classify_train_command)
 
 
 @classify_group.command("evaluate")
@@ -50,17 +40,10 @@ def cae_group() -> None:
     """Class-association embedding (CAE) models for counterfactual explanations."""
 
 
-@cae_group.command("train")
-@resumable_config_options
-@pass_host
-def cae_train_command(host: Host, config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
-    """Train a CAE model (class-code encoder, individual encoder, AdaIN decoder, discriminator); store it."""
-    from workbench_plugins.counterfactual.jobs.cae_train import run_cae_train
-    from workbench_plugins.counterfactual.settings import CaeTrainSettings
-
-    settings = load_settings(CaeTrainSettings, _resume_config(config, resume), overrides)
-    outcome = run_cae_train(settings, host.datasets.builders, resume=resume)
-    click.echo(str((outcome.run.path / "index.html").resolve()))
+cae_train_command = training_command(
+    "train", "workbench_plugins.counterfactual.jobs.cae_train:run_cae_train", "workbench_plugins.counterfactual.settings:CaeTrainSettings",
+    "Train a CAE model (class-code encoder, individual encoder, AdaIN decoder, discriminator); store it.")
+cae_group.add_command(cae_train_command)
 
 
 @click.command("explain")

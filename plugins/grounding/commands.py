@@ -7,9 +7,10 @@ from typing import Any
 
 import click
 
-from workbench.config import RunSettings, config_options, load_settings, resumable_config_options
+from workbench.config import RunSettings, config_options, load_settings
 from workbench.errors import batch_exit_status
 from workbench.host import Host, pass_host
+from workbench.job_commands import training_command
 
 
 @click.group("ground", invoke_without_command=True)
@@ -74,13 +75,7 @@ def evaluate_command(host: Host, config: Path | None, overrides: tuple[str, ...]
     _exit_with_batch_status(outcome.metrics)
 
 
-@ground_group.command("train")
-@resumable_config_options
-@pass_host
-def train_command(host: Host, config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
-    """Train a grounding head (box L1 + GIoU, heatmap BCE + Dice) on a frozen stored encoder; store it with task 'grounding'."""
-    from workbench_plugins.grounding.settings import GroundTrainSettings
-    from workbench_plugins.grounding.jobs.train import run_ground_train
-
-    outcome = run_ground_train(load_settings(GroundTrainSettings, config, overrides), host.datasets.builders, resume=resume)
-    click.echo(str((outcome.run.path / "index.html").resolve()))
+train_command = training_command(
+    "train", "workbench_plugins.grounding.jobs.train:run_ground_train", "workbench_plugins.grounding.settings:GroundTrainSettings",
+    "Train the supervised box + heatmap head on a frozen stored encoder; evaluate and store it.")
+ground_group.add_command(train_command)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from workbench.config import RunSettings, load_settings, resumable_config_options
+from workbench.config import RunSettings
 from workbench.errors import batch_exit_status
-from workbench.host import Host, pass_host
+from workbench.job_commands import training_command
 
 
 @click.group("report", invoke_without_command=True)
@@ -50,13 +50,7 @@ def report_group(ctx: click.Context, image: Path | None, frame: int | None, ques
         ctx.exit(batch_exit_status(len(cases), skipped))
 
 
-@report_group.command("train")
-@resumable_config_options
-@pass_host
-def train_command(host: Host, config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
-    """Train an answer-and-explain decoder or a report editor on a frozen stored encoder; store it with task 'reporting'."""
-    from workbench_plugins.reporting.settings import ReportTrainSettings
-    from workbench_plugins.reporting.jobs.train import run_report_train
-
-    outcome = run_report_train(load_settings(ReportTrainSettings, config, overrides), host.datasets.builders, resume=resume)
-    click.echo(str((outcome.run.path / "index.html").resolve()))
+train_command = training_command(
+    "train", "workbench_plugins.reporting.jobs.train:run_report_train", "workbench_plugins.reporting.settings:ReportTrainSettings",
+    "Train an answer-and-explain decoder or a report editor on a frozen stored encoder; store it with task 'reporting'.")
+report_group.add_command(train_command)

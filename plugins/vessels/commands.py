@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from workbench.config import config_options, load_settings, resumable_config_options
+from workbench.config import config_options, load_settings
 from workbench.host import Host, pass_host
+from workbench.job_commands import training_command
 
 
 @click.group("vessels")
@@ -15,17 +16,10 @@ def vessels_group() -> None:
     """Topology-aware vessel segmentation: train, predict, evaluate."""
 
 
-@vessels_group.command("train")
-@resumable_config_options
-@pass_host
-def train_command(host: Host, config: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
-    """Train a vessel network on patches, then predict and score the held-out images."""
-    from workbench_plugins.vessels.jobs import run_train
-    from workbench_plugins.vessels.settings import VesselTrainSettings
-
-    settings = load_settings(VesselTrainSettings, config, overrides)
-    outcome = run_train(settings, host.datasets.builders, resume=resume)
-    click.echo(str((outcome.run.path / "index.html").resolve()))
+train_command = training_command(
+    "train", "workbench_plugins.vessels.jobs:run_train", "workbench_plugins.vessels.settings:VesselTrainSettings",
+    "Train a vessel network on patches, then predict and score the held-out images.")
+vessels_group.add_command(train_command)
 
 
 def _predict(host: Host, config: Path | None, overrides: tuple[str, ...], score: bool, frame: int | None = None) -> None:
