@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,16 +85,29 @@ def provenance(configs: list[str], tiny: bool) -> dict[str, Any]:
 
 
 def main_for(name: str, run: Callable[[Path, bool], dict[str, Any]], description: str) -> Callable[[list[str] | None], int]:
-    """A ``main(argv)`` with ``--tiny`` and ``--out`` (default ``benchmarks/results/<name>.json``) that calls ``run``."""
+    """A ``main(argv)`` with ``--tiny`` and ``--out`` that calls ``run(out, tiny)`` and prints the summary.
+
+    Args:
+        name: the benchmark's name (``real_pretrain``); the full run's default output is ``benchmarks/results/<name>.json``.
+        run: the benchmark's ``run(out_path, tiny)``.
+        description: the command's help text.
+
+    Returns:
+        ``main(argv) -> exit status``.
+    """
 
     def main(argv: list[str] | None = None) -> int:
         parser = argparse.ArgumentParser(description=description)
         parser.add_argument("--tiny", action="store_true", help="a few steps on a handful of records (for tests)")
-        parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json", help="where the JSON goes")
+        parser.add_argument("--out", type=Path, default=None,
+                            help=f"where the JSON goes (default benchmarks/results/{name}.json; with --tiny a temporary folder)")
         arguments = parser.parse_args(argv)
-        result = run(arguments.out, arguments.tiny)
+        out = arguments.out
+        if out is None:  # a tiny run never overwrites the committed result
+            out = Path(tempfile.mkdtemp(prefix=f"{name}-tiny-")) / f"{name}.json" if arguments.tiny else RESULTS_DIR / f"{name}.json"
+        result = run(out, arguments.tiny)
         json.dump(result.get("summary", {}), sys.stdout, indent=2)
-        print()
+        print(f"\nwritten: {out}")
         return 0
 
     return main

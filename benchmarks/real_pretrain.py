@@ -17,6 +17,7 @@ Targets (reported met or not): image->text R@10 >= 2x chance; zero-shot and prob
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ CONFIG = "configs/real_pretrain_covid.yaml"
 STORED_NAME = "contrastive-covid"
 BENCHMARK = {
     "name": "real_pretrain",
-    "cpu_budget_minutes": 40,
+    "cpu_budget_minutes": 20,
     "configs": [CONFIG],
     "measures": "covid-chestxray test patients: retrieval R@1/5/10 both ways vs chance, zero-shot and linear-probe "
                 "AUROC of COVID-19 vs other findings, pretrained encoder vs random image tower",
@@ -99,8 +100,6 @@ def selection_score(val_metrics: dict[str, Any]) -> float:
 
 def evaluate_on_test(settings: PretrainSettings, work: Path, model: str, random: bool) -> dict[str, Any]:
     """The ``workbench eval`` job on the test patients (probe fitted on train); returns its ``eval`` metrics."""
-    import json
-
     data = settings.data.model_dump(mode="json")
     data.update(eval_split=["test"], train_split=["train"])
     evaluation = EvaluateSettings.model_validate({
