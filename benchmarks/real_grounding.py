@@ -44,7 +44,7 @@ PRETRAIN_STORE = WORK_DIR / "real_pretrain" / "store"
 ENCODER_PRESET = "dual-vit-tiny-conv-minilm"
 BENCHMARK = {
     "name": "real_grounding",
-    "cpu_budget_minutes": 30,
+    "cpu_budget_minutes": 10,
     "configs": [CONFIG],
     "measures": "tbx11k test images: box accuracy at IoU>=0.5, mIoU, pointing game of the supervised grounding head, "
                 "with and without the place in the phrase, beside the mean training box of the zone or class",
