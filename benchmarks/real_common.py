@@ -37,6 +37,16 @@ def config_record(relative_path: str) -> dict[str, str]:
     return {"path": relative_path, "sha256": hashlib.sha256(payload).hexdigest()}
 
 
+def uncommitted_changes() -> list[str]:
+    """Repository paths with uncommitted changes under ``benchmarks/``, ``configs/``, ``workbench/``, ``plugins/``.
+
+    A result whose code was not yet committed says so, next to the commit it was run on.
+    """
+    completed = subprocess.run(["git", "status", "--porcelain", "--", "benchmarks", "configs", "workbench", "plugins"],
+                               cwd=REPO_ROOT, capture_output=True, text=True)
+    return [line[3:] for line in completed.stdout.splitlines() if line[3:] and not line[3:].startswith("benchmarks/results/")]
+
+
 def git_commit() -> str:
     """``git rev-parse HEAD`` of the repository (``"unknown"`` outside a git checkout)."""
     completed = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
@@ -80,7 +90,7 @@ def write_result(out_path: Path, result: dict[str, Any]) -> Path:
 
 def provenance(configs: list[str], tiny: bool) -> dict[str, Any]:
     """The fields every real-data result starts with: commit, configs with hashes, mode, the split protocol."""
-    return {"git_commit": git_commit(), "configs": [config_record(path) for path in configs], "tiny": tiny,
+    return {"git_commit": git_commit(), "uncommitted_changes": uncommitted_changes(), "configs": [config_record(path) for path in configs], "tiny": tiny,
             "selected_on": "val", "scored_on": "test", "test_scored_once": True}
 
 

@@ -12,7 +12,8 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/real_pretrain.py [--tiny] [--out PATH
    with a random image tower (``random: true``, the floor): retrieval R@1/5/10 both ways with chance
    (k/N, or more where notes repeat), zero-shot AUROC of COVID-19 vs every other finding, linear-probe AUROC.
 
-Targets (reported met or not): image->text R@10 >= 2x chance; zero-shot and probe AUROC >= floor + 0.1.
+Targets (reported met or not): image->text R@10 >= 2x chance (chance as the metric counts it, an identical note of
+the same patient being a hit too, and the plain k/N beside it); zero-shot and probe AUROC >= floor + 0.1.
 """
 
 from __future__ import annotations
@@ -116,8 +117,11 @@ def evaluate_on_test(settings: PretrainSettings, work: Path, model: str, random:
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The figures of one encoder: R@k both ways with chance, zero-shot AUROC, probe AUROC per label share."""
     retrieval = metrics.get("retrieval", {})
+    pairs = metrics.get("pairs") or 0
+    # chance_R@k counts a hit on any identical note (images of one patient share theirs); k/N is the chance without them
+    plain_chance = {f"chance_k_over_N_R@{k}": round(min(k / pairs, 1.0), 4) for k in (1, 5, 10)} if pairs else {}
     return {"pairs": metrics.get("pairs"),
-            "retrieval": {key: round(value, 4) for key, value in retrieval.items()},
+            "retrieval": {**{key: round(value, 4) for key, value in retrieval.items()}, **plain_chance},
             "zeroshot_auroc_covid_19": metrics.get("zeroshot", {}).get("covid_19"),
             "linear_probe_auroc_covid_19": {share: values.get("covid_19") for share, values in metrics.get("linear_probe", {}).items()}}
 
@@ -127,7 +131,9 @@ def targets(trained: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
     retrieval = trained["retrieval"]
     checks: dict[str, Any] = {"i2t_R@10_at_least_2x_chance": {
         "value": retrieval.get("i2t_R@10"), "needed": 2 * retrieval.get("chance_R@10", float("nan")),
-        "met": bool(retrieval.get("i2t_R@10", 0) >= 2 * retrieval.get("chance_R@10", float("inf")))}}
+        "met": bool(retrieval.get("i2t_R@10", 0) >= 2 * retrieval.get("chance_R@10", float("inf"))),
+        "needed_with_chance_k_over_N": 2 * retrieval.get("chance_k_over_N_R@10", float("nan")),
+        "met_with_chance_k_over_N": bool(retrieval.get("i2t_R@10", 0) >= 2 * retrieval.get("chance_k_over_N_R@10", float("inf")))}}
     for name, ours, base in (("zeroshot_auroc", trained["zeroshot_auroc_covid_19"], floor["zeroshot_auroc_covid_19"]),
                              ("linear_probe_auroc_100%", trained["linear_probe_auroc_covid_19"].get("100%"),
                               floor["linear_probe_auroc_covid_19"].get("100%"))):
