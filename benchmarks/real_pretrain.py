@@ -1,0 +1,193 @@
+"""Report-paired pretraining on real chest X-rays and their notes (covid-chestxray), scored on held-out patients.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/real_pretrain.py [--tiny] [--out PATH]``
+(default ``benchmarks/results/real_pretrain.json``; the data from ``$WORKBENCH_SHARED_DATA`` or ``../shared/data``).
+
+1. ``workbench pretrain`` from ``configs/real_pretrain_covid.yaml`` on the train patients, keeping every
+   periodic checkpoint.
+2. Each checkpoint is scored on the ``val`` patients (retrieval both ways); the one with the best mean of
+   image->text and text->image R@10 is kept (ties: the later one) and stored as ``contrastive-covid`` in the
+   benchmark's own model store (``runs/benchmarks/real_pretrain/store``, which ``real_grounding`` reads).
+3. The ``workbench eval`` job scores the kept encoder on the ``test`` patients, once, next to the same preset
+   with a random image tower (``random: true``, the floor): retrieval R@1/5/10 both ways with chance
+   (k/N, or more where notes repeat), zero-shot AUROC of COVID-19 vs every other finding, linear-probe AUROC.
+
+Targets (reported met or not): image->text R@10 >= 2x chance (chance as the metric counts it, an identical note of
+the same patient being a hit too, and the plain k/N beside it); zero-shot and probe AUROC >= floor + 0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.real_common import WORK_DIR, Clock, main_for, provenance, shared_data_root, single_thread, write_result  # noqa: E402
+from workbench.config import load_settings  # noqa: E402
+from workbench.host import create_plugin_manager  # noqa: E402
+from workbench.model_store import open_store  # noqa: E402
+from workbench_plugins.contrastive.data import pair_dataset  # noqa: E402
+from workbench_plugins.contrastive.evaluate import encode_pairs, evaluate_encoder  # noqa: E402
+from workbench_plugins.contrastive.evaluate_job import run_evaluation  # noqa: E402
+from workbench_plugins.contrastive.models import dual_encoder_preprocessing  # noqa: E402
+from workbench_plugins.contrastive.pretrain import build_encoder, load_pair_records, run_pretrain  # noqa: E402
+from workbench_plugins.contrastive.settings import EvalSettings, EvaluateSettings, PretrainSettings  # noqa: E402
+
+CONFIG = "configs/real_pretrain_covid.yaml"
+STORED_NAME = "contrastive-covid"
+BENCHMARK = {
+    "name": "real_pretrain",
+    "cpu_budget_minutes": 20,
+    "configs": [CONFIG],
+    "measures": "covid-chestxray test patients: retrieval R@1/5/10 both ways vs chance, zero-shot and linear-probe "
+                "AUROC of COVID-19 vs other findings, pretrained encoder vs random image tower",
+}
+TINY_OVERRIDES = ["train.steps=2", "train.checkpoint_every=1", "train.batch_size=8", "train.warmup_steps=1",
+                  "train.log_every=1", "data.max_train=16", "data.max_eval=12", "eval.examples=0"]
+
+
+def work_folder(out_path: Path, tiny: bool) -> Path:
+    """Where runs and the model store go: ``runs/benchmarks/real_pretrain`` (full) or next to ``out_path`` (tiny)."""
+    return out_path.parent / f"{out_path.stem}_work" if tiny else WORK_DIR / "real_pretrain"
+
+
+def pretrain_settings(work: Path, tiny: bool) -> PretrainSettings:
+    """The committed config with the data folder, run folder, store and checkpoint keeping of this benchmark."""
+    overrides = [f"data.root={shared_data_root() / 'covid-chestxray'}", f"run.output_root={work / 'runs'}",
+                 "train.keep_checkpoints=1000", "save.name=null", "data.eval_split=[val]", "data.train_split=[train]"]
+    return load_settings(PretrainSettings, REPO_ROOT / CONFIG, overrides + (TINY_OVERRIDES if tiny else []))
+
+
+def checkpoint_steps(run_path: Path) -> list[Path]:
+    """The run's checkpoint folders (``step-XXXXXXXX``), oldest first."""
+    return sorted((run_path / "checkpoints").glob("step-*"))
+
+
+def load_checkpoint_encoder(settings: PretrainSettings, folder: Path) -> Any:
+    """The dual encoder held in a pretraining checkpoint (the module's ``encoder.`` weights)."""
+    import safetensors.torch
+
+    encoder = build_encoder(settings)
+    weights = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    encoder_weights = {key.removeprefix("encoder."): value for key, value in weights.items() if key.startswith("encoder.")}
+    encoder.load_state_dict(encoder_weights, strict=False)
+    missing = [key for key in encoder.state_dict() if key not in encoder_weights]
+    if missing:
+        raise RuntimeError(f"{folder / 'model.safetensors'}: no weights for {missing[:5]}")
+    return encoder.eval()
+
+
+def score_on_val(settings: PretrainSettings, encoder: Any, train_records: list[dict], val_records: list[dict]) -> dict[str, Any]:
+    """Retrieval, zero-shot and probe of ``encoder`` on the val patients (the probe fits on train)."""
+    preprocessing = dual_encoder_preprocessing(encoder)
+    device = torch.device("cpu")
+    val_pairs = encode_pairs(encoder, pair_dataset(val_records, preprocessing, augment=False, cache="none"), device, keep_images=0)
+    train_pairs = encode_pairs(encoder, pair_dataset(train_records, preprocessing, augment=False, cache="none"), device, keep_images=0)
+    options = EvalSettings(probe_fractions=[1.0], examples=0)
+    return evaluate_encoder(encoder, val_pairs, train_pairs, options, device, settings.data.findings, settings.run.seed)
+
+
+def selection_score(val_metrics: dict[str, Any]) -> float:
+    """Mean of image->text and text->image R@10 on val (retrieval is what the objective trains)."""
+    retrieval = val_metrics["retrieval"]
+    return (retrieval["i2t_R@10"] + retrieval["t2i_R@10"]) / 2
+
+
+def evaluate_on_test(settings: PretrainSettings, work: Path, model: str, random: bool) -> dict[str, Any]:
+    """The ``workbench eval`` job on the test patients (probe fitted on train); returns its ``eval`` metrics."""
+    data = settings.data.model_dump(mode="json")
+    data.update(eval_split=["test"], train_split=["train"])
+    evaluation = EvaluateSettings.model_validate({
+        "run": {"output_root": str(work / "runs"), "seed": settings.run.seed, "device": "cpu"},
+        "data": data, "model": model, "random": random, "store": None if random else str(work / "store"),
+        "model_options": dict(settings.model.options) if random else {},
+        "eval": {"retrieval": True, "zeroshot": True, "linear_probe": True, "probe_fractions": settings.eval.probe_fractions,
+                 "examples": 0},
+    })
+    page = run_evaluation(evaluation, create_plugin_manager().datasets.builders)
+    return json.loads((page.parent / "metrics.json").read_text(encoding="utf-8"))["eval"]
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one encoder: R@k both ways with chance, zero-shot AUROC, probe AUROC per label share."""
+    retrieval = metrics.get("retrieval", {})
+    pairs = metrics.get("pairs") or 0
+    # chance_R@k counts a hit on any identical note (images of one patient share theirs); k/N is the chance without them
+    plain_chance = {f"chance_k_over_N_R@{k}": round(min(k / pairs, 1.0), 4) for k in (1, 5, 10)} if pairs else {}
+    return {"pairs": metrics.get("pairs"),
+            "retrieval": {**{key: round(value, 4) for key, value in retrieval.items()}, **plain_chance},
+            "zeroshot_auroc_covid_19": metrics.get("zeroshot", {}).get("covid_19"),
+            "linear_probe_auroc_covid_19": {share: values.get("covid_19") for share, values in metrics.get("linear_probe", {}).items()}}
+
+
+def targets(trained: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    """The three targets of the issue, each with the figures it compares and whether it is met."""
+    retrieval = trained["retrieval"]
+    checks: dict[str, Any] = {"i2t_R@10_at_least_2x_chance": {
+        "value": retrieval.get("i2t_R@10"), "needed": 2 * retrieval.get("chance_R@10", float("nan")),
+        "met": bool(retrieval.get("i2t_R@10", 0) >= 2 * retrieval.get("chance_R@10", float("inf"))),
+        "needed_with_chance_k_over_N": 2 * retrieval.get("chance_k_over_N_R@10", float("nan")),
+        "met_with_chance_k_over_N": bool(retrieval.get("i2t_R@10", 0) >= 2 * retrieval.get("chance_k_over_N_R@10", float("inf")))}}
+    for name, ours, base in (("zeroshot_auroc", trained["zeroshot_auroc_covid_19"], floor["zeroshot_auroc_covid_19"]),
+                             ("linear_probe_auroc_100%", trained["linear_probe_auroc_covid_19"].get("100%"),
+                              floor["linear_probe_auroc_covid_19"].get("100%"))):
+        met = ours is not None and base is not None and ours == ours and base == base and ours >= base + 0.1
+        checks[f"{name}_at_least_floor_plus_0.1"] = {"value": ours, "floor": base, "met": bool(met)}
+    return checks
+
+
+def run(out_path: Path, tiny: bool = False) -> dict[str, Any]:
+    """Pretrain, select the checkpoint on val, score it and the random floor on test; write and return the JSON."""
+    clock = Clock()
+    work = work_folder(Path(out_path), tiny)
+    with single_thread():
+        settings = pretrain_settings(work, tiny)
+        builders = create_plugin_manager().datasets.builders
+        outcome = run_pretrain(settings, builders, progress=False)
+        train_records, val_records = load_pair_records(settings.data, builders, work / "runs")
+        test_settings = settings.data.model_copy(update={"eval_split": ["test"]})
+        _, test_records = load_pair_records(test_settings, builders, work / "runs")
+        candidates = []
+        for folder in checkpoint_steps(outcome.run.path):
+            encoder = load_checkpoint_encoder(settings, folder)
+            val_metrics = score_on_val(settings, encoder, train_records, val_records)
+            candidates.append({"checkpoint_step": int(folder.name.split("-")[1]), "val_selection_score": round(selection_score(val_metrics), 4),
+                               "val": headline(val_metrics)})
+        chosen = max(candidates, key=lambda row: (row["val_selection_score"], row["checkpoint_step"]))
+        encoder = load_checkpoint_encoder(settings, outcome.run.path / "checkpoints" / f"step-{chosen['checkpoint_step']:08d}")
+        options = {**settings.model.options, "pretrained_text": None}
+        record = open_store(work / "store").save(
+            encoder, name=STORED_NAME, factory=settings.model.preset, task="contrastive", config=options,
+            preprocessing=dual_encoder_preprocessing(encoder), metrics={"val_selection_score": chosen["val_selection_score"]},
+            plugin="contrastive", extra={"run": outcome.run.path.name, "checkpoint_step": chosen["checkpoint_step"]})
+        trained = headline(evaluate_on_test(settings, work, f"{record.name}:v{record.version}", random=False))
+        floor = headline(evaluate_on_test(settings, work, settings.model.preset, random=True))
+    result = {
+        "benchmark": "real_pretrain", **provenance([CONFIG], tiny),
+        "data": {"dataset": "covid-chestxray", "root": "../shared/data/covid-chestxray", "options": settings.data.options},
+        "split_sizes": {"train": len(train_records), "val": len(val_records), "test": len(test_records)},
+        "settings": {"steps": settings.train.steps, "batch_size": settings.train.batch_size, "preset": settings.model.preset,
+                     "checkpoint_every": settings.train.checkpoint_every, "overrides_in_tiny_mode": TINY_OVERRIDES if tiny else [],
+                     "selection": "checkpoint with the best val mean of i2t and t2i R@10 (ties: later)"},
+        "selection": {"candidates": candidates, "chosen_checkpoint_step": chosen["checkpoint_step"]},
+        "test": {"pretrained": trained, "random_image_tower": floor},
+        "targets": targets(trained, floor),
+        "training_history_last": outcome.history[-1] if outcome.history else {},
+        **clock.seconds(),
+    }
+    result["summary"] = {"chosen_checkpoint_step": chosen["checkpoint_step"], "test_pretrained": trained,
+                         "test_random": floor, "targets_met": {key: value["met"] for key, value in result["targets"].items()}}
+    write_result(Path(out_path), result)
+    return result
+
+
+main = main_for("real_pretrain", run, __doc__.splitlines()[0])
+
+if __name__ == "__main__":
+    raise SystemExit(main())
