@@ -33,12 +33,12 @@ from workbench.config import load_settings  # noqa: E402
 from workbench.data.skipped import SkippedRecords  # noqa: E402
 from workbench.host import create_plugin_manager  # noqa: E402
 from workbench_plugins.counterfactual.baselines import baseline_maps  # noqa: E402
-from workbench_plugins.counterfactual.cae_train import run_cae_train  # noqa: E402
-from workbench_plugins.counterfactual.classify import run_classify_train  # noqa: E402
-from workbench_plugins.counterfactual.classify_eval import load_classifier  # noqa: E402
+from workbench_plugins.counterfactual.jobs.cae_train import run_cae_train  # noqa: E402
+from workbench_plugins.counterfactual.jobs.classify import run_classify_train  # noqa: E402
+from workbench_plugins.counterfactual.jobs.classify_evaluate import load_classifier  # noqa: E402
 from workbench_plugins.counterfactual.data import labelled_records, pick_split  # noqa: E402
 from workbench_plugins.counterfactual.explain import fit_to  # noqa: E402
-from workbench_plugins.counterfactual.explain_job import batch_cases, run_explain  # noqa: E402
+from workbench_plugins.counterfactual.jobs.explain import batch_cases, run_explain  # noqa: E402
 from workbench_plugins.counterfactual.settings import CaeTrainSettings, ClassifyTrainSettings, ExplainSettings  # noqa: E402
 
 CLASSIFY_CONFIG = "configs/real_classify_pediatric.yaml"

@@ -34,9 +34,9 @@ from workbench.host import create_plugin_manager  # noqa: E402
 from workbench.model_store import open_store  # noqa: E402
 from workbench_plugins.grounding.boxes import box_mask  # noqa: E402
 from workbench_plugins.grounding.metrics import GroundingScores  # noqa: E402
-from workbench_plugins.grounding.run import load_grounding_records, run_ground_evaluate  # noqa: E402
+from workbench_plugins.grounding.jobs.ground import load_grounding_records, run_ground_evaluate  # noqa: E402
 from workbench_plugins.grounding.settings import GroundSettings, GroundTrainSettings  # noqa: E402
-from workbench_plugins.grounding.train_job import run_ground_train  # noqa: E402
+from workbench_plugins.grounding.jobs.train import run_ground_train  # noqa: E402
 
 CONFIG = "configs/real_ground_tbx11k.yaml"
 PHRASE_FORMS = ("with-place", "without-place")

@@ -34,9 +34,9 @@ from workbench.host import create_plugin_manager  # noqa: E402
 from workbench.model_store import open_store  # noqa: E402
 from workbench_plugins.contrastive.data import pair_dataset  # noqa: E402
 from workbench_plugins.contrastive.evaluate import encode_pairs, evaluate_encoder  # noqa: E402
-from workbench_plugins.contrastive.evaluate_job import run_evaluation  # noqa: E402
+from workbench_plugins.contrastive.jobs.evaluation import run_evaluation  # noqa: E402
 from workbench_plugins.contrastive.models import dual_encoder_preprocessing  # noqa: E402
-from workbench_plugins.contrastive.pretrain import build_encoder, load_pair_records, run_pretrain  # noqa: E402
+from workbench_plugins.contrastive.jobs.pretrain import build_encoder, load_pair_records, run_pretrain  # noqa: E402
 from workbench_plugins.contrastive.settings import EvalSettings, EvaluateSettings, PretrainSettings  # noqa: E402
 
 CONFIG = "configs/real_pretrain_covid.yaml"

@@ -20,6 +20,7 @@ SETTINGS_OF = {
     "ground_phantom.yaml": "workbench_plugins.grounding.settings:GroundSettings",
     "ground_train_phantom.yaml": "workbench_plugins.grounding.settings:GroundTrainSettings",
     "pretrain_phantom.yaml": "workbench_plugins.contrastive.settings:PretrainSettings",
+    "real_cae_pediatric.yaml": "workbench_plugins.counterfactual.settings:CaeTrainSettings",
     "real_classify_pediatric.yaml": "workbench_plugins.counterfactual.settings:ClassifyTrainSettings",
     "real_ground_tbx11k.yaml": "workbench_plugins.grounding.settings:GroundTrainSettings",
     "real_pretrain_covid.yaml": "workbench_plugins.contrastive.settings:PretrainSettings",
