@@ -47,7 +47,7 @@ METHODS = ("cae", "gradcam", "random")
 BENCHMARK = {
     "name": "real_counterfactual",
     "cpu_budget_minutes": 240,
-    "configs": [CLASSIFY_CONFIG, CAE_CONFIG],
+    "configs": ["configs/real_classify_pediatric.yaml", "configs/real_cae_pediatric.yaml"],
     "measures": "pediatric-cxr test children: CAE flip rate, SSIM, seconds per explanation; deletion/insertion AUC of "
                 "the CAE map vs Grad-CAM vs a random map",
 }
@@ -100,8 +100,11 @@ def curve_scores(explain: ExplainSettings, run_path: Path, rows: list[dict[str, 
     return {key: {method: mean_or_none(per_method[method][key]) for method in METHODS} for key in ("deletion_auc", "insertion_auc")}
 
 
-def run(out_path: Path, tiny: bool = False) -> dict[str, Any]:
+def run(out_path: Path, tiny: bool = False, *, work_dir: Path | None = None, models: dict[str, str] | None = None,
+        store: Path | None = None) -> dict[str, Any]:
     """Train the classifier and the CAE, explain the test children once, score them; write and return the JSON."""
+    if models:  # `workbench bench NAME --model ...`: the real-data benchmarks train what they score
+        raise ValueError(f"{BENCHMARK['name']} trains its own models; it takes no --model")
     clock = Clock()
     work = Path(out_path).parent / f"{Path(out_path).stem}_work" if tiny else WORK_DIR / "real_counterfactual"
     store = work / "store"

@@ -45,7 +45,7 @@ ENCODER_PRESET = "dual-vit-tiny-conv-minilm"
 BENCHMARK = {
     "name": "real_grounding",
     "cpu_budget_minutes": 10,
-    "configs": [CONFIG],
+    "configs": ["configs/real_ground_tbx11k.yaml"],
     "measures": "tbx11k test images: box accuracy at IoU>=0.5, mIoU, pointing game of the supervised grounding head, "
                 "with and without the place in the phrase, beside the mean training box of the zone or class",
 }
@@ -149,8 +149,11 @@ def evaluate_head_on_test(settings: GroundTrainSettings, head: str, builders: An
     return run_ground_evaluate(evaluation, builders, progress=False).metrics
 
 
-def run(out_path: Path, tiny: bool = False) -> dict[str, Any]:
+def run(out_path: Path, tiny: bool = False, *, work_dir: Path | None = None, models: dict[str, str] | None = None,
+        store: Path | None = None) -> dict[str, Any]:
     """Train heads per phrase form and encoder, pick the encoder on val, score test once; write and return the JSON."""
+    if models:  # `workbench bench NAME --model ...`: the real-data benchmarks train what they score
+        raise ValueError(f"{BENCHMARK['name']} trains its own models; it takes no --model")
     clock = Clock()
     work = Path(out_path).parent / f"{Path(out_path).stem}_work" if tiny else WORK_DIR / "real_grounding"
     builders = create_plugin_manager().datasets.builders

@@ -44,7 +44,7 @@ STORED_NAME = "contrastive-covid"
 BENCHMARK = {
     "name": "real_pretrain",
     "cpu_budget_minutes": 20,
-    "configs": [CONFIG],
+    "configs": ["configs/real_pretrain_covid.yaml"],
     "measures": "covid-chestxray test patients: retrieval R@1/5/10 both ways vs chance, zero-shot and linear-probe "
                 "AUROC of COVID-19 vs other findings, pretrained encoder vs random image tower",
 }
@@ -142,8 +142,11 @@ def targets(trained: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
     return checks
 
 
-def run(out_path: Path, tiny: bool = False) -> dict[str, Any]:
+def run(out_path: Path, tiny: bool = False, *, work_dir: Path | None = None, models: dict[str, str] | None = None,
+        store: Path | None = None) -> dict[str, Any]:
     """Pretrain, select the checkpoint on val, score it and the random floor on test; write and return the JSON."""
+    if models:  # `workbench bench NAME --model ...`: the real-data benchmarks train what they score
+        raise ValueError(f"{BENCHMARK['name']} trains its own models; it takes no --model")
     clock = Clock()
     work = work_folder(Path(out_path), tiny)
     with single_thread():
