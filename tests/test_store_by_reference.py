@@ -11,7 +11,7 @@ import torch
 
 from workbench.errors import IntegrityError, RegistryError
 from workbench.host import create_plugin_manager
-from workbench.model_store import ModelStore
+from workbench.model_store import ModelStore, describe_record
 from workbench.registry import create_model
 from workbench.text_tower import MINILM_PACKAGE
 
@@ -56,6 +56,7 @@ def test_frozen_minilm_is_stored_by_reference_and_loads_back_identical(tmp_path:
     on_disk = json.loads((store.version_dir("tiny", referenced.version) / "record.json").read_text())
     assert on_disk["format"] == 2 and on_disk["package_refs"][0]["sha256"] == reference["sha256"]
 
+    assert describe_record(referenced)["package_refs"][0]["tensors"] == 101
     loaded, record = store.load("tiny")
     assert record.package_refs == referenced.package_refs
     for expected, actual in zip(embeddings(encoder), embeddings(loaded.eval())):

@@ -7,6 +7,12 @@ Layout under the store root::
     <name>/v<version>/model.safetensors
     <name>/v<version>/record.json     the ModelRecord, aliases included
 
+Frozen tensors that an installed package ships unchanged (a dual encoder's
+MiniLM tower, declared by the model's ``frozen_package_parts()``) are not
+copied into ``model.safetensors``: the record lists them in ``package_refs``
+(package, version, file sha256) and loading reads them from the package after
+checking that file (see :mod:`workbench.package_weights`).
+
 Why writes look the way they do: the weights are serialised and hashed in a
 private staging folder outside the lock (the slow part), then, holding the
 lock, a version number is allocated, the staging folder is renamed into place,
@@ -393,8 +399,9 @@ class ModelStore:
             is in the mode its factory leaves it (normally train); call ``.eval()`` to infer.
 
         Raises:
-            RegistryError: unknown name/version/factory, or weights that do not fit the rebuilt model.
-            IntegrityError: tampered weights.
+            RegistryError: unknown name/version/factory, weights that do not fit the rebuilt model,
+                or a package the version references that is not installed (named).
+            IntegrityError: tampered weights, or a referenced package file that changed (package named).
         """
         state, record = self.load_state_dict(name, version)
         registry = registry if registry is not None else self.registry

@@ -180,6 +180,7 @@ class ReportImageDualEncoder(nn.Module):
             joint_dim = int(embed_dim or 256)
             self.clip = open_clip.CustomTextCLIP(joint_dim, vision_cfg, text_cfg, init_logit_bias=init_logit_bias, output_dict=True)
             self._tokenizer_source = str(text_path)
+            self._text_built_from_package = pretrained_text in (BUNDLED_TEXT, None)
         elif text_tower == "open_clip":
             if pretrained_text not in (None, BUNDLED_TEXT):
                 raise ConfigError("the open_clip text tower starts from random weights here; give pretrained_text: null")
@@ -264,8 +265,8 @@ class ReportImageDualEncoder(nn.Module):
         with ``text_unlocked_layers: 0`` the whole 90 MB tower, with unlocked layers
         only the ones that did not train, with a tower from elsewhere nothing.
         """
-        if self.text_tower_name != "minilm":
-            return []
+        if self.text_tower_name != "minilm" or not self._text_built_from_package:
+            return []  # a tower read from a local folder need not match (nor need) the package
         return [bundled_minilm_part("clip.text.transformer.")]
 
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
