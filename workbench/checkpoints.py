@@ -7,6 +7,9 @@ A checkpoint is a folder ``checkpoints/step-00000120/`` holding
   as tensors and plain values (read back with ``torch.load(weights_only=True)``);
 - ``rng-rank<r>.safetensors``: each rank's Python, NumPy and torch (CPU and
   CUDA) random states, as tensors;
+- ``package_refs.json`` (only for models declaring ``frozen_package_parts``): the
+  tensors left out of ``model.safetensors`` because an installed package ships them
+  unchanged (the frozen MiniLM tower), read back from the package on resume;
 - ``checksums.json``: the sha256 of each file, verified on load.
 
 The folder is written under a temporary name and renamed into place, then
@@ -37,6 +40,7 @@ from torch import nn
 
 from workbench.errors import IntegrityError
 from workbench.fsutil import atomic_write_json, atomic_write_text, raise_disk_full, sha256_of_file, torch_save_file
+from workbench.package_weights import package_parts_of, package_tensors, split_package_state
 
 __all__ = [
     "seed_everything", "capture_rng_state", "restore_rng_state", "rng_state_bytes", "rng_state_from_bytes",
@@ -46,6 +50,8 @@ __all__ = [
 logger = logging.getLogger("workbench.checkpoints")
 
 LATEST_POINTER = "latest"
+# Frozen tensors an installed package ships unchanged (the MiniLM tower) are listed here instead of copied.
+PACKAGE_REFS_FILE = "package_refs.json"
 _STEP_PREFIX = "step-"
 
 
@@ -128,8 +134,21 @@ class Checkpoint:
         return safetensors.torch.load_file(str(path)) if path.exists() else None
 
     def load_model(self, model: nn.Module, strict: bool = True) -> None:
-        """Load ``model.safetensors`` into ``model`` (tied weights handled by safetensors)."""
-        missing, unexpected = safetensors.torch.load_model(model, str(self.path / "model.safetensors"), strict=False)
+        """Load ``model.safetensors`` into ``model`` (tied weights handled by safetensors), with the package tensors it references.
+
+        Raises:
+            IntegrityError: the file does not match the model (``strict``), or a referenced
+                package's file changed since the checkpoint was written (package named).
+            RegistryError: a referenced package is not installed (named).
+        """
+        refs_file = self.path / PACKAGE_REFS_FILE
+        if refs_file.exists():
+            state = safetensors.torch.load_file(str(self.path / "model.safetensors"))
+            state.update(package_tensors(json.loads(refs_file.read_text(encoding="utf-8")), f"checkpoint {self.path}"))
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            missing = [key for key in missing if key not in _shared_names(model, set(state))]
+        else:
+            missing, unexpected = safetensors.torch.load_model(model, str(self.path / "model.safetensors"), strict=False)
         if strict and (missing or unexpected):
             raise IntegrityError(f"{self.path / 'model.safetensors'}: does not match the model "
                                  f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
@@ -202,7 +221,14 @@ def _write_files(partial: Path, model: nn.Module, state: Mapping[str, Any], rng_
     final = partial.parent / partial.name[1:].removesuffix(".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    safetensors.torch.save_model(model, str(partial / "model.safetensors"))
+    parts = package_parts_of(model)
+    if parts:
+        weights, references = split_package_state(_distinct_tensors(model), parts, f"checkpoint {final}")
+        safetensors.torch.save_file(weights, str(partial / "model.safetensors"), metadata={"format": "pt"})
+        if references:
+            atomic_write_json(partial / PACKAGE_REFS_FILE, references)
+    else:
+        safetensors.torch.save_model(model, str(partial / "model.safetensors"))
     torch_save_file(dict(state), partial / "state.pt")
     for rank, payload in enumerate(rng_states):
         with open(partial / f"rng-rank{rank}.safetensors", "wb") as handle:
@@ -215,6 +241,34 @@ def _write_files(partial: Path, model: nn.Module, state: Mapping[str, Any], rng_
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
+
+
+def _tensor_place(tensor: torch.Tensor) -> tuple[Any, ...]:
+    return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+
+
+def _distinct_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each tied tensor once (under its first name), CPU and contiguous, as ``save_model`` writes it."""
+    seen: set[tuple[Any, ...]] = set()
+    storages: set[tuple[Any, int]] = set()
+    distinct: dict[str, torch.Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        place = _tensor_place(tensor)
+        if place in seen:
+            continue
+        seen.add(place)
+        tensor = tensor.detach()
+        # A different view of a storage already written gets its own copy (safetensors refuses shared memory).
+        distinct[key] = tensor.clone() if place[:2] in storages else tensor.cpu().contiguous()
+        storages.add(place[:2])
+    return distinct
+
+
+def _shared_names(model: nn.Module, loaded: set[str]) -> set[str]:
+    """Names of the model's state that share their tensor with a name in ``loaded`` (filled by loading that one)."""
+    state = model.state_dict()
+    loaded_places = {_tensor_place(state[key]) for key in loaded if key in state}
+    return {key for key, tensor in state.items() if _tensor_place(tensor) in loaded_places}
 
 
 def _step_of(path: Path) -> int:

@@ -1,6 +1,6 @@
 """The ``workbench`` command: core commands plus whatever the plugins add.
 
-Core: ``plugins``, ``models list|show|rm|verify``, ``demo``. The built-in plugin adds
+Core: ``plugins``, ``models list|show|rm|verify|gc``, ``runs clean``, ``demo``. The built-in plugin adds
 ``phantoms``; first-party and third-party plugins add their jobs through the
 ``workbench_add_commands`` hook. A :class:`~workbench.errors.WorkbenchError`
 is printed as one clear message (no traceback) and exits with status 2;
@@ -26,6 +26,7 @@ from workbench.bench import bench_command
 from workbench.datasets_cli import datasets_group
 from workbench.errors import EXIT_ERROR, EXIT_OK, WorkbenchError
 from workbench.host import Host, pass_host
+from workbench.housekeeping import models_gc, runs_group
 
 console = Console(stderr=True)
 
@@ -132,6 +133,9 @@ def models_verify(fix: bool) -> None:
         sys.exit(1)
 
 
+models_group.add_command(models_gc)
+
+
 @click.command("metrics")
 @click.argument("pattern", default="*")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
@@ -205,6 +209,7 @@ def build_cli(host: Any) -> click.Group:
         root.add_command(command)
     root.add_command(datasets_group)
     root.add_command(bench_command)
+    root.add_command(runs_group)
     host.add_commands(root)
     return root
 

