@@ -70,11 +70,19 @@ def checkpoint_steps(run_path: Path) -> list[Path]:
 
 
 def load_checkpoint_encoder(settings: PretrainSettings, folder: Path) -> Any:
-    """The dual encoder held in a pretraining checkpoint (the module's ``encoder.`` weights)."""
+    """The dual encoder held in a pretraining checkpoint (the module's ``encoder.`` weights, package-shipped ones refilled)."""
+    import json
+
     import safetensors.torch
+
+    from workbench.checkpoints import PACKAGE_REFS_FILE
+    from workbench.package_weights import package_tensors
 
     encoder = build_encoder(settings)
     weights = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    references = folder / PACKAGE_REFS_FILE
+    if references.exists():  # the frozen MiniLM tensors are kept by reference, not copied into each checkpoint
+        weights.update(package_tensors(json.loads(references.read_text(encoding="utf-8")), f"checkpoint {folder}"))
     encoder_weights = {key.removeprefix("encoder."): value for key, value in weights.items() if key.startswith("encoder.")}
     encoder.load_state_dict(encoder_weights, strict=False)
     missing = [key for key in encoder.state_dict() if key not in encoder_weights]
