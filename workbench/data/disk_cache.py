@@ -62,7 +62,7 @@ class CheckedPersistentDataset(PersistentDataset):
         hashfile = self.cache_dir / f"{self.hash_func(item_transformed).decode('utf-8')}{self.transform_hash}.pt"
         if hashfile.is_file():
             try:
-                return torch.load(hashfile, weights_only=self.weights_only)
+                return torch.load(hashfile, weights_only=True)  # cache files hold tensors and plain data, never code
             except PermissionError:
                 raise
             except Exception as error:  # truncated zip, bad pickle, bit rot: all mean "rebuild"
