@@ -153,14 +153,14 @@ def run_open_clip(data_csv: Path, folder: Path, model: str, precision: str, step
 
 
 def run_ours(data_csv: Path, folder: Path, model_options: dict[str, Any], precision: str, steps: int, device: torch.device,
-             channels_last: bool, compile_model: bool) -> list[float]:
-    """Our pretrain job on the same files in ``precision``; returns its per-step samples/s."""
+             channels_last: bool, compile_model: bool, batch: int = BATCH) -> list[float]:
+    """Our pretrain job on the same files in ``precision`` with ``batch`` samples a step; returns its per-step samples/s."""
     settings = load_settings(PretrainSettings, None, [], defaults={
         "run": {"output_root": str(folder / "ours_runs"), "seed": 0, "device": str(device), "precision": precision},
         "data": {"dataset": "report-manifest", "root": str(data_csv), "train_split": ["train"], "eval_split": [], "cache": "memory"},
         "model": {"preset": PRESET, "options": model_options, "channels_last": channels_last, "compile": compile_model},
         "objective": {"name": "clip"},
-        "train": {"steps": steps, "batch_size": BATCH, "lr": 5e-4, "warmup_steps": 2, "checkpoint_every": steps, "log_every": steps},
+        "train": {"steps": steps, "batch_size": batch, "lr": 5e-4, "warmup_steps": 2, "checkpoint_every": steps, "log_every": steps},
         "eval": {"retrieval": False, "zeroshot": False, "linear_probe": False, "examples": 0},
         "save": {"name": None},
     })
@@ -172,7 +172,7 @@ def run_ours(data_csv: Path, folder: Path, model_options: dict[str, Any], precis
         stamps.append(time.perf_counter())
 
     run_pretrain(settings, create_plugin_manager().datasets.builders, after_optimizer_step=stamp, progress=False)
-    return [BATCH / (later - earlier) for earlier, later in zip(stamps, stamps[1:])]
+    return [batch / (later - earlier) for earlier, later in zip(stamps, stamps[1:])]
 
 
 def median_after(values: list[float], warmup: int) -> float:

@@ -29,6 +29,9 @@ TINY_FIGURES = {
     "vessel_loss_overhead": "training_step.dice_ce.median_ms",
     "vessels_chase": "rows.dice_ce.dice",
     "vessels_chase_bridging": "variants.skeleton_recall.test_row.dice",
+    "vessels_vs_monai": "train_step_ratio",
+    "topology_scaling": "cases.3d_32.median_s",
+    "pretrain_step_profile": "batch_scaling.0.samples_per_s",
 }
 TRAINS_MODELS = {"counterfactual_phantom": {"classifier", "cae"}, "contrastive_objectives": {"clip", "siglip"},
                  "grounding_phantom": {"encoder", "grounding_head"}, "reporting_phantom": {"encoder", "explainer", "editor"},
@@ -159,7 +162,7 @@ def test_models_are_named_by_role_and_need_their_store():
 
 def _at(payload: dict, dotted: str):
     for key in dotted.split("."):
-        payload = payload[key]
+        payload = payload[int(key)] if isinstance(payload, list) else payload[key]
     return payload
 
 
@@ -197,3 +200,16 @@ def test_tiny_run_writes_its_figures_with_provenance(name, tmp_path):
         window = selection["settings"]["zero_shot.window"]
         assert window["scored"] and window["chosen_setting"] == saved["zero_shot"]["occlusion"]["window"]
         assert saved["zero_shot"]["occlusion"]["miou_threshold"] == selection["chosen"]["boxes.miou_threshold"]
+
+
+def test_the_3d_vessel_tree_of_the_scaling_benchmark_is_one_tube_tree_and_cuts_break_it():
+    import cc3d
+
+    from benchmarks.topology_scaling import cut, vessel_tree_3d
+    from workbench_plugins.vessels.topology.check import check_mask
+
+    tree = vessel_tree_3d(48, depth=4)
+    assert tree.shape == (48, 48, 48) and 0.002 < tree.mean() < 0.2
+    assert cc3d.connected_components(tree, connectivity=26).max() == 1  # branches meet their parents
+    report = check_mask(cut(tree, cuts=4), tree)
+    assert report.reference_components == 1 and report.n_components > 1 and report.dice < 1.0

@@ -62,6 +62,8 @@ class DemoContext:
         device: the device chosen for the run.
         results: what earlier steps left for later ones (step name -> anything).
         host: the loaded host (its model registry and dataset builders).
+        headline: each step's headline figures (step name -> ``{metric: number}``), written into the
+            demo's ``metrics.json`` under the step's name (see :meth:`record`).
     """
 
     run: RunFolder
@@ -72,6 +74,15 @@ class DemoContext:
     device: torch.device
     results: dict[str, Any] = field(default_factory=dict)
     host: Any = None
+    headline: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def record(self, step: str, figures: dict[str, Any]) -> None:
+        """Keep ``figures`` (JSON-ready numbers, nested dicts allowed) as step ``step``'s headline figures.
+
+        They land in the demo's ``metrics.json`` under ``step`` (e.g. ``{"grounding": {"overall": {"pointing": 0.8}}}``),
+        where a check can read them without parsing the page.
+        """
+        self.headline.setdefault(step, {}).update(figures)
 
     def options(self, step: str) -> dict[str, Any]:
         """The per-step options from ``settings.options[step]`` (empty when none)."""
@@ -208,7 +219,16 @@ def run_demo(host: Any, settings: DemoSettings) -> Path:
         steps.get(name).run(context)
         timings[f"{name}_s"] = round(time.perf_counter() - step_started, 2)
         report.write()  # each finished step is visible even if a later one fails
+        run.write_metrics({"demo_timings": timings, **context.headline})
 
-    run.write_metrics({"demo_timings": timings})
+    timings["total_s"] = round(time.perf_counter() - started, 2)
     report.section("Config").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
-    return report.write()
+    index = report.write()
+    run.write_metrics({"demo_timings": timings, **context.headline})
+    run.write_metrics({"run_folder_bytes": folder_bytes(run.path)})
+    return index
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of every file under ``folder`` (links not followed): what the run costs on disk."""
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file() and not path.is_symlink())

@@ -195,3 +195,28 @@ def test_dice_by_monai_is_the_overlap_formula(shape, prediction_rate, reference_
     total = prediction.sum() + reference.sum()
     expected = 2 * (prediction & reference).sum() / total if total else 1.0
     assert dice(prediction, reference) == pytest.approx(expected, abs=1e-6)
+
+
+def test_shifted_dilation_and_3d_euler_number_equal_the_library_ones_on_random_masks():
+    from scipy import ndimage
+    from skimage.measure import euler_number
+    from skimage.morphology import ball, disk
+
+    from workbench_plugins.vessels.topology.metrics import dilate, euler_characteristic_3d
+
+    rng = np.random.default_rng(0)
+    for case in range(40):
+        shape = tuple(int(side) for side in rng.integers(3, 18, size=3 if case % 2 else 2))
+        mask = rng.random(shape) < rng.uniform(0.02, 0.6)
+        if case % 5 == 0:  # one voxel, at the border sometimes: the bounding box and the clipping
+            mask[:] = False
+            mask[tuple(int(rng.integers(0, side)) for side in shape)] = True
+        radius = int(rng.integers(1, 4))
+        footprint = (disk(radius) if mask.ndim == 2 else ball(radius)).astype(bool)
+        assert np.array_equal(dilate(mask, radius), ndimage.binary_dilation(mask, structure=footprint)), (shape, radius)
+        if mask.ndim == 3:
+            assert euler_characteristic_3d(mask) == euler_number(mask, connectivity=3), shape
+    assert euler_characteristic_3d(np.zeros((4, 4, 4), dtype=bool)) == 0
+    torus = np.ones((5, 5, 3), dtype=bool)
+    torus[2, 2, :] = False  # a tunnel through a block: chi = 1 - 1 = 0
+    assert euler_characteristic_3d(torus) == 0

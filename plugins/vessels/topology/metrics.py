@@ -16,8 +16,6 @@ import cc3d
 import numpy as np
 import torch
 from monai.metrics import compute_dice
-from scipy import ndimage
-from skimage.measure import euler_number
 from skimage.morphology import ball, disk, skeletonize
 
 FOREGROUND_CONNECTIVITY = {2: 8, 3: 26}
@@ -98,7 +96,57 @@ def count_holes(mask: np.ndarray, n_components: int | None = None, outside: np.n
     b0 = label_components(mask)[1] if n_components is None else n_components
     # euler_number pads with background, so only cavities closed inside the array count in b2.
     cavities = count_enclosed_background(mask)
-    return int(b0 + cavities - euler_number(mask, connectivity=3))
+    return int(b0 + cavities - euler_characteristic_3d(mask))
+
+
+def _bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """The slices of ``mask``'s foreground bounding box grown by ``margin`` (clipped to the array); ``mask`` must hold foreground."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(other for other in range(mask.ndim) if other != axis)))
+        box.append(slice(max(0, int(hits[0]) - margin), min(mask.shape[axis], int(hits[-1]) + 1 + margin)))
+    return tuple(box)
+
+
+def euler_characteristic_3d(mask: np.ndarray) -> int:
+    """The Euler characteristic of a ``(D, H, W)`` bool volume, foreground 26-connected (background 6).
+
+    The same number as ``skimage.measure.euler_number(mask, connectivity=3)``, counted directly on the union of the
+    closed unit cubes of the foreground voxels: ``chi = vertices - edges + faces - cubes``, where a face, edge or
+    vertex of the grid belongs to the union when any of the 2, 4 or 8 voxels around it is foreground. Written here
+    because skimage's 2x2x2-configuration lookup (a ``correlate`` over the padded volume) takes about 1.5 s on a
+    256^3 volume; these OR-and-count passes inside the foreground's bounding box take a fraction of that.
+    """
+    if not mask.any():
+        return 0
+    padded = np.pad(np.ascontiguousarray(mask[_bounding_box(mask)], dtype=bool), 1)
+    cubes = int(np.count_nonzero(padded))
+    lower, upper = slice(None, -1), slice(1, None)
+
+    def shifted(axes: tuple[int, ...], signs: tuple[slice, ...]) -> np.ndarray:
+        index = [slice(None)] * 3
+        for axis, sign in zip(axes, signs):
+            index[axis] = sign
+        return padded[tuple(index)]
+
+    faces = sum(int(np.count_nonzero(shifted((axis,), (lower,)) | shifted((axis,), (upper,)))) for axis in range(3))
+    edges = 0
+    for axis in range(3):
+        first, second = (other for other in range(3) if other != axis)
+        pair = np.zeros_like(shifted((first, second), (lower, lower)))
+        for a in (lower, upper):
+            for b in (lower, upper):
+                index = [slice(None)] * 3
+                index[first], index[second] = a, b
+                pair |= padded[tuple(index)]
+        edges += int(np.count_nonzero(pair))
+    corners = np.zeros(tuple(side - 1 for side in padded.shape), dtype=bool)
+    for a in (lower, upper):
+        for b in (lower, upper):
+            for c in (lower, upper):
+                corners |= padded[a, b, c]
+    vertices = int(np.count_nonzero(corners))
+    return vertices - edges + faces - cubes
 
 
 def skeleton(mask: np.ndarray) -> np.ndarray:
@@ -112,7 +160,9 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     Returns:
         The Dice in ``[0, 1]``; 1.0 when both masks are empty, 0.0 when only the reference is.
     """
-    as_batch = lambda mask: torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float64))[None, None]  # noqa: E731
+    # counts of 0/1 values are exact in float32 up to 2^24 voxels per mask term; beyond that, float64
+    dtype = torch.float32 if prediction.size <= 2**24 else torch.float64
+    as_batch = lambda mask: torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)).to(dtype)[None, None]  # noqa: E731
     return float(compute_dice(as_batch(prediction), as_batch(reference), include_background=True, ignore_empty=False))
 
 
@@ -156,11 +206,28 @@ class CalScore:
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Dilate with a disc (2-D) or ball (3-D) of ``radius`` pixels."""
+    """Dilate a bool ``(H, W)`` or ``(D, H, W)`` mask with a disc (2-D) or ball (3-D) of ``radius`` pixels; same shape.
+
+    The same set as ``scipy.ndimage.binary_dilation(mask, structure=disk(radius))``, computed as the OR of the mask
+    shifted by each offset of the footprint inside the foreground's bounding box: scipy visits the whole footprint
+    at every pixel of the array, which on a sparse 256^3 vessel tree costs about 1.2 s; the shifts take a fraction.
+    """
     if radius <= 0 or not mask.any():
         return mask.copy()
     footprint = disk(radius) if mask.ndim == 2 else ball(radius)
-    return ndimage.binary_dilation(mask, structure=footprint.astype(bool))
+    box = _bounding_box(mask)
+    inner = np.ascontiguousarray(mask[box], dtype=bool)
+    grown = np.zeros(tuple(side + 2 * radius for side in inner.shape), dtype=bool)  # index j <-> box start - radius + j
+    for offset in np.argwhere(footprint):
+        grown[tuple(slice(int(start), int(start) + side) for start, side in zip(offset, inner.shape))] |= inner
+    result = np.zeros(mask.shape, dtype=bool)
+    target, source = [], []
+    for axis, part in enumerate(box):
+        low, high = max(0, part.start - radius), min(mask.shape[axis], part.stop + radius)
+        target.append(slice(low, high))
+        source.append(slice(low - (part.start - radius), high - (part.start - radius)))
+    result[tuple(target)] = grown[tuple(source)]
+    return result
 
 
 def cal_score(prediction: np.ndarray, reference: np.ndarray, prediction_components: int, reference_components: int,
