@@ -206,3 +206,14 @@ def test_metrics_command_lists_the_catalog_with_plugins_and_kinds():
     assert set(rows) == set(host.metrics.names())
     only = json.loads(CliRunner().invoke(build_cli(host), ["metrics", "report-*", "--json"]).output)
     assert [row["name"] for row in only] == ["report-bleu4", "report-edit-score", "report-rouge-l"]
+
+
+def test_the_cxr_phantom_builder_writes_the_formats_asked_and_rewrites_when_they_change(tmp_path):
+    from workbench.builtin import build_cxr_phantoms
+
+    png_only = build_cxr_phantoms(tmp_path / "cxr", n=3, size=128, formats=["png"])
+    assert all(record["image"].endswith(".png") and Path(record["image"]).is_file() for record in png_only)
+    assert not (tmp_path / "cxr" / "dicom").exists()
+    both = build_cxr_phantoms(tmp_path / "cxr", n=3, size=128)  # the default asks for DICOM too: written again
+    assert all(record["image"].endswith(".dcm") and Path(record["image"]).is_file() for record in both)
+    assert [record["report"] for record in both] == [record["report"] for record in png_only]

@@ -15,18 +15,19 @@ import click
 from workbench import hookimpl
 
 
-def _phantom_records(root: Path, writer: Callable[..., Path], n: int, seed: int, size: int, dataset: str) -> list[dict[str, Any]]:
+def _phantom_records(root: Path, writer: Callable[..., Path], n: int, seed: int, size: int, dataset: str,
+                     **writer_options: Any) -> list[dict[str, Any]]:
     """Records (each tagged ``dataset``) of the phantoms under ``root``, (re)written by ``writer`` when missing or asked with other options.
 
-    ``phantom_options.json`` beside the manifest remembers ``n``, ``seed`` and
-    ``size``: asking for 400 studies where 48 were written rewrites them rather
-    than silently handing back the 48.
+    ``phantom_options.json`` beside the manifest remembers ``n``, ``seed``,
+    ``size`` and the writer's other options: asking for 400 studies where 48
+    were written rewrites them rather than silently handing back the 48.
     """
     from workbench.data.manifests import read_manifest
     from workbench.fsutil import atomic_write_text
 
     root = Path(root).resolve()
-    stamp, wanted = root / "phantom_options.json", {"n": int(n), "seed": int(seed), "size": int(size)}
+    stamp, wanted = root / "phantom_options.json", {"n": int(n), "seed": int(seed), "size": int(size), **writer_options}
     manifest = root / "manifest.jsonl"
     try:
         current = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
@@ -35,20 +36,26 @@ def _phantom_records(root: Path, writer: Callable[..., Path], n: int, seed: int,
     if manifest.is_file() and current is None and not stamp.exists():
         current = wanted  # written before stamps existed: trust it as it is
     if not manifest.is_file() or current != wanted:
-        manifest = writer(root, n, seed=seed, size=size)
+        manifest = writer(root, n, seed=seed, size=size, **writer_options)
         atomic_write_text(stamp, json.dumps(wanted))
     return [dict(record, dataset=dataset) for record in read_manifest(manifest)]
 
 
-def build_cxr_phantoms(root: Path, n: int = 200, seed: int = 0, size: int = 256) -> list[dict[str, Any]]:
+def build_cxr_phantoms(root: Path, n: int = 200, seed: int = 0, size: int = 256,
+                       formats: tuple[str, ...] | list[str] = ("dcm", "png")) -> list[dict[str, Any]]:
     """Dataset builder "phantom-cxr": chest phantoms under ``root`` (written when missing or asked with other options).
 
+    ``formats`` picks the image files written (``dcm``, ``png``, ``nii``): a job that reads PNG only (the demo's
+    pretraining) can leave the DICOM copies out and write a third of the bytes.
+
     Returns:
-        Records with ``image`` (DICOM), ``image_png``, ``report``, ``labels``, ``boxes``, ``masks``, ``split``.
+        Records with ``image`` (the DICOM when written, else the PNG), ``image_png``, ``report``, ``labels``,
+        ``boxes``, ``masks``, ``split``.
     """
     from workbench.data.phantoms import write_cxr_phantoms
 
-    return _phantom_records(root, write_cxr_phantoms, n, seed, size, "phantom-cxr")
+    options = {} if tuple(formats) == ("dcm", "png") else {"formats": list(formats)}  # old stamps stay valid
+    return _phantom_records(root, write_cxr_phantoms, n, seed, size, "phantom-cxr", **options)
 
 
 def build_fundus_phantoms(root: Path, n: int = 20, seed: int = 0, size: int = 256) -> list[dict[str, Any]]:
