@@ -23,9 +23,12 @@ def add_plugin_section(report: HtmlReport, host: Any) -> None:
                 "status": "ok" if info["error"] is None else f"FAILED: {info['error']}",
             }
         )
-    report.section("Loaded plugins").table(rows)
+    failed = sum(info["error"] is not None for info in host.plugin_report())
+    report.section("Loaded plugins", lead=f"The {len(rows)} plugins the host loaded ({failed} failed), the hooks each implements, "
+                   "and the models they register.").table(rows)
     models = [{"model": name, "task": host.models.entry(name).task, "plugin": host.models.entry(name).plugin} for name in host.models.list_models()]
     if models:
+        report.text(f"{len(models)} registered models, by task:")
         report.table(models)
 
 
@@ -44,10 +47,12 @@ def add_phantom_sections(report: HtmlReport, run: RunFolder, cxr_manifest: Path,
     from workbench.data.readers import read_image
 
     studies = read_manifest(cxr_manifest)
-    report.section(f"Chest phantoms ({len(studies)} studies)")
+    report.section(f"Chest phantoms ({len(studies)} studies)",
+                   lead=f"The first {min(shown, len(studies))} of the {len(studies)} synthetic chest studies every later step "
+                   "trains and tests on: each radiograph read back from its DICOM file, beside its ground truth and report.")
     report.text(
-        "Synthetic chest radiographs read back from their DICOM files, with the exact finding masks "
-        "(coloured) and one box per finding phrase (green), and the report written from the findings."
+        "Left: the image. Right: the exact finding masks (coloured) and one box per finding phrase (green). "
+        "Below: the report written from the findings."
     )
     for record in studies[:shown]:
         image, _ = read_image(record["image"])
@@ -61,8 +66,10 @@ def add_phantom_sections(report: HtmlReport, run: RunFolder, cxr_manifest: Path,
         report.preformatted(record["report"])
 
     images = read_manifest(fundus_manifest)
-    report.section(f"Fundus phantoms ({len(images)} images)")
-    report.text("Synthetic fundus photographs with their exact vessel masks (red) and field-of-view outline.")
+    report.section(f"Fundus phantoms ({len(images)} images)",
+                   lead=f"The first {min(shown, len(images))} of the {len(images)} synthetic fundus photographs the vessel step "
+                   "trains and tests on, each beside its exact vessel mask.")
+    report.text("Each image is followed by its vessel mask (red) with the field-of-view outline.")
     items = []
     for record in images[:shown]:
         image, _ = read_image(record["image"])
