@@ -309,7 +309,7 @@ def _time_column(column: str) -> bool:
 
 def save_line_plot(path: str | Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str = "step",
                    ylabel: str = "", title: str | None = None, log_y: bool = False, size: tuple[float, float] = (4.8, 3.0),
-                   dpi: int = 100) -> Path:
+                   dpi: int = 100, colours: Sequence[str] | None = None, y_range: tuple[float, float] | None = None) -> Path:
     """Draw lines (matplotlib, Agg) and write them as a PNG, atomically.
 
     Args:
@@ -321,39 +321,47 @@ def save_line_plot(path: str | Path, series: Mapping[str, tuple[Sequence[float],
         log_y: a logarithmic y axis (only where every shown value is positive).
         size: inches ``(width, height)``; the PNG is ``size * dpi`` pixels.
         dpi: pixels per inch.
+        colours: one matplotlib colour per line, in order (default matplotlib's cycle).
+        y_range: fixed ``(low, high)`` limits of the y axis (default: fitted to the data).
 
     Returns:
         The PNG's path.
     """
-    return _save_panels(path, [(ylabel, series, log_y)], xlabel, title, size, dpi, columns=1)
+    panel = {"ylabel": ylabel, "series": series, "log_y": log_y, "colours": colours, "y_range": y_range}
+    return _save_panels(path, [panel], xlabel, title, size, dpi, per_row=1)
 
 
-def _save_panels(path: str | Path, panels: Sequence[tuple[str, Mapping[str, tuple[Sequence[float], Sequence[float]]], bool]],
-                 xlabel: str, title: str | None, panel_size: tuple[float, float], dpi: int, columns: int) -> Path:
-    """Small multiples: one axes per ``(ylabel, series, log_y)`` panel, ``columns`` to a row, written as one PNG."""
+def _save_panels(path: str | Path, panels: Sequence[Mapping[str, Any]], xlabel: str, title: str | None,
+                 panel_size: tuple[float, float], dpi: int, per_row: int) -> Path:
+    """Small multiples: one axes per panel (``ylabel``, ``series``, ``log_y``, ``colours``, ``y_range``), ``per_row`` to a row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    columns = max(1, min(per_row, len(panels)))
     rows = max(1, -(-len(panels) // columns))
-    figure = Figure(figsize=(panel_size[0] * min(columns, len(panels)), panel_size[1] * rows), dpi=dpi)
+    figure = Figure(figsize=(panel_size[0] * columns, panel_size[1] * rows), dpi=dpi)
     FigureCanvasAgg(figure)
-    for index, (ylabel, series, log_y) in enumerate(panels):
-        axes = figure.add_subplot(rows, min(columns, len(panels)), index + 1)
+    for index, panel in enumerate(panels):
+        axes = figure.add_subplot(rows, columns, index + 1)
         positive = True
-        for name, (xs, ys) in series.items():
+        colours = list(panel.get("colours") or [])
+        for number, (name, (xs, ys)) in enumerate(panel["series"].items()):
             x = np.asarray(xs, dtype=float)
             y = np.asarray(ys, dtype=float)
             if x.shape != y.shape:
-                raise ValueError(f"line {name!r}: {x.shape[0]} x values but {y.shape[0]} y values")
+                raise ValueError(f"line {name!r}: {x.size} x values but {y.size} y values")
             keep = np.isfinite(x) & np.isfinite(y)
             positive &= bool((y[keep] > 0).all())
-            axes.plot(x[keep], y[keep], label=str(name), linewidth=1.5, marker="o" if keep.sum() < 3 else None, markersize=4)
-        if log_y and positive:
+            style: dict[str, Any] = {"color": colours[number]} if number < len(colours) else {}
+            axes.plot(x[keep], y[keep], label=str(name), linewidth=1.5, marker="o" if keep.sum() < 3 else None, markersize=4, **style)
+        if panel.get("log_y") and positive:
             axes.set_yscale("log")
+        if panel.get("y_range") is not None:
+            axes.set_ylim(*panel["y_range"])
         axes.set_xlabel(xlabel)
-        axes.set_ylabel(ylabel)
+        axes.set_ylabel(panel.get("ylabel", ""))
         axes.grid(True, alpha=0.3)
-        if len(series) > 1:
+        if len(panel["series"]) > 1:
             axes.legend(fontsize="small")
     if title:
         figure.suptitle(title)
@@ -393,8 +401,8 @@ def save_history_plot(path: str | Path, history: Sequence[Mapping[str, Any]], x:
     panels = []
     for column in columns:
         values = [float(row[column]) if isinstance(row.get(column), (int, float, np.number)) else float("nan") for row in rows]
-        panels.append((column, {column: (steps, values)}, "lr" in column.lower()))
-    return _save_panels(path, panels, x, title, (3.2, 2.4), 100, columns=per_row)
+        panels.append({"ylabel": column, "series": {column: (steps, values)}})
+    return _save_panels(path, panels, x, title, (3.2, 2.4), 100, per_row=per_row)
 
 
 @dataclass
