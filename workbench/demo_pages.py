@@ -51,8 +51,8 @@ def add_phantom_sections(report: HtmlReport, run: RunFolder, cxr_manifest: Path,
                    lead=f"The first {min(shown, len(studies))} of the {len(studies)} synthetic chest studies every later step "
                    "trains and tests on: each radiograph read back from its DICOM file, beside its ground truth and report.")
     report.text(
-        "Left: the image. Right: the exact finding masks (coloured) and one box per finding phrase (green). "
-        "Below: the report written from the findings."
+        "Each row: the image; the exact finding masks (coloured) with one box per finding phrase (green); "
+        "the report written from the findings."
     )
     for record in studies[:shown]:
         image, _ = read_image(record["image"])
@@ -62,8 +62,7 @@ def add_phantom_sections(report: HtmlReport, run: RunFolder, cxr_manifest: Path,
         figure = save_png(run.file(f"figures/cxr_{record['id']}.png"), overlay)
         plain = save_png(run.file(f"figures/cxr_{record['id']}_image.png"), image[0])
         findings = ", ".join(record.get("findings", [])) or "no finding"
-        report.figures([(plain, f"{record['id']} (DICOM)"), (figure, f"findings: {findings}")])
-        report.preformatted(record["report"])
+        report.figures([(plain, f"{record['id']} (DICOM)"), (figure, f"findings: {findings}")], aside=record["report"])
 
     images = read_manifest(fundus_manifest)
     report.section(f"Fundus phantoms ({len(images)} images)",

@@ -223,8 +223,8 @@ _TIME_UNITS = (("µs", 1e-6), ("ms", 1e-3), ("s", 1.0), ("min", 60.0), ("h", 360
 
 def _significant(value: float, digits: int) -> str:
     """``value`` rounded to ``digits`` significant figures; whole numbers of 10**digits and above as integers."""
-    if value != value:  # NaN
-        return "nan"
+    if value != value:  # NaN: a score that could not be computed (e.g. an AUROC without positives)
+        return "n/a"
     if value in (float("inf"), float("-inf")):
         return "inf" if value > 0 else "-inf"
     rounded = float(f"{value:.{digits}g}")
@@ -243,7 +243,7 @@ def fmt(value: Any, unit: str | None = None, digits: int = 3) -> str:
 
     Args:
         value: a number (Python or NumPy scalar); anything else is returned as ``str(value)``
-            (``None`` as ``"n/a"``, booleans as ``"yes"``/``"no"``).
+            (``None`` and NaN as ``"n/a"``, booleans as ``"yes"``/``"no"``).
         unit: ``"s"`` picks the time unit that reads best (``0.0589`` -> ``"58.9 ms"``, ``123.4`` ->
             ``"2.06 min"``); ``"%"`` shows a fraction as a percentage (``0.8333`` -> ``"83.3%"``); any other
             unit is appended after a space (``fmt(12.345, "px")`` -> ``"12.3 px"``).
@@ -423,19 +423,26 @@ _STYLE = (
     "nav.contents ol{list-style:none;margin:0 auto;padding:0;max-width:1400px;display:flex;flex-wrap:wrap;gap:.25em 1.1em}"
     "nav.contents a{color:var(--accent);text-decoration:none;white-space:nowrap}nav.contents a:hover{text-decoration:underline}"
     "nav.contents .label{font-weight:600;color:var(--muted)}"
-    "section{padding:.4em 0 .8em;border-bottom:1px solid var(--soft);scroll-margin-top:4.5em}"
+    "section{padding:.4em 0 .8em;border-bottom:1px solid var(--soft);scroll-margin-top:5em}"
     "h2{font-size:1.3em;margin:.8em 0 .3em}p.lead{font-size:15px;color:var(--muted);margin:0 0 .7em;max-width:70em}"
-    "p{max-width:70em}"
-    ".row{display:flex;flex-wrap:wrap;gap:12px;margin:6px 0 12px}"
-    "figure{margin:0;max-width:480px}"
-    "figure img{display:block;max-width:100%;height:auto;border:1px solid var(--line);background:var(--soft)}"
-    "figure.small img{max-width:320px}"
-    "figcaption{font-size:12px;color:var(--muted);margin-top:3px}"
+    "p{max-width:70em;margin:.5em 0}a{color:var(--accent)}"
+    ".row{display:flex;flex-wrap:wrap;gap:12px;margin:6px 0 14px;align-items:flex-start}"
+    "figure{margin:0;max-width:100%}"
+    "figure img{display:block;max-width:min(100%,720px);height:auto;border:1px solid var(--line);background:var(--soft)}"
+    "figure.plot img{max-width:100%;border-color:transparent;background:#fff}"
+    "figcaption{font-size:12px;color:var(--muted);margin-top:3px;max-width:480px}"
+    ".row pre.aside{flex:1 1 28em;margin:0;max-width:60em}"
     ".table-wrap{overflow-x:auto;max-width:100%}"
     "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid var(--line);padding:3px 8px;font-size:13px;text-align:left}"
     "td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:var(--soft)}tbody tr:nth-child(even){background:#fbfcfd}"
-    "pre{background:var(--soft);padding:8px;white-space:pre-wrap;font-size:12px;border-radius:4px}"
+    "pre{background:var(--soft);padding:8px;white-space:pre-wrap;font-size:12px;border-radius:4px;max-width:100em}"
+    "details{margin:6px 0}summary{cursor:pointer;color:var(--accent);font-size:13px}"
 )
+
+# A relative path to another page of the run folder written in prose ("open vlm-explain/explain-vlm-.../index.html").
+_PAGE_PATH = re.compile(r"(?<![\w/.:-])((?:[\w.-]+/)*[\w.-]+\.html)\b")
+FOLD_LINES = 40
+WIDE_COLUMNS = 6
 
 
 class HtmlReport:
@@ -468,14 +475,34 @@ class HtmlReport:
             self.section(self.title)
         return self.sections[-1]
 
+    def _linked(self, paragraph: str) -> str:
+        """``paragraph`` escaped, with each relative path of an existing ``.html`` file in the folder made a link to it."""
+        pieces, last = [], 0
+        for match in _PAGE_PATH.finditer(paragraph):
+            target = self.folder / match.group(1)
+            if not target.is_file() or ".." in Path(match.group(1)).parts:
+                continue
+            href = html.escape(Path(match.group(1)).as_posix())
+            pieces += [html.escape(paragraph[last:match.start()]), f'<a href="{href}">{html.escape(match.group(1))}</a>']
+            last = match.end()
+        return "".join(pieces) + html.escape(paragraph[last:])
+
     def text(self, paragraph: str) -> "HtmlReport":
-        """Add a paragraph (escaped; long floats in it rounded by :func:`readable_numbers`)."""
-        self._current().parts.append(f"<p>{html.escape(readable_numbers(paragraph))}</p>")
+        """Add a paragraph (escaped; long floats rounded by :func:`readable_numbers`; paths of the run's pages made links)."""
+        self._current().parts.append(f"<p>{self._linked(readable_numbers(paragraph))}</p>")
         return self
 
-    def preformatted(self, content: str) -> "HtmlReport":
-        """Add a block of monospaced text (escaped, shown exactly), e.g. a report or a config."""
-        self._current().parts.append(f"<pre>{html.escape(content)}</pre>")
+    def preformatted(self, content: str, summary: str | None = None) -> "HtmlReport":
+        """Add a block of monospaced text (escaped, shown exactly), e.g. a report or a config.
+
+        A block longer than ``FOLD_LINES`` lines (or any block given a ``summary``) is folded under a
+        ``<details>`` line the reader clicks open, so an appendix such as the config does not bury the page.
+        """
+        lines = content.count("\n") + 1
+        block = f"<pre>{html.escape(content)}</pre>"
+        if summary is not None or lines > FOLD_LINES:
+            block = f"<details><summary>{html.escape(summary or f'show all {lines} lines')}</summary>{block}</details>"
+        self._current().parts.append(block)
         return self
 
     def _image(self, image_path: str | Path, caption: str, css_class: str = "") -> str:
@@ -494,9 +521,14 @@ class HtmlReport:
         return (f'<figure{attribute}><a href="{source}"><img src="{source}" alt="{alt}" loading="lazy" decoding="async"{size}></a>'
                 f"<figcaption>{alt}</figcaption></figure>")
 
-    def figures(self, items: Iterable[tuple[str | Path, str]]) -> "HtmlReport":
-        """Add a row of figures: ``(image path, caption)`` pairs (paths inside the report's folder)."""
+    def figures(self, items: Iterable[tuple[str | Path, str]], aside: str | None = None) -> "HtmlReport":
+        """Add a row of figures: ``(image path, caption)`` pairs (paths inside the report's folder).
+
+        ``aside`` is monospaced text (a report, a ranked list) laid beside the figures in the same row.
+        """
         cells = [self._image(image_path, caption) for image_path, caption in items]
+        if aside is not None:
+            cells.append(f'<pre class="aside">{html.escape(aside)}</pre>')
         self._current().parts.append(f'<div class="row">{"".join(cells)}</div>')
         return self
 
@@ -542,15 +574,21 @@ class HtmlReport:
             self._current().parts.append(f'<div class="row">{self._image(path, caption, "plot")}</div>')
         return self
 
-    def table(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int = 3) -> "HtmlReport":
+    def table(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int = 3,
+              transpose: bool | None = None) -> "HtmlReport":
         """Add a table; ``columns`` defaults to the first row's keys.
 
         Numbers are shown with :func:`fmt` to ``digits`` significant figures (columns named ``*_s`` or
         ``*seconds*`` as times with their unit) and right-aligned; long floats inside text cells are rounded too.
+        ``transpose`` shows the table as ``metric | value`` rows, one per column; by default a single row of
+        more than ``WIDE_COLUMNS`` columns (a summary) is shown that way instead of one wide line.
         """
         if not rows:
             return self.text("(no rows)")
         columns = list(columns or rows[0].keys())
+        if transpose or (transpose is None and len(rows) == 1 and len(columns) > WIDE_COLUMNS):
+            rows = [{"metric": column, "value": row.get(column, "")} for row in rows for column in columns]
+            columns = ["metric", "value"]
         head = "".join(f"<th>{html.escape(str(column))}</th>" for column in columns)
         body = []
         for row in rows:
@@ -560,7 +598,8 @@ class HtmlReport:
                 if isinstance(value, np.generic):
                     value = value.item()
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    shown = fmt(value, "s" if _time_column(str(column)) and isinstance(value, float) else None, digits)
+                    name = str(row.get("metric", column)) if column == "value" else str(column)
+                    shown = fmt(value, "s" if _time_column(name) and isinstance(value, float) else None, digits)
                     cells.append(f'<td class="num">{html.escape(shown)}</td>')
                 else:
                     cells.append(f"<td>{html.escape(readable_numbers(fmt(value) if value is not None else ''))}</td>")
@@ -595,10 +634,10 @@ class HtmlReport:
             sections.append(f'<section id="{anchor}"><h2>{html.escape(section.title)}</h2>{lead}{"".join(section.parts)}</section>')
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
         return (
-            f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(self.title)}</title>"
-            f"<style>{_STYLE}</style></head><body><header id='top'><h1>{html.escape(self.title)}</h1>"
-            f"<p class='stamp'>written {stamp}</p></header>{nav}<main>{''.join(sections)}</main></body></html>\n"
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(self.title)}</title>'
+            f'<style>{_STYLE}</style></head><body><header id="top"><h1>{html.escape(self.title)}</h1>'
+            f'<p class="stamp">written {stamp}</p></header>{nav}<main>{"".join(sections)}</main></body></html>\n'
         )
 
     def write(self, path: str | Path | None = None) -> Path:

@@ -210,7 +210,6 @@ def write_evaluation_pages(report: HtmlReport, run: RunFolder, metrics: Mapping[
         path = save_png(run.file(f"retrieval/{held_out.ids[index] or index}.png"), image_strip([_display_image(image, mean, std)]))
         figures.append((path, held_out.ids[index] if held_out.ids else str(index), "\n".join(lines)))
     report.section("Retrieval examples", lead=f"{len(figures)} held-out images, each with the five reports the encoder ranks closest to it.")
-    report.text("Under each image: its true report, then the five closest reports with their similarity (* = its own report or an identical one).")
+    report.text("Beside each image: its true report, then the five closest reports with their similarity (* = its own report or an identical one).")
     for path, name, caption in figures:
-        report.figures([(path, name)])
-        report.preformatted(caption)
+        report.figures([(path, name)], aside=caption)
