@@ -101,13 +101,15 @@ def open_and_check(browser: Any, index: Path) -> dict[str, Any]:
         for image, natural in zip(report["images"], loaded):
             image["natural"] = natural
         report["visible_below_nav"] = None
-        if report["links"]:
-            target = report["links"][len(report["links"]) // 2]
+        resolved = [link for link in report["links"] if link not in report["unresolved"]]
+        if resolved:
+            target = resolved[len(resolved) // 2]
             page.click(f"nav.contents a[href='{target}']")
             page.wait_for_timeout(200)
             report["visible_below_nav"] = page.evaluate(
-                "(id) => document.getElementById(id).querySelector('h2').getBoundingClientRect().top >= "
-                "document.querySelector('nav.contents').getBoundingClientRect().bottom - 1", target[1:])
+                "(id) => { const heading = document.getElementById(id).querySelector('h2') || document.getElementById(id);"
+                " return heading.getBoundingClientRect().top >= document.querySelector('nav.contents').getBoundingClientRect().bottom - 1; }",
+                target[1:])
             page.evaluate("() => window.scrollTo(0, 0)")
             page.mouse.move(0, 0)  # no link left hovered in the picture
         page.screenshot(path=str(index.parent / "screenshot.png"), full_page=True)
@@ -152,3 +154,15 @@ def test_every_page_loads_cleanly_in_chromium(browser: Any, demo_pages: list[Pat
     assert not problems, "\n".join(problems)
     demo = reports[demo_pages[0]]
     assert len(demo["images"]) >= 10 and len(demo["links"]) >= 8  # phantoms, plugin steps' figures and plots; one link a section
+
+
+def test_the_check_catches_a_broken_page(browser: Any, tmp_path: Path):
+    (tmp_path / "index.html").write_text(
+        '<!doctype html><html><body><nav class="contents"><a href="#here">here</a><a href="#nowhere">nowhere</a></nav>'
+        '<main><section id="here"><h2>Here</h2><img src="missing.png" loading="lazy"></section></main>'
+        '<script>console.error("boom")</script></body></html>', encoding="utf-8")
+    report = open_and_check(browser, tmp_path / "index.html")
+    assert report["unresolved"] == ["#nowhere"] and report["images"][0]["natural"] == 0 and report["scripts"] == 1
+    assert report["images"][0]["width"] is None and report["nav_position"] == "static"
+    assert any("boom" in error for error in report["errors"]) and any("missing.png" in error for error in report["errors"])
+    assert (tmp_path / "screenshot.png").stat().st_size > 0

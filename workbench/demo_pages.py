@@ -26,10 +26,14 @@ def add_plugin_section(report: HtmlReport, host: Any) -> None:
     failed = sum(info["error"] is not None for info in host.plugin_report())
     report.section("Loaded plugins", lead=f"The {len(rows)} plugins the host loaded ({failed} failed), the hooks each implements, "
                    "and the models they register.").table(rows)
-    models = [{"model": name, "task": host.models.entry(name).task, "plugin": host.models.entry(name).plugin} for name in host.models.list_models()]
-    if models:
-        report.text(f"{len(models)} registered models, by task:")
-        report.table(models)
+    grouped: dict[tuple[str, str], list[str]] = {}
+    names = host.models.list_models()
+    for name in names:
+        entry = host.models.entry(name)
+        grouped.setdefault((entry.task, entry.plugin), []).append(name)
+    if grouped:
+        report.text(f"{len(names)} registered models, by task:")
+        report.table([{"task": task, "plugin": plugin, "models": ", ".join(models)} for (task, plugin), models in sorted(grouped.items())])
 
 
 def _label_colour_overlay(image: np.ndarray, label_map: np.ndarray) -> np.ndarray:

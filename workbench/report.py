@@ -427,10 +427,10 @@ _STYLE = (
     "h2{font-size:1.3em;margin:.8em 0 .3em}p.lead{font-size:15px;color:var(--muted);margin:0 0 .7em;max-width:70em}"
     "p{max-width:70em;margin:.5em 0}a{color:var(--accent)}"
     ".row{display:flex;flex-wrap:wrap;gap:12px;margin:6px 0 14px;align-items:flex-start}"
-    "figure{margin:0;max-width:100%}"
-    "figure img{display:block;max-width:min(100%,720px);height:auto;border:1px solid var(--line);background:var(--soft)}"
-    "figure.plot img{max-width:100%;border-color:transparent;background:#fff}"
-    "figcaption{font-size:12px;color:var(--muted);margin-top:3px;max-width:480px}"
+    "figure{margin:0;width:min-content}"  # as wide as its image: a long caption wraps instead of widening the figure
+    "figure img{display:block;max-width:min(720px,calc(100vw - 4em));height:auto;border:1px solid var(--line);background:var(--soft)}"
+    "figure.plot img{max-width:calc(100vw - 4em);border-color:transparent;background:#fff}"
+    "figcaption{font-size:12px;color:var(--muted);margin-top:3px;min-width:16em}"
     ".row pre.aside{flex:1 1 28em;margin:0;max-width:60em}"
     ".table-wrap{overflow-x:auto;max-width:100%}"
     "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid var(--line);padding:3px 8px;font-size:13px;text-align:left}"
@@ -550,7 +550,7 @@ class HtmlReport:
             The report, for chaining.
         """
         path = save_line_plot(self._figure_path(name, "plot"), series, xlabel, ylabel, title, log_y)
-        self._current().parts.append(f'<div class="row">{self._image(path, caption or ylabel)}</div>')
+        self._current().parts.append(f'<div class="row">{self._image(path, caption or ylabel, "plot")}</div>')
         return self
 
     def history(self, rows: Sequence[Mapping[str, Any]], name: str | None = None, caption: str = "", x: str = "step",
@@ -597,7 +597,9 @@ class HtmlReport:
                 value = row.get(column, "")
                 if isinstance(value, np.generic):
                     value = value.item()
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if isinstance(value, str) and value == "n/a":  # a number that could not be computed, aligned with the numbers
+                    cells.append('<td class="num">n/a</td>')
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
                     name = str(row.get("metric", column)) if column == "value" else str(column)
                     shown = fmt(value, "s" if _time_column(name) and isinstance(value, float) else None, digits)
                     cells.append(f'<td class="num">{html.escape(shown)}</td>')

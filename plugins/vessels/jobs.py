@@ -166,7 +166,7 @@ class VesselTrainJob(TrainingJob):
         settings, inference, roi = self.settings, self.inference, self.inference.roi_size
         notes = [f"{settings.model.name} trained with {settings.loss.name} for {result.step} steps "
                  f"({fmt(self.seconds, 's')}) on {len(self.train_records)} images of {settings.data.dataset}; "
-                 f"{len(self.eval_records)} held-out images predicted with {roi}-pixel sliding windows, {postprocessing_note(inference)}."]
+                 f"{len(self.eval_records)} held-out image{'' if len(self.eval_records) == 1 else 's'} predicted with {roi}-pixel sliding windows, {postprocessing_note(inference)}."]
         if not self.eval_records:
             notes.append(f"No record of {settings.data.dataset} has a split in data.eval_split {settings.data.eval_split}: nothing was scored.")
         if outcome.stored:

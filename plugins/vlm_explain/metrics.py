@@ -182,6 +182,9 @@ def write_summary_section(page: HtmlReport, metrics: Mapping[str, Any]) -> None:
         "decision_accuracy", "top_concept_correct", "top_concept_names_present", "top_weight_concept_correct", "chance_concept_correct",
         "deletion_auc_topk", "deletion_auc_random", "deletion_topk_below_random", "mutual_knowledge", "top_k_overlap")]
         + [{"metric": f"energy in box: {key}", "value": shown(value)} for key, value in energy.items()])
-    page.text("Per finding:")
-    page.table([{"finding": name, **{key: shown(value) for key, value in values.items()}}
-                for name, values in metrics["per_finding"].items()])
+    if metrics["per_finding"]:
+        page.text("Per finding:")
+        page.table([{"finding": name, **{key: shown(value) for key, value in values.items()}}
+                    for name, values in metrics["per_finding"].items()])
+    else:
+        page.text("No explained image had a finding, so nothing is scored per finding.")
