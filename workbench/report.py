@@ -430,7 +430,7 @@ _STYLE = (
     "figure{margin:0;width:min-content}"  # as wide as its image: a long caption wraps instead of widening the figure
     "figure img{display:block;max-width:min(720px,calc(100vw - 4em));height:auto;border:1px solid var(--line);background:var(--soft)}"
     "figure.plot img{max-width:calc(100vw - 4em);border-color:transparent;background:#fff}"
-    "figcaption{font-size:12px;color:var(--muted);margin-top:3px;min-width:16em}"
+    "figcaption{font-size:12px;color:var(--muted);margin-top:3px;min-width:8em}"
     ".row pre.aside{flex:1 1 28em;margin:0;max-width:60em}"
     ".table-wrap{overflow-x:auto;max-width:100%}"
     "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid var(--line);padding:3px 8px;font-size:13px;text-align:left}"

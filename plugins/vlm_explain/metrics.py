@@ -166,7 +166,8 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def write_summary_section(page: HtmlReport, metrics: Mapping[str, Any]) -> None:
     """The run's summary and per-finding tables on ``page``."""
-    page.section("Summary", lead=f"How faithful and how right the concept explanations were over {fmt(metrics['images'])} images: "
+    images = f"{fmt(metrics['images'])} image{'' if metrics['images'] == 1 else 's'}"
+    page.section("Summary", lead=f"How faithful and how right the concept explanations were over {images}: "
                                  "whether the decision and its top concept name the true finding, and whether removing the "
                                  "top concepts lowers the decision more than removing random ones.")
     energy = metrics["similarity_energy_in_box"]
@@ -174,7 +175,7 @@ def write_summary_section(page: HtmlReport, metrics: Mapping[str, Any]) -> None:
     def shown(value: Any) -> Any:
         return "n/a" if value is None else value
 
-    page.text(f"{fmt(metrics['images'])} images; {fmt(metrics['images_with_findings'])} with findings, decided correctly: "
+    page.text(f"{images}; {fmt(metrics['images_with_findings'])} with findings, decided correctly: "
               f"{fmt(metrics['correct_decisions'])}. Top concept names the finding on {fmt(metrics['top_concept_correct'])} of the "
               "correct decisions. Deletion AUC (chosen class's probability as concepts are projected out): top-k "
               f"{fmt(metrics['deletion_auc_topk'])}, random {fmt(metrics['deletion_auc_random'])}.")
