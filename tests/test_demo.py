@@ -1,4 +1,4 @@
-"""``workbench demo`` end to end with every installed plugin step, on a small budget."""
+"""``workbench demo`` end to end with every installed plugin step, on a small budget (``tests/helpers/small_demo.py``)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,9 @@ from workbench.cli import build_cli
 from workbench.host import create_plugin_manager
 
 
-def test_demo_runs_every_plugin_step_and_writes_one_page(tmp_path):
-    host = create_plugin_manager()
-    store = tmp_path / "store"
-    small = [f"options.contrastive-pretrain.{key}" for key in (
-        "data.options.n=64", "model.options.image_size=32", "model.options.context_length=32", "train.steps=3", "train.batch_size=8",
-        "train.checkpoint_every=3", f"save.store={store}")]
-    small += [f"options.vessels.{key}" for key in (
-        "data.patch_size=32", "data.patches_per_image=4", "model.options.channels=[8, 16, 32]", "model.options.strides=[2, 2]",
-        "train.steps=3", "train.batch_size=8", "train.checkpoint_every=3", "inference.roi_size=64", f"save.store={store}")]
-    result = CliRunner().invoke(build_cli(host), ["demo", "--config", "configs/demo.yaml", f"run.output_root={tmp_path}",
-                                                  "data.cxr_studies=8", "data.fundus_images=2", "run.device=cpu", *small],
-                                obj=host, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    index = Path(result.output.strip().splitlines()[-1])
+def test_demo_runs_every_plugin_step_and_writes_one_page(small_demo):
+    assert small_demo.exit_code == 0, small_demo.output
+    index = small_demo.index
     page = index.read_text()
     for section in ("Loaded plugins", "Pretraining", "Retrieval examples", "Vessel segmentation", "worst Betti-0 error first",
                     "Why the encoder decided"):

@@ -23,10 +23,17 @@ def add_plugin_section(report: HtmlReport, host: Any) -> None:
                 "status": "ok" if info["error"] is None else f"FAILED: {info['error']}",
             }
         )
-    report.section("Loaded plugins").table(rows)
-    models = [{"model": name, "task": host.models.entry(name).task, "plugin": host.models.entry(name).plugin} for name in host.models.list_models()]
-    if models:
-        report.table(models)
+    failed = sum(info["error"] is not None for info in host.plugin_report())
+    report.section("Loaded plugins", lead=f"The {len(rows)} plugins the host loaded ({failed} failed), the hooks each implements, "
+                   "and the models they register.").table(rows)
+    grouped: dict[tuple[str, str], list[str]] = {}
+    names = host.models.list_models()
+    for name in names:
+        entry = host.models.entry(name)
+        grouped.setdefault((entry.task, entry.plugin), []).append(name)
+    if grouped:
+        report.text(f"{len(names)} registered models, by task:")
+        report.table([{"task": task, "plugin": plugin, "models": ", ".join(models)} for (task, plugin), models in sorted(grouped.items())])
 
 
 def _label_colour_overlay(image: np.ndarray, label_map: np.ndarray) -> np.ndarray:
@@ -44,10 +51,12 @@ def add_phantom_sections(report: HtmlReport, run: RunFolder, cxr_manifest: Path,
     from workbench.data.readers import read_image
 
     studies = read_manifest(cxr_manifest)
-    report.section(f"Chest phantoms ({len(studies)} studies)")
+    report.section(f"Chest phantoms ({len(studies)} studies)",
+                   lead=f"The first {min(shown, len(studies))} of the {len(studies)} synthetic chest studies every later step "
+                   "trains and tests on: each radiograph read back from its DICOM file, beside its ground truth and report.")
     report.text(
-        "Synthetic chest radiographs read back from their DICOM files, with the exact finding masks "
-        "(coloured) and one box per finding phrase (green), and the report written from the findings."
+        "Each row: the image; the exact finding masks (coloured) with one box per finding phrase (green); "
+        "the report written from the findings."
     )
     for record in studies[:shown]:
         image, _ = read_image(record["image"])
@@ -57,12 +66,13 @@ def add_phantom_sections(report: HtmlReport, run: RunFolder, cxr_manifest: Path,
         figure = save_png(run.file(f"figures/cxr_{record['id']}.png"), overlay)
         plain = save_png(run.file(f"figures/cxr_{record['id']}_image.png"), image[0])
         findings = ", ".join(record.get("findings", [])) or "no finding"
-        report.figures([(plain, f"{record['id']} (DICOM)"), (figure, f"findings: {findings}")])
-        report.preformatted(record["report"])
+        report.figures([(plain, f"{record['id']} (DICOM)"), (figure, f"findings: {findings}")], aside=record["report"])
 
     images = read_manifest(fundus_manifest)
-    report.section(f"Fundus phantoms ({len(images)} images)")
-    report.text("Synthetic fundus photographs with their exact vessel masks (red) and field-of-view outline.")
+    report.section(f"Fundus phantoms ({len(images)} images)",
+                   lead=f"The first {min(shown, len(images))} of the {len(images)} synthetic fundus photographs the vessel step "
+                   "trains and tests on, each beside its exact vessel mask.")
+    report.text("Each image is followed by its vessel mask (red) with the field-of-view outline.")
     items = []
     for record in images[:shown]:
         image, _ = read_image(record["image"])

@@ -15,6 +15,8 @@ import html
 import io
 import json
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -27,7 +29,7 @@ from workbench.fsutil import atomic_write_bytes, atomic_write_json, atomic_write
 RGB = tuple[int, int, int]
 FINDING_COLOURS: tuple[RGB, ...] = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180))
 
-# A piecewise-linear "jet"-like colormap: one table instead of depending on matplotlib for one function.
+# A piecewise-linear "jet"-like colormap: one table, applied to every pixel without matplotlib's colormap machinery.
 _HEAT_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 _HEAT_COLOURS = np.array([[0, 0, 140], [0, 160, 255], [80, 255, 120], [255, 200, 0], [200, 0, 0]], dtype=np.float32)
 
@@ -216,17 +218,241 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+_TIME_UNITS = (("µs", 1e-6), ("ms", 1e-3), ("s", 1.0), ("min", 60.0), ("h", 3600.0))
+
+
+def _significant(value: float, digits: int) -> str:
+    """``value`` rounded to ``digits`` significant figures; whole numbers of 10**digits and above as integers."""
+    if value != value:  # NaN: a score that could not be computed (e.g. an AUROC without positives)
+        return "n/a"
+    if value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    rounded = float(f"{value:.{digits}g}")
+    if 10 ** digits <= abs(rounded) < 1e15 or 10 ** digits <= abs(value) < 1e15:
+        shown = str(int(round(value)))
+    else:
+        shown = f"{rounded:.{digits}g}"
+        if "e" in shown:  # 1.23e-05 reads better without the padded exponent
+            mantissa, exponent = shown.split("e")
+            shown = f"{mantissa}e{int(exponent)}"
+    return "0" if shown in ("-0", "-0.0") else shown
+
+
+def fmt(value: Any, unit: str | None = None, digits: int = 3) -> str:
+    """A number as a person reads it: ``digits`` significant figures, integers kept whole, times with units.
+
+    Args:
+        value: a number (Python or NumPy scalar); anything else is returned as ``str(value)``
+            (``None`` and NaN as ``"n/a"``, booleans as ``"yes"``/``"no"``).
+        unit: ``"s"`` picks the time unit that reads best (``0.0589`` -> ``"58.9 ms"``, ``123.4`` ->
+            ``"2.06 min"``); ``"%"`` shows a fraction as a percentage (``0.8333`` -> ``"83.3%"``); any other
+            unit is appended after a space (``fmt(12.345, "px")`` -> ``"12.3 px"``).
+        digits: significant figures (values of ``10**digits`` and above are shown whole, never as ``1.23e+03``).
+
+    Returns:
+        The text, e.g. ``fmt(0.8333333333333334) == "0.833"``, ``fmt(2182.0) == "2182"``, ``fmt(7) == "7"``.
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if unit == "%":
+        return f"{_significant(float(value) * 100, digits)}%"
+    if unit == "s" and math.isfinite(value):
+        magnitude = float(f"{abs(float(value)):.{digits}g}")  # 0.9996 s reads "1 s", not "1000 ms"
+        limits = (1e-3, 1.0, 60.0, 3600.0)  # below each: µs, ms, s, min; else hours
+        name, scale = next(((unit_name, unit_scale) for limit, (unit_name, unit_scale) in zip(limits, _TIME_UNITS) if magnitude < limit),
+                           _TIME_UNITS[-1])
+        if magnitude == 0:
+            name, scale = "s", 1.0
+        return f"{_significant(float(value) / scale, digits)} {name}"
+    shown = str(value) if isinstance(value, int) else _significant(float(value), digits)
+    return f"{shown} {unit}" if unit else shown
+
+
+# A float written out at full precision in prose ("0.8333333333333334", "0.05890587349995258 s"): four or
+# more decimals, not part of a dotted name (a DICOM UID, a version, a file name), optionally followed by " s".
+_LONG_NUMBER = re.compile(r"(?<![\w.\-])(-?\d+\.\d{4,}(?:[eE][+-]?\d+)?)( s\b)?(?!\w|\.\d)")
+
+
+def readable_numbers(text: str, digits: int = 3) -> str:
+    """Round the long floats written into ``text`` to ``digits`` significant figures (times in seconds to their unit).
+
+    The pages' safety net for numbers a caller interpolated without :func:`fmt`: ``"AUROC 0.8333333333333334"``
+    becomes ``"AUROC 0.833"`` and ``"0.0589058 s per image"`` becomes ``"58.9 ms per image"``. Numbers with fewer
+    than four decimals, integers and dotted names (``1.2.840.10008``, ``v1.0.2``) are left as written.
+
+    Returns:
+        The text with those numbers rewritten.
+    """
+    def rewrite(match: re.Match[str]) -> str:
+        return fmt(float(match.group(1)), "s" if match.group(2) else None, digits)
+
+    return _LONG_NUMBER.sub(rewrite, text)
+
+
+def slugify(title: str) -> str:
+    """An anchor id from a title: lower case, runs of anything but letters and digits as one ``-`` (``"section"`` if empty)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    return slug or "section"
+
+
+def _time_column(column: str) -> bool:
+    """Whether a table column holds seconds (``seconds_per_case``, ``train_s``, ``wall seconds``)."""
+    name = column.lower()
+    return name.endswith("_s") or "seconds" in name
+
+
+def save_line_plot(path: str | Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str = "step",
+                   ylabel: str = "", title: str | None = None, log_y: bool = False, size: tuple[float, float] = (4.8, 3.0),
+                   dpi: int = 100, colours: Sequence[str] | None = None, y_range: tuple[float, float] | None = None) -> Path:
+    """Draw lines (matplotlib, Agg) and write them as a PNG, atomically.
+
+    Args:
+        path: where the PNG goes (parents created).
+        series: line name -> ``(x values, y values)``, equal lengths; non-finite points are left out.
+            Lines of fewer than three points are drawn with markers so a single logged step still shows.
+        xlabel, ylabel: the axis labels.
+        title: a title over the plot.
+        log_y: a logarithmic y axis (only where every shown value is positive).
+        size: inches ``(width, height)``; the PNG is ``size * dpi`` pixels.
+        dpi: pixels per inch.
+        colours: one matplotlib colour per line, in order (default matplotlib's cycle).
+        y_range: fixed ``(low, high)`` limits of the y axis (default: fitted to the data).
+
+    Returns:
+        The PNG's path.
+    """
+    panel = {"ylabel": ylabel, "series": series, "log_y": log_y, "colours": colours, "y_range": y_range}
+    return _save_panels(path, [panel], xlabel, title, size, dpi, per_row=1)
+
+
+def _save_panels(path: str | Path, panels: Sequence[Mapping[str, Any]], xlabel: str, title: str | None,
+                 panel_size: tuple[float, float], dpi: int, per_row: int) -> Path:
+    """Small multiples: one axes per panel (``ylabel``, ``series``, ``log_y``, ``colours``, ``y_range``), ``per_row`` to a row."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = max(1, min(per_row, len(panels)))
+    rows = max(1, -(-len(panels) // columns))
+    figure = Figure(figsize=(panel_size[0] * columns, panel_size[1] * rows), dpi=dpi)
+    FigureCanvasAgg(figure)
+    for index, panel in enumerate(panels):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        positive = True
+        colours = list(panel.get("colours") or [])
+        for number, (name, (xs, ys)) in enumerate(panel["series"].items()):
+            x = np.asarray(xs, dtype=float)
+            y = np.asarray(ys, dtype=float)
+            if x.shape != y.shape:
+                raise ValueError(f"line {name!r}: {x.size} x values but {y.size} y values")
+            keep = np.isfinite(x) & np.isfinite(y)
+            positive &= bool((y[keep] > 0).all())
+            style: dict[str, Any] = {"color": colours[number]} if number < len(colours) else {}
+            axes.plot(x[keep], y[keep], label=str(name), linewidth=1.5, marker="o" if keep.sum() < 3 else None, markersize=4, **style)
+        if panel.get("log_y") and positive:
+            axes.set_yscale("log")
+        if panel.get("y_range") is not None:
+            axes.set_ylim(*panel["y_range"])
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(panel.get("ylabel", ""))
+        axes.grid(True, alpha=0.3)
+        if len(panel["series"]) > 1:
+            axes.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(target, buffer.getvalue())
+
+
+def save_history_plot(path: str | Path, history: Sequence[Mapping[str, Any]], x: str = "step", columns: Sequence[str] | None = None,
+                      per_row: int = 4, title: str | None = None) -> Path | None:
+    """Training curves: one small panel per logged scalar against ``x``, written as one PNG.
+
+    Args:
+        path: where the PNG goes.
+        history: logged rows, e.g. ``[{"step": 10, "loss": 2.1, "lr": 1e-3}, ...]``.
+        x: the key on the x axis (rows without it are numbered from 1).
+        columns: the scalars to draw (default every numeric key but ``x``, learning rates last).
+        per_row: panels per row.
+        title: a title over the panels.
+
+    Returns:
+        The PNG's path, or ``None`` when there is no numeric scalar to draw.
+    """
+    rows = [dict(row) for row in history]
+    if columns is None:
+        seen: list[str] = []
+        for row in rows:
+            seen += [key for key, value in row.items() if key != x and key not in seen
+                     and isinstance(value, (int, float, np.number)) and not isinstance(value, bool)]
+        columns = [key for key in seen if "lr" not in key.lower()] + [key for key in seen if "lr" in key.lower()]
+    if not rows or not columns:
+        return None
+    steps = [float(row.get(x, index + 1)) for index, row in enumerate(rows)]
+    panels = []
+    for column in columns:
+        values = [float(row[column]) if isinstance(row.get(column), (int, float, np.number)) else float("nan") for row in rows]
+        panels.append({"ylabel": column, "series": {column: (steps, values)}})
+    return _save_panels(path, panels, x, title, (3.2, 2.4), 100, per_row=per_row)
+
+
 @dataclass
 class _Section:
     title: str
     parts: list[str] = field(default_factory=list)
+    lead: str | None = None
+
+
+_STYLE = (
+    ":root{--ink:#1f2328;--muted:#59636e;--line:#d0d7de;--soft:#f6f8fa;--accent:#0b5cad}"
+    "*{box-sizing:border-box}"
+    "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:var(--ink);line-height:1.45;background:#fff}"
+    "header,main{max-width:1400px;margin:0 auto;padding:0 2em}"
+    "header{padding-top:1.2em}h1{margin:0 0 .2em;font-size:1.7em}.stamp{color:var(--muted);font-size:12px;margin:0 0 .6em}"
+    "nav.contents{position:sticky;top:0;z-index:10;background:rgba(255,255,255,.97);border-bottom:1px solid var(--line);"
+    "padding:.45em 2em;font-size:13px;max-height:34vh;overflow-y:auto}"
+    "nav.contents ol{list-style:none;margin:0 auto;padding:0;max-width:1400px;display:flex;flex-wrap:wrap;gap:.25em 1.1em}"
+    "nav.contents a{color:var(--accent);text-decoration:none;white-space:nowrap}nav.contents a:hover{text-decoration:underline}"
+    "nav.contents .label{font-weight:600;color:var(--muted)}"
+    "section{padding:.4em 0 .8em;border-bottom:1px solid var(--soft);scroll-margin-top:5em}"
+    "h2{font-size:1.3em;margin:.8em 0 .3em}p.lead{font-size:15px;color:var(--muted);margin:0 0 .7em;max-width:70em}"
+    "p{max-width:70em;margin:.5em 0}a{color:var(--accent)}"
+    ".row{display:flex;flex-wrap:wrap;gap:12px;margin:6px 0 14px;align-items:flex-start}"
+    "figure{margin:0;width:min-content}"  # as wide as its image: a long caption wraps instead of widening the figure
+    "figure img{display:block;max-width:min(720px,calc(100vw - 4em));height:auto;border:1px solid var(--line);background:var(--soft)}"
+    "figure.plot img{max-width:calc(100vw - 4em);border-color:transparent;background:#fff}"
+    "figcaption{font-size:12px;color:var(--muted);margin-top:3px;min-width:8em}"
+    ".row pre.aside{flex:1 1 28em;margin:0;max-width:60em}"
+    ".table-wrap{overflow-x:auto;max-width:100%}"
+    "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid var(--line);padding:3px 8px;font-size:13px;text-align:left}"
+    "td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:var(--soft)}tbody tr:nth-child(even){background:#fbfcfd}"
+    "pre{background:var(--soft);padding:8px;white-space:pre-wrap;font-size:12px;border-radius:4px;max-width:100em}"
+    "details{margin:6px 0}summary{cursor:pointer;color:var(--accent);font-size:13px}"
+)
+
+# A relative path to another page of the run folder written in prose ("open vlm-explain/explain-vlm-.../index.html").
+_PAGE_PATH = re.compile(r"(?<![\w/.:-])((?:[\w.-]+/)*[\w.-]+\.html)\b")
+FOLD_LINES = 40
+WIDE_COLUMNS = 6
 
 
 class HtmlReport:
-    """An ``index.html`` built section by section: text, figures, tables, config.
+    """An ``index.html`` built section by section: a lead sentence, text, figures, plots, tables, config.
 
-    Image paths are written relative to the report's folder so the run folder
-    can be moved or zipped and still open.
+    The page is the workbench's one layout: a sticky contents bar linking every section by its anchor
+    (the slug of its title, made unique), each section opening with a lead sentence, numbers shown to
+    three significant figures (:func:`fmt`), images lazy-loaded with their sizes, and no script or
+    external resource, so it reads offline. Image paths are written relative to the report's folder so
+    the run folder can be moved or zipped and still open.
     """
 
     def __init__(self, title: str, folder: str | Path):
@@ -234,9 +460,14 @@ class HtmlReport:
         self.folder = Path(folder)
         self.sections: list[_Section] = []
 
-    def section(self, title: str) -> "HtmlReport":
-        """Start a new section titled ``title``; later calls add to it."""
-        self.sections.append(_Section(title))
+    def section(self, title: str, lead: str | None = None) -> "HtmlReport":
+        """Start a new section titled ``title``, opening with the ``lead`` sentence; later calls add to it."""
+        self.sections.append(_Section(title, lead=lead))
+        return self
+
+    def lead(self, sentence: str) -> "HtmlReport":
+        """Set (or replace) the current section's lead sentence: what the reader is looking at."""
+        self._current().lead = sentence
         return self
 
     def _current(self) -> _Section:
@@ -244,60 +475,171 @@ class HtmlReport:
             self.section(self.title)
         return self.sections[-1]
 
+    def _linked(self, paragraph: str) -> str:
+        """``paragraph`` escaped, with each relative path of an existing ``.html`` file in the folder made a link to it."""
+        pieces, last = [], 0
+        for match in _PAGE_PATH.finditer(paragraph):
+            target = self.folder / match.group(1)
+            if not target.is_file() or ".." in Path(match.group(1)).parts:
+                continue
+            href = html.escape(Path(match.group(1)).as_posix())
+            pieces += [html.escape(paragraph[last:match.start()]), f'<a href="{href}">{html.escape(match.group(1))}</a>']
+            last = match.end()
+        return "".join(pieces) + html.escape(paragraph[last:])
+
     def text(self, paragraph: str) -> "HtmlReport":
-        """Add a paragraph (escaped)."""
-        self._current().parts.append(f"<p>{html.escape(paragraph)}</p>")
+        """Add a paragraph (escaped; long floats rounded by :func:`readable_numbers`; paths of the run's pages made links)."""
+        self._current().parts.append(f"<p>{self._linked(readable_numbers(paragraph))}</p>")
         return self
 
-    def preformatted(self, content: str) -> "HtmlReport":
-        """Add a block of monospaced text (escaped), e.g. a report or a config."""
-        self._current().parts.append(f"<pre>{html.escape(content)}</pre>")
+    def preformatted(self, content: str, summary: str | None = None) -> "HtmlReport":
+        """Add a block of monospaced text (escaped, shown exactly), e.g. a report or a config.
+
+        A block longer than ``FOLD_LINES`` lines (or any block given a ``summary``) is folded under a
+        ``<details>`` line the reader clicks open, so an appendix such as the config does not bury the page.
+        """
+        lines = content.count("\n") + 1
+        block = f"<pre>{html.escape(content)}</pre>"
+        if summary is not None or lines > FOLD_LINES:
+            block = f"<details><summary>{html.escape(summary or f'show all {lines} lines')}</summary>{block}</details>"
+        self._current().parts.append(block)
         return self
 
-    def figures(self, items: Iterable[tuple[str | Path, str]]) -> "HtmlReport":
-        """Add a row of figures: ``(image path, caption)`` pairs."""
-        cells = []
-        for image_path, caption in items:
-            relative = Path(image_path).resolve().relative_to(self.folder.resolve()).as_posix()
-            cells.append(
-                f'<figure><a href="{html.escape(relative)}"><img src="{html.escape(relative)}" alt="{html.escape(caption)}"></a>'
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-            )
+    def _image(self, image_path: str | Path, caption: str, css_class: str = "") -> str:
+        """One ``<figure>``: the lazy-loaded image (with its pixel size when the file is readable) linking to itself."""
+        path = Path(image_path)
+        relative = path.resolve().relative_to(self.folder.resolve()).as_posix()
+        size = ""
+        try:
+            with Image.open(path) as opened:
+                size = f' width="{opened.width}" height="{opened.height}"'
+        except (OSError, ValueError):
+            pass
+        caption = readable_numbers(caption)
+        source, alt = html.escape(relative), html.escape(caption)
+        attribute = f' class="{css_class}"' if css_class else ""
+        return (f'<figure{attribute}><a href="{source}"><img src="{source}" alt="{alt}" loading="lazy" decoding="async"{size}></a>'
+                f"<figcaption>{alt}</figcaption></figure>")
+
+    def figures(self, items: Iterable[tuple[str | Path, str]], aside: str | None = None) -> "HtmlReport":
+        """Add a row of figures: ``(image path, caption)`` pairs (paths inside the report's folder).
+
+        ``aside`` is monospaced text (a report, a ranked list) laid beside the figures in the same row.
+        """
+        cells = [self._image(image_path, caption) for image_path, caption in items]
+        if aside is not None:
+            cells.append(f'<pre class="aside">{html.escape(aside)}</pre>')
         self._current().parts.append(f'<div class="row">{"".join(cells)}</div>')
         return self
 
-    def table(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int = 3) -> "HtmlReport":
-        """Add a table; ``columns`` defaults to the first row's keys; floats rounded to ``digits``."""
+    def _figure_path(self, name: str | None, suffix: str) -> Path:
+        stem = slugify(name) if name else f"{slugify(self._current().title)}-{suffix}"
+        return self.folder / "figures" / f"{stem}.png"
+
+    def plot(self, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], name: str | None = None, xlabel: str = "step",
+             ylabel: str = "", caption: str = "", title: str | None = None, log_y: bool = False) -> "HtmlReport":
+        """Add a line plot (:func:`save_line_plot`), written to ``figures/<name>.png`` in the report's folder.
+
+        Args:
+            series: line name -> ``(x values, y values)``.
+            name: the PNG's stem (default: the current section's anchor plus ``-plot``).
+            xlabel, ylabel, title, log_y: as :func:`save_line_plot`.
+            caption: the figure's caption.
+
+        Returns:
+            The report, for chaining.
+        """
+        path = save_line_plot(self._figure_path(name, "plot"), series, xlabel, ylabel, title, log_y)
+        self._current().parts.append(f'<div class="row">{self._image(path, caption or ylabel, "plot")}</div>')
+        return self
+
+    def history(self, rows: Sequence[Mapping[str, Any]], name: str | None = None, caption: str = "", x: str = "step",
+                columns: Sequence[str] | None = None) -> "HtmlReport":
+        """Add training curves (:func:`save_history_plot`) of logged rows, written to ``figures/<name>.png``.
+
+        Args:
+            rows: the training history, one mapping per logged step (``step`` plus scalars).
+            name: the PNG's stem (default: the current section's anchor plus ``-curves``).
+            caption: the figure's caption (default: which scalars over how many logged steps).
+            x: the key on the x axis.
+            columns: the scalars to draw (default all numeric ones).
+
+        Returns:
+            The report, for chaining (nothing is added when no row has a numeric scalar).
+        """
+        path = save_history_plot(self._figure_path(name, "curves"), rows, x=x, columns=columns)
+        if path is not None:
+            last = rows[-1]
+            caption = caption or f"Training curves over {len(rows)} logged steps (last {x} {fmt(last.get(x, len(rows)))})."
+            self._current().parts.append(f'<div class="row">{self._image(path, caption, "plot")}</div>')
+        return self
+
+    def table(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int = 3,
+              transpose: bool | None = None) -> "HtmlReport":
+        """Add a table; ``columns`` defaults to the first row's keys.
+
+        Numbers are shown with :func:`fmt` to ``digits`` significant figures (columns named ``*_s`` or
+        ``*seconds*`` as times with their unit) and right-aligned; long floats inside text cells are rounded too.
+        ``transpose`` shows the table as ``metric | value`` rows, one per column; by default a single row of
+        more than ``WIDE_COLUMNS`` columns (a summary) is shown that way instead of one wide line.
+        """
         if not rows:
             return self.text("(no rows)")
         columns = list(columns or rows[0].keys())
+        if transpose or (transpose is None and len(rows) == 1 and len(columns) > WIDE_COLUMNS):
+            rows = [{"metric": column, "value": row.get(column, "")} for row in rows for column in columns]
+            columns = ["metric", "value"]
         head = "".join(f"<th>{html.escape(str(column))}</th>" for column in columns)
         body = []
         for row in rows:
             cells = []
             for column in columns:
                 value = row.get(column, "")
-                shown = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-                cells.append(f"<td>{html.escape(shown)}</td>")
+                if isinstance(value, np.generic):
+                    value = value.item()
+                if isinstance(value, str) and value == "n/a":  # a number that could not be computed, aligned with the numbers
+                    cells.append('<td class="num">n/a</td>')
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    name = str(row.get("metric", column)) if column == "value" else str(column)
+                    shown = fmt(value, "s" if _time_column(name) and isinstance(value, float) else None, digits)
+                    cells.append(f'<td class="num">{html.escape(shown)}</td>')
+                else:
+                    cells.append(f"<td>{html.escape(readable_numbers(fmt(value) if value is not None else ''))}</td>")
             body.append(f"<tr>{''.join(cells)}</tr>")
-        self._current().parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+        self._current().parts.append(
+            f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
         return self
 
+    def anchors(self) -> list[str]:
+        """The sections' anchor ids in page order: the slug of each title, ``-2``, ``-3``... on repeats."""
+        used = {"top", "contents"}
+        ids = []
+        for section in self.sections:
+            base = slugify(section.title)
+            anchor, counter = base, 1
+            while anchor in used:
+                counter += 1
+                anchor = f"{base}-{counter}"
+            used.add(anchor)
+            ids.append(anchor)
+        return ids
+
     def render(self) -> str:
-        """The whole page as HTML text."""
-        style = (
-            "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}"
-            "figure{display:inline-block;margin:0 12px 12px 0;vertical-align:top}"
-            "figure img{max-width:320px;border:1px solid #ccc}figcaption{font-size:12px;max-width:320px}"
-            "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
-            "th{background:#f0f0f0}pre{background:#f7f7f7;padding:8px;white-space:pre-wrap;font-size:12px}"
-        )
-        sections = "".join(f"<section><h2>{html.escape(s.title)}</h2>{''.join(s.parts)}</section>" for s in self.sections)
+        """The whole page as HTML text: header, contents bar, sections."""
+        anchors = self.anchors()
+        links = "".join(f'<li><a href="#{anchor}">{html.escape(section.title)}</a></li>' for anchor, section in zip(anchors, self.sections))
+        nav = (f'<nav class="contents" id="contents" aria-label="Contents"><ol><li class="label">Contents</li>{links}</ol></nav>'
+               if self.sections else "")
+        sections = []
+        for anchor, section in zip(anchors, self.sections):
+            lead = f'<p class="lead">{html.escape(readable_numbers(section.lead))}</p>' if section.lead else ""
+            sections.append(f'<section id="{anchor}"><h2>{html.escape(section.title)}</h2>{lead}{"".join(section.parts)}</section>')
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
         return (
-            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>"
-            f"<p><small>written {stamp}</small></p>{sections}</body></html>\n"
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(self.title)}</title>'
+            f'<style>{_STYLE}</style></head><body><header id="top"><h1>{html.escape(self.title)}</h1>'
+            f'<p class="stamp">written {stamp}</p></header>{nav}<main>{"".join(sections)}</main></body></html>\n'
         )
 
     def write(self, path: str | Path | None = None) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from workbench.data.loaders import build_loader
-from workbench.report import HtmlReport, RunFolder, image_strip, save_png, to_rgb_uint8
+from workbench.report import HtmlReport, RunFolder, fmt, image_strip, save_png, to_rgb_uint8
 from workbench.train import move_to_device
 from workbench_plugins.contrastive.metrics import auroc_per_column, labels_matrix, linear_probe, retrieval_metrics, zero_shot_scores
 from workbench_plugins.contrastive.models import ReportImageDualEncoder
@@ -180,10 +180,13 @@ def write_evaluation_pages(report: HtmlReport, run: RunFolder, metrics: Mapping[
         examples: how many retrieval examples.
         title: the section title.
     """
-    report.section(title)
-    report.text(f"{metrics.get('pairs', 0)} held-out image-report pairs.")
+    report.section(title, lead="How well the encoder matches held-out images to their reports: retrieval recall, zero-shot "
+                   "finding detection from prompts, and linear probes on its frozen image features.")
+    report.text(f"{fmt(metrics.get('pairs', 0))} held-out image-report pairs.")
     retrieval = metrics.get("retrieval")
     if retrieval:
+        report.text("Recall@k: the share of held-out images whose own report is among the k closest reports (and of reports "
+                    "whose image is among the k closest images); chance is what a random ranking scores.")
         rows = [{"direction": direction, **{f"R@{k}": retrieval[f"{prefix}_R@{k}"] for k in (1, 5, 10)}}
                 for direction, prefix in (("image -> report", "i2t"), ("report -> image", "t2i"), ("chance", "chance"))]
         report.table(rows)
@@ -206,7 +209,7 @@ def write_evaluation_pages(report: HtmlReport, run: RunFolder, metrics: Mapping[
             lines.append(f"{rank}.{mark} ({score:.2f}) {held_out.texts[target]}")
         path = save_png(run.file(f"retrieval/{held_out.ids[index] or index}.png"), image_strip([_display_image(image, mean, std)]))
         figures.append((path, held_out.ids[index] if held_out.ids else str(index), "\n".join(lines)))
-    report.text("Retrieval examples: each held-out image with its five closest reports (* = its own report or an identical one).")
+    report.section("Retrieval examples", lead=f"{len(figures)} held-out images, each with the five reports the encoder ranks closest to it.")
+    report.text("Beside each image: its true report, then the five closest reports with their similarity (* = its own report or an identical one).")
     for path, name, caption in figures:
-        report.figures([(path, name)])
-        report.preformatted(caption)
+        report.figures([(path, name)], aside=caption)

@@ -23,6 +23,7 @@ from scipy import ndimage
 from torch import nn
 
 from workbench.errors import ConfigError
+from workbench.report import fmt
 from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
 
 logger = logging.getLogger("workbench.counterfactual")
@@ -76,17 +77,17 @@ class Explanation:
 
     def sentence(self, classes: Sequence[str]) -> str:
         """The one sentence a clinician reads under the case."""
-        said = f"Classified {classes[self.source]} (p={self.source_probability:.2f})."
+        said = f"Classified {classes[self.source]} (p={fmt(float(self.source_probability))})."
         if not self.reconstruction_kept_class:
             return (f"{said} INVALID explanation: the CAE's reconstruction of this image is already classified "
-                    f"{classes[self.reconstruction_class]} (p={self.reconstruction_probability:.2f}), so the path cannot show what "
+                    f"{classes[self.reconstruction_class]} (p={fmt(float(self.reconstruction_probability))}), so the path cannot show what "
                     "changes the decision; the highlighted region is not an explanation.")
         if not self.valid:
             return (f"{said} INVALID explanation: moving the class code all the way to {classes[self.target]} never changed the "
-                    f"classifier's decision (p({classes[self.target]})={self.probabilities[-1]:.2f} at step {self.steps}); the highlighted "
+                    f"classifier's decision (p({classes[self.target]})={fmt(float(self.probabilities[-1]))} at step {self.steps}); the highlighted "
                     "region is not an explanation.")
         probability = self.probabilities[self.flipped_step - 1]
-        return (f"{said} Changing the highlighted region makes it {classes[self.target]} (p={probability:.2f}) "
+        return (f"{said} Changing the highlighted region makes it {classes[self.target]} (p={fmt(float(probability))}) "
                 f"at step {self.flipped_step} of {self.steps}.")
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from workbench.data.readers import read_image
 from workbench.errors import DataError
-from workbench.report import HtmlReport, RunFolder, draw_boxes, image_strip, overlay_heatmap, save_png
+from workbench.report import HtmlReport, RunFolder, draw_boxes, fmt, slugify, image_strip, overlay_heatmap, save_png
 from workbench_plugins.grounding.boxes import normalise_heatmap
 from workbench_plugins.grounding.evaluate import GroundedPhrase, category_table, sweep_table
 from workbench_plugins.grounding.metrics import mask_iou
@@ -51,25 +51,36 @@ def save_grounded(run: RunFolder, folder: str, item: GroundedPhrase) -> tuple[Pa
     strip = image_strip([image, grounding_picture(image, item.heatmap, item.predicted[:1], box)])
     path = save_png(run.file(f"{folder}/{_slug(sample.id)}-{item.index}-{_slug(box['phrase'])}.png"), strip)
     row = item.row
-    numbers = f"CNR {row.get('cnr', float('nan')):.2f}, pointing {'hit' if row.get('pointing') else 'miss'}"
+    numbers = f"CNR {fmt(row.get('cnr', float('nan')))}, pointing {'hit' if row.get('pointing') else 'miss'}"
     if "box_iou" in row:
-        numbers += f", box IoU {row['box_iou']:.2f}"
+        numbers += f", box IoU {fmt(row['box_iou'])}"
     return path, f"{sample.id}: \"{box['phrase']}\" ({box['category']}): {numbers}"
 
 
 def write_evaluation_section(page: HtmlReport, run: RunFolder, metrics: dict[str, Any], worst: Sequence[GroundedPhrase],
                              title: str = "Phrase grounding") -> None:
     """Add the per-category table, the threshold sweep and the worst cases (pictures) to ``page``."""
-    page.section(title)
-    page.text(f"{metrics.get('method', '')}: {metrics.get('phrases', 0)} phrases on {metrics.get('images', 0)} images. "
-              "Green: the true box; red: the predicted box; colours: the phrase's heatmap. "
-              f"mIoU at heatmap threshold {metrics.get('miou_threshold')} (of its range); the sweep is below.")
+    page.section(title, lead=f"Where the model looks for each finding phrase ({metrics.get('method', '')}): how well its heatmaps "
+                        "and boxes land on the true finding boxes of held-out images, per finding and overall.")
+    page.text(f"{fmt(metrics.get('phrases', 0))} phrases on {fmt(metrics.get('images', 0))} images. "
+              "CNR: the heatmap's contrast inside the true box against outside; pointing: its peak inside the box; "
+              f"mIoU: the heatmap above {fmt(metrics.get('miou_threshold'))} of its range against the box (the sweep over "
+              "that threshold is plotted below); box IoU and acc@0.5: the predicted box against the true one.")
     page.table(category_table(metrics), digits=3)
     if metrics.get("negation_lower_rate") is not None:
-        page.text(f"Negations: \"no <finding>\" peaked lower than the finding's phrase on {metrics['negation_lower_rate']:.0%} of the phrases.")
-    page.table(sweep_table(metrics), digits=3)
+        page.text(f"Negations: \"no <finding>\" peaked lower than the finding's phrase on {fmt(metrics['negation_lower_rate'], '%')} "
+                  "of the phrases.")
+    sweep = sweep_table(metrics)
+    if len(sweep) > 1:
+        best = max(sweep, key=lambda row: row["mean IoU"] if row["mean IoU"] == row["mean IoU"] else -1.0)
+        page.plot({"mean IoU": ([row["threshold"] for row in sweep], [row["mean IoU"] for row in sweep])},
+                  name=f"{slugify(title)}-threshold-sweep", xlabel="heatmap threshold (fraction of its range)", ylabel="mean IoU",
+                  caption=f"Mean IoU over all phrases against the heatmap threshold; best {fmt(best['mean IoU'])} "
+                          f"at {fmt(best['threshold'])}.")
+    elif sweep:
+        page.table(sweep, digits=3)
     if worst:
-        page.text("Worst cases first (lowest CNR):")
+        page.text("Worst cases first (lowest CNR). Green: the true box; red: the predicted box; colours: the phrase's heatmap.")
         pictures = [save_grounded(run, "grounding", item) for item in worst]
         for start in range(0, len(pictures), 4):
             page.figures(pictures[start:start + 4])
@@ -143,9 +154,10 @@ def write_saliency_section(page: HtmlReport, run: RunFolder, items: Sequence[Gro
         phrase = item.sample.boxes[item.index]["phrase"]
         rows.append({"id": item.sample.id, "phrase": phrase, "overlap IoU": overlap})
         path = save_png(run.file(f"saliency/{_slug(item.sample.id)}-{item.index}.png"), saliency_picture(item.sample.display(), item.heatmap, saliency))
-        pictures.append((path, f"{item.sample.id}: \"{phrase}\" vs saliency: IoU {overlap:.2f}"))
-    page.section("Phrase heatmap versus classifier saliency")
-    page.text(f"Saliency maps from {folder}; overlap = IoU of the top {top_fraction:.0%} pixels of each map.")
+        pictures.append((path, f"{item.sample.id}: \"{phrase}\" vs saliency: IoU {fmt(overlap)}"))
+    page.section("Phrase heatmap versus classifier saliency",
+                 lead="Whether the grounding heatmap of each phrase and a classifier's saliency map point at the same pixels.")
+    page.text(f"Saliency maps from {folder}; overlap = IoU of the top {fmt(top_fraction, '%')} pixels of each map.")
     page.table(rows) if rows else page.text("(no saliency map matched the grounded images)")
     for start in range(0, len(pictures), 3):
         page.figures(pictures[start:start + 3])

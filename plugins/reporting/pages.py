@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from workbench.report import HtmlReport, RunFolder, save_png, to_rgb_uint8
+from workbench.report import HtmlReport, RunFolder, fmt, save_png, to_rgb_uint8
 
 _STYLE = ("<style>.edit-pair{display:flex;gap:16px;margin:8px 0}.edit-pair>div{flex:1;border:1px solid #ccc;padding:6px;font-size:13px}"
           "del{background:#fbb;text-decoration:line-through}ins{background:#bfb;text-decoration:none}"
@@ -112,16 +112,23 @@ def write_training_page(run: RunFolder, settings: Any, metrics: Mapping[str, Any
 
     page = ReportPage(f"Reporting {settings.model} on {metrics.get('encoder')}", run.path)
     stored = f" Stored as {metrics['stored_model']}." if metrics.get("stored_model") else ""
-    page.section("Training").text(f"{metrics.get('steps')} steps on {metrics.get('train_items')} items; "
-                                  f"{metrics.get('skipped_records')} records skipped (see skipped.csv).{stored}")
+    task = "answer questions about each image and explain the answer" if settings.model == "explainer" else "edit draft reports"
+    page.section("Training", lead=f"How the {settings.model} learned to {task} from {metrics.get('encoder')}'s image features: "
+                                  "the training run and its loss curve.")
+    page.text(f"{fmt(metrics.get('steps'))} steps on {fmt(metrics.get('train_items'))} items; "
+              f"{fmt(metrics.get('skipped_records'))} records skipped (see skipped.csv).{stored}")
     if history:
-        page.table(list(history[-5:]))
-    page.section("Held-out metrics")
+        page.history([dict(row) for row in history], name="training-curves",
+                     caption=f"Each logged training scalar per step, learning rate last (final loss {fmt(history[-1].get('loss'))}).")
+    page.section("Held-out metrics", lead=f"How the {settings.model} scores on held-out images it never trained on.")
     flat = {key: value for key, value in metrics.items() if not isinstance(value, (dict, list))}
-    page.table([flat])
+    page.table([{"metric": key, "value": value} for key, value in flat.items()])
     if isinstance(metrics.get("per_kind"), dict):
+        page.text("By kind of question or injected error:")
         page.table([{"kind": kind, **values} for kind, values in metrics["per_kind"].items()])
-    page.section("Examples (errors first)")
+    page.section("Examples (errors first)", lead="Held-out images the model got wrong first, then the rest: "
+                 + ("each question with the generated answer, its explanation and the reference."
+                    if settings.model == "explainer" else "each draft beside the model's edit, removed words struck out and added ones highlighted."))
     by_record: dict[int, list[dict[str, Any]]] = {}
     for row in evaluation.rows:
         by_record.setdefault(row["record_index"], []).append(row)
@@ -144,5 +151,5 @@ def write_training_page(run: RunFolder, settings: Any, metrics: Mapping[str, Any
                                    f"{row['kind']}: {verdict}; {row['damaged']} correct sentence(s) changed{verdicts}"))
     config = run.path / "config.yaml"
     if config.exists():
-        page.section("Config").preformatted(config.read_text(encoding="utf-8"))
+        page.section("Config", lead="The resolved settings this run used (config.yaml), to repeat it exactly.").preformatted(config.read_text(encoding="utf-8"))
     return page.write()

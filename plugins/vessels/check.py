@@ -27,7 +27,7 @@ from workbench.data.masks import mask_plane, read_mask_values
 from workbench.data.readers import SUFFIX_FORMATS, read_image
 from workbench.errors import DataError, batch_exit_status
 from workbench.fsutil import atomic_write_text
-from workbench.report import HtmlReport, save_png
+from workbench.report import HtmlReport, fmt, save_png
 from workbench_plugins.vessels.topology.check import DEFAULT_BREAK_DISTANCE, DEFAULT_FRAGMENT_AREA, TopologyReport, check_mask
 from workbench_plugins.vessels.topology.masks import binarise_mask, fov_from_fundus
 
@@ -156,14 +156,17 @@ class _Outputs:
         key = "betti0_error" if records and "betti0_error" in records[0] else "n_components"
         ranked = sorted(records, key=lambda record: (-(record.get(key) or 0), record["file"]))
         page = HtmlReport("Vessel connectivity check", self.folder)
-        page.section("Summary").text(f"{len(records)} masks checked, {len(failures)} skipped. Sorted by {key}, worst first.")
+        page.section("Summary", lead="The connectivity of each vessel mask checked: how many pieces it falls into and, against a "
+                                     "reference, where it breaks or adds vessels.")
+        page.text(f"{len(records)} masks checked, {len(failures)} skipped. Sorted by {key}, worst first.")
         page.text("Overlay colours: white = prediction (blue where the reference disagrees), red = reference vessels missed, "
                   "yellow lines and circles = likely breaks, orange circles = spurious fragments, grey = outside the field of view.")
-        page.section("Per mask").table(ranked, columns=[column for column in TABLE_COLUMNS if any(column in row for row in ranked)])
-        page.section(f"Overlays (the {min(MAX_FIGURES, len(ranked))} worst)")
-        page.figures((self.folder / row["overlay"], f"{Path(row['file']).name}: {key} {row.get(key)}") for row in ranked[:MAX_FIGURES])
+        page.section("Per mask", lead=f"One row per mask, the worst {key} first.").table(ranked, columns=[column for column in TABLE_COLUMNS if any(column in row for row in ranked)])
+        page.section(f"Overlays (the {min(MAX_FIGURES, len(ranked))} worst)",
+                     lead="Each of the worst masks drawn over its reference: breaks, missed vessels and spurious fragments marked.")
+        page.figures((self.folder / row["overlay"], f"{Path(row['file']).name}: {key} {fmt(row.get(key))}") for row in ranked[:MAX_FIGURES])
         if failures:
-            page.section("Skipped files").table([{"file": name, "reason": reason} for name, reason in failures])
+            page.section("Skipped files", lead=f"The {len(failures)} files that could not be checked, and why.").table([{"file": name, "reason": reason} for name, reason in failures])
         page.write()
 
 

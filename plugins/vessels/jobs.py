@@ -30,7 +30,7 @@ from workbench.jobs import JobStart, TrainOutcome, train_and_held_out
 from workbench.model_records import parse_ref
 from workbench.model_store import open_store
 from workbench.registry import create_model
-from workbench.report import HtmlReport, RunFolder
+from workbench.report import HtmlReport, RunFolder, fmt
 from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.vessels.data import DEFAULT_NORMALISATION, build_vessel_loader, inference_preprocessing, load_inference_item, vessel_training_dataset
 from workbench_plugins.vessels.inference import predict_probabilities, vessel_probability
@@ -165,16 +165,15 @@ class VesselTrainJob(TrainingJob):
         """The vessel page (or the demo's section): worst Betti-0 error first, overlays, notes."""
         settings, inference, roi = self.settings, self.inference, self.inference.roi_size
         notes = [f"{settings.model.name} trained with {settings.loss.name} for {result.step} steps "
-                 f"({self.seconds:.0f} s) on {len(self.train_records)} images of {settings.data.dataset}; "
-                 f"{len(self.eval_records)} held-out images predicted with {roi}-pixel sliding windows, {postprocessing_note(inference)}."]
+                 f"({fmt(self.seconds, 's')}) on {len(self.train_records)} images of {settings.data.dataset}; "
+                 f"{len(self.eval_records)} held-out image{'' if len(self.eval_records) == 1 else 's'} predicted with {roi}-pixel sliding windows, {postprocessing_note(inference)}."]
         if not self.eval_records:
             notes.append(f"No record of {settings.data.dataset} has a split in data.eval_split {settings.data.eval_split}: nothing was scored.")
         if outcome.stored:
             notes.append(f"Stored as {outcome.stored}: `workbench vessels predict model={outcome.stored} inputs=[...]`, "
                          f"`workbench export-bundle {outcome.stored} OUT_DIR`.")
         write_vessel_page(start.run.path, "Vessel segmentation" if self.report is not None else f"Vessels: {settings.loss.name}", self.rows,
-                          self.figures, notes=notes, extra_tables=[("Training loss", self.history[-5:])] if self.history else [],
-                          skipped=self.failures, page=self.report)
+                          self.figures, notes=notes, history=self.history, skipped=self.failures, page=self.report)
 
 
 def run_train(settings: VesselTrainSettings, builders: Any, *, resume: Path | None = None, report: HtmlReport | None = None,

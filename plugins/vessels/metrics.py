@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy.ndimage import binary_dilation
@@ -20,7 +20,7 @@ from skimage.morphology import remove_small_objects
 
 from workbench.errors import DataError
 from workbench.fsutil import atomic_write_json
-from workbench.report import HtmlReport, heat_colours, image_strip, save_png, to_rgb_uint8
+from workbench.report import HtmlReport, fmt, heat_colours, image_strip, save_png, slugify, to_rgb_uint8
 from workbench_plugins.vessels.topology.check import TopologyReport, check_mask
 from workbench_plugins.vessels.topology.overlay import draw_topology_overlay
 from workbench_plugins.vessels.topology.repair import reconnect_mask
@@ -173,8 +173,9 @@ def order_worst_first(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_vessel_page(folder: Path, title: str, rows: Sequence[dict[str, Any]], figures: dict[str, Path],
                       notes: Sequence[str] = (), extra_tables: Sequence[tuple[str, list[dict[str, Any]]]] = (),
-                      skipped: Sequence[tuple[str, str]] = (), page: HtmlReport | None = None) -> HtmlReport:
-    """Write (or add to) the run's ``index.html``: notes, mean metrics, the per-image table worst first, overlays.
+                      skipped: Sequence[tuple[str, str]] = (), page: HtmlReport | None = None,
+                      history: Sequence[Mapping[str, Any]] = ()) -> HtmlReport:
+    """Write (or add to) the run's ``index.html``: notes, mean metrics, training curves, the per-image table worst first, overlays.
 
     Args:
         folder: the run folder.
@@ -182,31 +183,45 @@ def write_vessel_page(folder: Path, title: str, rows: Sequence[dict[str, Any]], 
         rows: per-image metric rows (:meth:`ScoredImage.row`, plus anything else to show).
         figures: image id -> its figure PNG.
         notes: paragraphs shown first.
-        extra_tables: ``(section title, rows)`` shown after the summary (e.g. training losses).
+        extra_tables: ``(section title, rows)`` shown after the summary.
         skipped: ``(file, reason)`` of the images that could not be predicted.
         page: add sections to this page (the demo's) instead of writing a new one.
+        history: logged training rows (``step``, ``loss``, its terms, ``lr``), drawn as training curves.
 
     Returns:
         The page (written when it is the run's own).
     """
     own = page is None
     page = page or HtmlReport(title, folder)
-    page.section(title)
+    images = f"{len(rows)} image{'s' if len(rows) != 1 else ''}"
+    scored = any("dice" in row for row in rows)
+    page.section(title, lead=(f"How well the vessel network segments {images} against their references, with the topology that "
+                              "matters clinically: broken and spurious vessel pieces, not only pixel overlap." if scored else
+                              f"The vessel network's segmentation of {images}, with the connectivity of each prediction "
+                              "(how many pieces it falls into)."))
     for note in notes:
         page.text(note)
     ranked = order_worst_first(rows)
-    if rows and any("dice" in row for row in rows):
+    if rows and scored:
+        page.text("Means over the scored images:")
         page.table([{"images": len(rows), **mean_metrics(rows)}])
+    if history:
+        page.section("Vessel training curves", lead="How the vessel network's loss and its terms fell during training.")
+        page.history(history, name=f"{slugify(title)}-training-curves",
+                     caption=f"Each logged training scalar per step, learning rate last (final loss {fmt(history[-1].get('loss'))}).")
     for section, table in extra_tables:
-        page.section(section).table(table)
-    page.section("Per image, worst Betti-0 error first" if any("betti0_error" in row for row in rows) else "Per image, most components first")
+        page.section(section, lead=f"{section}: one row per logged entry.").table(table)
+    worst = "Per image, worst Betti-0 error first" if any("betti0_error" in row for row in rows) else "Per image, most components first"
+    page.section(worst, lead="Each held-out image's scores, the worst connectivity first, then its overlay: where the prediction "
+                             "breaks or adds vessel pieces.")
     page.table(ranked, columns=[column for column in TABLE_COLUMNS if any(column in row for row in ranked)])
     page.text("Overlay colours: white = predicted vessel (blue where the reference disagrees), red = reference vessel missed, "
               "yellow = likely break (end points of different components), orange circle = spurious fragment, grey = outside the FOV.")
-    page.figures((figures[row["id"]], f"{row['id']}: Betti-0 error {row.get('betti0_error', '-')}, "
-                  f"{row['n_components']} components") for row in ranked if row["id"] in figures)
+    page.figures((figures[row["id"]], f"{row['id']}: Betti-0 error {fmt(row.get('betti0_error', '-'))}, "
+                  f"{fmt(row['n_components'])} components") for row in ranked if row["id"] in figures)
     if skipped:
-        page.section("Skipped").table([{"file": name, "reason": reason} for name, reason in skipped])
+        page.section("Skipped", lead=f"The {len(skipped)} images that could not be predicted, and why.")
+        page.table([{"file": name, "reason": reason} for name, reason in skipped])
     if own:
         page.write()
     return page

@@ -234,6 +234,6 @@ def run_explain_batch(settings: ExplainSettings, progress: bool = True) -> Batch
     for item in examples:
         write_image_section(page, run, str(item.record.get("id")), item.image, item.explanation, item.record.get("boxes") or [],
                             settings.concepts.top_k, extra_rows=item.row.get("boxes", []))
-    page.section("Config").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
+    page.section("Config", lead="The resolved settings this run used (config.yaml), to repeat it exactly.").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
     page.write()
     return BatchOutcome(run, metrics, rows)

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from workbench.report import HtmlReport
+from workbench.report import HtmlReport, fmt
 from workbench_plugins.vlm_explain.explain import ImageExplanation, report_sentences
 from workbench_plugins.vlm_explain.similarity_maps import box_area_fraction, energy_in_box
 
@@ -166,22 +166,26 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def write_summary_section(page: HtmlReport, metrics: Mapping[str, Any]) -> None:
     """The run's summary and per-finding tables on ``page``."""
-    page.section("Summary")
+    images = f"{fmt(metrics['images'])} image{'' if metrics['images'] == 1 else 's'}"
+    page.section("Summary", lead=f"How faithful and how right the concept explanations were over {images}: "
+                                 "whether the decision and its top concept name the true finding, and whether removing the "
+                                 "top concepts lowers the decision more than removing random ones.")
     energy = metrics["similarity_energy_in_box"]
 
     def shown(value: Any) -> Any:
         return "n/a" if value is None else value
 
-    def said(value: Any) -> str:
-        return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-    page.text(f"{metrics['images']} images; {metrics['images_with_findings']} with findings, decided correctly: "
-              f"{metrics['correct_decisions']}. Top concept names the finding on {said(metrics['top_concept_correct'])} of the "
+    page.text(f"{images}; {fmt(metrics['images_with_findings'])} with findings, decided correctly: "
+              f"{fmt(metrics['correct_decisions'])}. Top concept names the finding on {fmt(metrics['top_concept_correct'])} of the "
               "correct decisions. Deletion AUC (chosen class's probability as concepts are projected out): top-k "
-              f"{said(metrics['deletion_auc_topk'])}, random {said(metrics['deletion_auc_random'])}.")
+              f"{fmt(metrics['deletion_auc_topk'])}, random {fmt(metrics['deletion_auc_random'])}.")
     page.table([{"metric": key, "value": shown(metrics[key])} for key in (
         "decision_accuracy", "top_concept_correct", "top_concept_names_present", "top_weight_concept_correct", "chance_concept_correct",
         "deletion_auc_topk", "deletion_auc_random", "deletion_topk_below_random", "mutual_knowledge", "top_k_overlap")]
         + [{"metric": f"energy in box: {key}", "value": shown(value)} for key, value in energy.items()])
-    page.table([{"finding": name, **{key: shown(value) for key, value in values.items()}}
-                for name, values in metrics["per_finding"].items()])
+    if metrics["per_finding"]:
+        page.text("Per finding:")
+        page.table([{"finding": name, **{key: shown(value) for key, value in values.items()}}
+                    for name, values in metrics["per_finding"].items()])
+    else:
+        page.text("No explained image had a finding, so nothing is scored per finding.")

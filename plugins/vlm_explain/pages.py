@@ -7,16 +7,16 @@ folder (``<slug>/regions.png``, ``<slug>/deletion.png``, ``<slug>/maps-NN.png``)
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
-
-from workbench.report import HtmlReport, RunFolder, draw_boxes, image_strip, overlay_heatmap, save_png, to_rgb_uint8
+from workbench.report import (HtmlReport, RunFolder, draw_boxes, fmt, image_strip, overlay_heatmap, save_line_plot, save_png,
+                              to_rgb_uint8)
 from workbench_plugins.vlm_explain.decomposition import DeletionCurves
 from workbench_plugins.vlm_explain.explain import ImageExplanation
 
-TOP_COLOUR, RANDOM_COLOUR, BOX_COLOUR = (200, 30, 30), (90, 90, 90), (0, 220, 0)
+TOP_COLOUR, RANDOM_COLOUR, BOX_COLOUR = "#c81e1e", "#5a5a5a", (0, 220, 0)
 MIN_SIDE = 256
 
 
@@ -43,30 +43,17 @@ def _with_boxes(picture: np.ndarray, boxes: Sequence[Mapping[str, Any]]) -> np.n
     return draw_boxes(picture, [dict(box, colour=BOX_COLOUR) for box in boxes]) if boxes else picture
 
 
-def deletion_chart(curves: DeletionCurves, width: int = 320, height: int = 200) -> np.ndarray:
-    """A line chart of the deletion curves (red: top-k concepts removed, grey: random), ``(height, width, 3)`` uint8.
+def save_deletion_chart(path: str | Path, curves: DeletionCurves) -> Path:
+    """Write the deletion curves as a PNG line plot (red: top-k concepts removed, grey: random) and return its path.
 
-    Drawn with PIL: one chart does not justify a plotting dependency.
+    Args:
+        path: where the PNG goes.
+        curves: the deletion test's curves (``ks``, ``top``, ``random``, ``(K + 1,)`` each) and their AUCs.
     """
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    left, right, top, bottom = 34, width - 10, 10, height - 30
-    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-    for tick in (0.0, 0.5, 1.0):
-        y = bottom - tick * (bottom - top)
-        draw.line([left - 3, y, left, y], fill=(0, 0, 0))
-        draw.text((2, y - 6), f"{tick:.1f}", fill=(0, 0, 0))
-    span = max(int(curves.ks[-1]), 1)
-
-    def points(values: np.ndarray) -> list[tuple[float, float]]:
-        return [(left + (k / span) * (right - left), bottom - float(v) * (bottom - top)) for k, v in zip(curves.ks, values)]
-
-    draw.line(points(curves.random), fill=RANDOM_COLOUR, width=2)
-    draw.line(points(curves.top), fill=TOP_COLOUR, width=2)
-    draw.text((left, bottom + 4), f"concepts removed (0..{span}); p(chosen class)", fill=(0, 0, 0))
-    draw.text((left + 4, bottom + 16), f"top-k AUC {curves.auc_top:.2f}", fill=TOP_COLOUR)
-    draw.text((left + 140, bottom + 16), f"random AUC {curves.auc_random:.2f}", fill=RANDOM_COLOUR)
-    return np.asarray(canvas)
+    series = {f"top-k concepts removed (AUC {fmt(curves.auc_top)})": (curves.ks, curves.top),
+              f"random concepts removed (AUC {fmt(curves.auc_random)})": (curves.ks, curves.random)}
+    return save_line_plot(path, series, xlabel="concepts removed", ylabel="p(chosen class)", size=(4.0, 2.8),
+                          colours=(TOP_COLOUR, RANDOM_COLOUR), y_range=(0.0, 1.0))
 
 
 def write_image_section(page: HtmlReport, run: RunFolder, title: str, image: np.ndarray, explanation: ImageExplanation,
@@ -85,19 +72,22 @@ def write_image_section(page: HtmlReport, run: RunFolder, title: str, image: np.
     """
     base = display_image(image)
     folder = slug(title)
-    page.section(title)
+    decision = explanation.decision
+    page.section(title, lead=(f"Why the encoder chose {decision.chosen_class} for {title}: the concepts that moved the image toward "
+                              "that class, where they sit in the image, and whether removing them changes the decision."
+                              if decision is not None else
+                              f"Where in {title} the encoder finds each text: similarity maps of the image against it."))
     for note in explanation.notes:
         page.text(f"Note: {note}")
-    decision = explanation.decision
     if decision is not None:
         summary = decision.summary(top_k)
-        page.text(f"Zero-shot decision: {decision.chosen_class} (p = {summary['probability']:.2f}), from "
-                  + ", ".join(f"{name} {p:.2f}" for name, p in summary["probabilities"].items()) + ".")
+        page.text(f"Zero-shot decision: {decision.chosen_class} (p = {fmt(summary['probability'])}), from "
+                  + ", ".join(f"{name} {fmt(p)}" for name, p in summary["probabilities"].items()) + ".")
         mutual = decision.mutual
-        page.text(f"Mutual knowledge (image-side vs text-side concept rankings): {mutual['score']:.2f} "
-                  f"(top-{mutual['k']} overlap {mutual['top_k_overlap']:.2f}, weighted Kendall tau {mutual['weighted_tau']:.2f}). "
+        page.text(f"Mutual knowledge (image-side vs text-side concept rankings): {fmt(mutual['score'])} "
+                  f"(top-{mutual['k']} overlap {fmt(mutual['top_k_overlap'])}, weighted Kendall tau {fmt(mutual['weighted_tau'])}). "
                   f"Text side's top concepts: {', '.join(summary['text_top_concepts']) or '(none)'}. "
-                  f"Unexplained part of the image embedding: {decision.residual:.2f}.")
+                  f"Unexplained part of the image embedding: {fmt(decision.residual)}.")
         rows = [{"rank": row["rank"], "concept": row["concept"], "contribution": row["contribution"], "weight": row["weight"],
                  "text contribution": row["text_contribution"], "shared with text": "yes" if row["shared"] else ""}
                 for row in summary["top_concepts"]]
@@ -106,7 +96,7 @@ def write_image_section(page: HtmlReport, run: RunFolder, title: str, image: np.
         for index, (concept, heatmap) in enumerate(explanation.regions.items()):
             path = save_png(run.file(f"{folder}/region-{index:02d}.png"), _enlarge(overlay_heatmap(base, heatmap)))
             figures.append((path, f"region of \"{concept}\" (patch-token similarity)"))
-        figures.append((save_png(run.file(f"{folder}/deletion.png"), deletion_chart(decision.deletion)),
+        figures.append((save_deletion_chart(run.file(f"{folder}/deletion.png"), decision.deletion),
                         "deletion test: the chosen class's probability as concepts are projected out"))
         page.figures(figures)
     if explanation.maps:
@@ -123,8 +113,9 @@ def write_image_section(page: HtmlReport, run: RunFolder, title: str, image: np.
                 captions.append("Interaction-CAM")
             strip = image_strip([_enlarge(_with_boxes(tile, boxes)) for tile in tiles], captions)
             path = save_png(run.file(f"{folder}/maps-{index:02d}.png"), strip)
-            page.figures([(path, f"\"{item.text[:160]}\": similarity {item.similarity:.3f}")])
+            page.figures([(path, f"\"{item.text[:160]}\": similarity {fmt(item.similarity)}")])
             table.append({"text": item.text[:120], "similarity": item.similarity})
         page.table(table)
     if extra_rows:
+        page.text("Per true finding box: how much of each map's energy falls inside it.")
         page.table([dict(row) for row in extra_rows])

@@ -73,5 +73,5 @@ def run_evaluation(settings: EvaluateSettings, builders: Any) -> Path:
     run.write_metrics({"eval": metrics})
     page = HtmlReport(f"Evaluation of {label}", run.path)
     write_evaluation_pages(page, run, metrics, held_out, preprocessing.mean, preprocessing.std, settings.eval.examples, title=f"Evaluation of {label}")
-    page.section("Config").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
+    page.section("Config", lead="The resolved settings this run used (config.yaml), to repeat it exactly.").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
     return page.write()

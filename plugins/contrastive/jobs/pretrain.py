@@ -22,7 +22,7 @@ from workbench.errors import ConfigError, DataError
 from workbench.jobs import JobStart, TrainOutcome, train_and_held_out
 from workbench.model_store import open_store
 from workbench.registry import create_model
-from workbench.report import HtmlReport, RunFolder
+from workbench.report import HtmlReport, RunFolder, fmt
 from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.contrastive.batches import PairBatchPreparer, build_pair_loader
 from workbench_plugins.contrastive.data import pair_dataset
@@ -174,15 +174,19 @@ class PretrainJob(TrainingJob):
         """The pretraining section (or the run's own page): figures, retrieval pictures, the training curve."""
         settings, run = self.settings, start.run
         page = self.report or HtmlReport(f"Pretraining ({settings.objective.name}, {settings.model.preset})", run.path)
-        page.section("Pretraining")
-        page.text(f"{result.step} optimizer steps of {settings.objective.name} on {len(self.train_set)} training pairs; "
-                  f"{metrics['skipped_records']} records skipped (see skipped.csv); {self.truncated} of {self.reports} reports "
-                  f"truncated to {self.encoder.context_length} tokens." + (f" Stored as {outcome.stored}." if outcome.stored else ""))
+        page.section("Pretraining", lead=f"How the {settings.model.preset} image-text encoder learned to pair each radiograph with "
+                     f"its report ({settings.objective.name} objective): the training run and its loss curve.")
+        page.text(f"{fmt(result.step)} optimizer steps of {settings.objective.name} on {fmt(len(self.train_set))} training pairs; "
+                  f"{fmt(metrics['skipped_records'])} records skipped (see skipped.csv); {fmt(self.truncated)} of {fmt(self.reports)} reports "
+                  f"truncated to {fmt(self.encoder.context_length)} tokens." + (f" Stored as {outcome.stored}." if outcome.stored else ""))
         if result.history:
-            page.table([dict(row) for row in result.history[-5:]])
+            last = result.history[-1]
+            page.history([dict(row) for row in result.history], name="pretraining-curves",
+                         caption=f"Each logged training scalar per step, learning rate last (final loss {fmt(last.get('loss'))} "
+                                 f"at step {fmt(last.get('step'))}).")
         write_evaluation_pages(page, run, dict(metrics), self.held_out, self.preprocessing.mean, self.preprocessing.std, settings.eval.examples)
         if self.report is None:
-            page.section("Config").preformatted((run.path / "config.yaml").read_text(encoding="utf-8") if (run.path / "config.yaml").exists() else "")
+            page.section("Config", lead="The resolved settings this run used (config.yaml), to repeat it exactly.").preformatted((run.path / "config.yaml").read_text(encoding="utf-8") if (run.path / "config.yaml").exists() else "")
             page.write()
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from workbench.data.loaders import build_loader
-from workbench.report import HtmlReport, RunFolder, image_strip, save_png
+from workbench.report import HtmlReport, RunFolder, fmt, image_strip, save_png
 from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
 
 
@@ -64,18 +64,20 @@ def cae_evaluation(model: ClassAssociationEmbedding, train_set: Any, eval_set: A
 @torch.no_grad()
 def write_cae_page(run: RunFolder, title: str, model: ClassAssociationEmbedding, dataset: Any, classes: Sequence[str], metrics: dict[str, Any],
                    history: Sequence[dict[str, float]], examples: int, device: torch.device) -> HtmlReport:
-    """Write ``index.html``: metrics, the last losses and, per example, original | reconstruction | each class's centroid code.
+    """Write ``index.html``: metrics, the training curves and, per example, original | reconstruction | each class's centroid code.
 
     Returns:
         The written page.
     """
     page = HtmlReport(title, run.path)
-    page.section("CAE training")
-    page.text(f"{metrics.get('steps', 0)} steps on {metrics.get('train_images', 0)} images. Held-out k-NN accuracy of the class codes: "
-              f"{metrics.get('knn_accuracy')}; reconstruction L1: {metrics.get('reconstruction_l1')}."
+    page.section("CAE training", lead=f"How the class-association autoencoder learned to split each image into a class code "
+                                      f"({' vs '.join(classes)}) and an individual code: its held-out scores and training curves.")
+    page.text(f"{fmt(metrics.get('steps', 0))} steps on {fmt(metrics.get('train_images', 0))} images. Held-out k-NN accuracy of the "
+              f"class codes: {fmt(metrics.get('knn_accuracy'))}; reconstruction L1: {fmt(metrics.get('reconstruction_l1'))}."
               + (f" Stored as {metrics['stored_model']}." if metrics.get("stored_model") else ""))
     if history:
-        page.table([dict(row) for row in history[-5:]])
+        page.history([dict(row) for row in history], name="cae-training-curves",
+                     caption="Each logged generator and discriminator loss per step, learning rate last.")
     model.eval()
     figures = []
     for index in range(len(dataset)):
@@ -93,6 +95,8 @@ def write_cae_page(run: RunFolder, title: str, model: ClassAssociationEmbedding,
         path = save_png(run.file(f"examples/{len(figures):02d}.png"), strip)
         figures.append((path, f"{item['id']} (class {classes[int(item['label'])]})"))
     if figures:
+        page.section("Examples", lead="Held-out images, each beside its reconstruction and its decoding with every class's "
+                                      "centroid code: what the class code changes.")
         page.figures(figures)
     page.write()
     return page

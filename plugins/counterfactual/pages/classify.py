@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from workbench.report import HtmlReport, RunFolder, save_png
+from workbench.report import HtmlReport, RunFolder, fmt, save_png, slugify
 
 
 def confusion_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -29,22 +29,26 @@ def write_classifier_page(run: RunFolder, title: str, metrics: dict[str, Any], d
         ids: the evaluated ids, in the order of ``probabilities``.
         probabilities: ``(N, K)``.
         examples: how many example images to show.
-        history: logged training scalars (the last five rows are shown).
+        history: logged training scalars (drawn as training curves).
         report: an existing page to add to (the demo); ``None`` writes ``run/index.html``.
 
     Returns:
         The page.
     """
     page = report or HtmlReport(title, run.path)
-    page.section(title)
+    classes = " vs ".join(str(name) for name in metrics["classes"])
+    page.section(title, lead=f"How well the classifier ({classes}) does on {fmt(metrics['n'])} held-out images"
+                             + (", and how its training loss fell." if history else "."))
     auroc = metrics.get("auroc")
-    page.text(f"{metrics['n']} held-out images: accuracy {metrics['accuracy'] if metrics['accuracy'] is None else round(metrics['accuracy'], 4)}, "
-              f"AUROC {metrics.get('auroc_note') if auroc is None else round(auroc, 4)}."
+    page.text(f"{fmt(metrics['n'])} held-out images: accuracy {fmt(metrics['accuracy'])}, "
+              f"AUROC {metrics.get('auroc_note') if auroc is None else fmt(auroc)}."
               + (f" Stored as {metrics['stored_model']}." if metrics.get("stored_model") else ""))
     page.table([{"class": name, "images": support} for name, support in zip(metrics["classes"], metrics["support"])])
+    page.text("Confusion matrix: rows are the true class, columns the predicted one.")
     page.table(confusion_rows(metrics))
     if history:
-        page.table([dict(row) for row in history[-5:]])
+        page.history([dict(row) for row in history], name=f"{slugify(title)}-curves",
+                     caption=f"Each logged training scalar per step, learning rate last (final loss {fmt(history[-1].get('loss'))}).")
     positions = {identifier: index for index, identifier in enumerate(ids)}
     figures = []
     for index in range(len(dataset)):
@@ -57,8 +61,10 @@ def write_classifier_page(run: RunFolder, title: str, metrics: dict[str, Any], d
         predicted = int(np.argmax(row))
         truth = metrics["classes"][int(item["label"])]
         path = save_png(run.file(f"examples/{len(figures):02d}.png"), np.asarray(item["image"]))
-        figures.append((path, f"{item['id']}: truth {truth}, predicted {metrics['classes'][predicted]} (p={row[predicted]:.2f})"))
+        figures.append((path, f"{item['id']}: truth {truth}, predicted {metrics['classes'][predicted]} (p={fmt(float(row[predicted]))})"))
     if figures:
+        page.section(f"Example predictions ({title})" if report is not None else "Example predictions",
+                     lead=f"The first {len(figures)} held-out images with the true class, the predicted one and its probability.")
         page.figures(figures)
     if report is None:
         page.write()

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from workbench.report import HtmlReport, RunFolder, image_strip, overlay_heatmap, save_png
+from workbench.report import HtmlReport, RunFolder, fmt, image_strip, overlay_heatmap, save_png
 
 CASE_COLUMNS = ("id", "label", "predicted", "p", "target", "path", "valid", "flipped_step", "steps", "queries", "seconds", "l1", "ssim", "sparsity")
 
@@ -50,19 +50,22 @@ def write_explain_page(run: RunFolder, title: str, classes: Sequence[str], shown
         The page.
     """
     page = report or HtmlReport(title, run.path)
-    page.section(title)
+    page.section(title, lead="Counterfactual explanations: for each held-out image, the smallest change along the CAE's class "
+                             "code that flips the classifier's decision, and where in the image that change happens.")
     for note in notes:
         page.text(f"Note: {note}.")
     if "flip_rate" in summary:
-        page.text(f"{summary['explained']} images explained; flip rate {summary['flip_rate']} over {summary['flip_rate_cases']} correctly "
-                  f"classified images; {summary['seconds_per_explanation']:.3f} s and {summary['queries_per_explanation']:.1f} classifier "
-                  f"queries per explanation; k-NN accuracy of the class codes {summary.get('knn_accuracy')}.")
+        page.text(f"{fmt(summary['explained'])} images explained; flip rate {fmt(summary['flip_rate'])} over "
+                  f"{fmt(summary['flip_rate_cases'])} correctly classified images; {fmt(summary['seconds_per_explanation'], 's')} and "
+                  f"{fmt(summary['queries_per_explanation'])} classifier queries per explanation; k-NN accuracy of the class codes "
+                  f"{fmt(summary.get('knn_accuracy'))}.")
         page.table([{key: summary[key] for key in ("flip_rate", "seconds_per_explanation", "queries_per_explanation", "proximity_l1",
                                                    "proximity_ssim", "sparsity", "localised_cases")}])
+        page.text("Per saliency method: the share of saliency energy inside the finding mask, whether its peak lands in the mask "
+                  "(pointing), the Dice of its top pixels with the mask, and the time per image.")
         page.table(method_rows(summary))
     for index, (case, explanation, maps) in enumerate(shown):
-        page.section(f"Case {case.id}")
-        page.text(explanation.sentence(classes))
+        page.section(f"Case {case.id}", lead=explanation.sentence(classes))
         original = to_display(explanation.image)
         tiles = [original, to_display(explanation.reconstruction), to_display(explanation.counterfactual)]
         captions = ["original", "reconstruction", "counterfactual" if explanation.valid else "last step (INVALID)"]
@@ -72,13 +75,13 @@ def write_explain_page(run: RunFolder, title: str, classes: Sequence[str], shown
         main = save_png(run.file(f"cases/{index:02d}-{_safe(case.id)}.png"), image_strip([enlarged(tile) for tile in tiles], captions))
         figures = [(main, f"{case.id}: original, reconstruction, counterfactual, saliency overlays")]
         if explanation.path:
-            path_captions = [f"{step + 1}: p={probability:.2f}" for step, probability in enumerate(explanation.probabilities)]
+            path_captions = [f"{step + 1}: p={fmt(float(probability))}" for step, probability in enumerate(explanation.probabilities)]
             strip = image_strip([enlarged(to_display(image)) for image in explanation.path], path_captions)
             figures.append((save_png(run.file(f"cases/{index:02d}-{_safe(case.id)}-path.png"), strip),
                             f"path to {classes[explanation.target]}: p({classes[explanation.target]}) under each step"))
         page.figures(figures)
     if summary.get("cases"):
-        page.section("All cases")
+        page.section("All cases", lead=f"Every one of the {len(summary['cases'])} explained images, one row each.")
         page.table([{key: row.get(key) for key in CASE_COLUMNS} for row in summary["cases"]])
     if report is None:
         page.write()

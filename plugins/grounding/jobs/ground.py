@@ -12,7 +12,7 @@ from workbench.data.readers import read_image
 from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError
 from workbench.jobs import build_records, split_records
-from workbench.report import HtmlReport, RunFolder, save_png
+from workbench.report import HtmlReport, RunFolder, fmt, save_png
 from workbench_plugins.grounding.data import GroundingSample, grounding_records, iter_samples
 from workbench_plugins.grounding.encoder import check_phrases
 from workbench.model_store import open_store
@@ -88,7 +88,7 @@ def run_ground_evaluate(settings: GroundSettings, builders: Any, *, report: Html
         metrics["saliency_overlap"] = write_saliency_section(page, run, outcome.kept[: max(settings.examples, 1) * 4], settings.saliency_dir)
         run.write_metrics({"grounding": metrics})
     if report is None:
-        page.section("Config").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
+        page.section("Config", lead="The resolved settings this run used (config.yaml), to repeat it exactly.").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
         page.write()
     return EvaluateOutcome(run, metrics, page)
 
@@ -126,18 +126,20 @@ def run_ground_image(image: Path, phrases: Sequence[str], *, encoder: str, store
     run = RunFolder.create("ground", run_settings.output_root, run_settings.name)
     sample = GroundingSample(Path(image).stem, pixels, [], {}, "", str(image))
     display = sample.display()
-    page = HtmlReport(f"Grounding on {Path(image).name}", run.path).section(grounder.label)
+    page = HtmlReport(f"Grounding on {Path(image).name}", run.path).section(
+        grounder.label, lead=f"Where {grounder.label} locates each of the {len(phrases)} phrases on {Path(image).name}: "
+                             "its heatmap and the boxes drawn from it.")
     rows, figures = [], []
     saliency_map = load_saliency(saliency, sample.size) if saliency is not None else None
     for index, phrase in enumerate(phrases):
         heatmap, boxes = result.heatmaps[index], result.boxes[index]
         path = save_png(run.file(f"grounding/{index:02d}.png"), grounding_picture(display, heatmap, boxes))
-        figures.append((path, f"\"{phrase}\": peak {float(heatmap.max()):.3g}, {len(boxes)} box(es)"))
+        figures.append((path, f"\"{phrase}\": peak {fmt(float(heatmap.max()))}, {len(boxes)} box(es)"))
         row: dict[str, Any] = {"phrase": phrase, "peak": float(heatmap.max()), "boxes": boxes}
         if saliency_map is not None:
             row["saliency_overlap_iou"] = saliency_overlap(heatmap, saliency_map)
             path = save_png(run.file(f"saliency/{index:02d}.png"), saliency_picture(display, heatmap, saliency_map))
-            figures.append((path, f"\"{phrase}\" vs saliency: IoU {row['saliency_overlap_iou']:.2f}"))
+            figures.append((path, f"\"{phrase}\" vs saliency: IoU {fmt(row['saliency_overlap_iou'])}"))
         rows.append(row)
     page.figures(figures)
     page.table([{"phrase": row["phrase"], "peak": row["peak"], "boxes": len(row["boxes"]),

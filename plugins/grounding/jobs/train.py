@@ -22,7 +22,7 @@ from workbench.checkpoints import seed_everything
 from workbench.data.loaders import build_loader
 from workbench.data.skipped import SkippedRecords
 from workbench.jobs import JobStart, TrainOutcome
-from workbench.report import HtmlReport
+from workbench.report import HtmlReport, fmt
 from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.grounding.boxes import box_mask, boxes_to_cxcywh
 from workbench_plugins.grounding.data import GroundingSample, iter_samples
@@ -164,13 +164,16 @@ class GroundTrainJob(TrainingJob):
         """``index.html``: training summary, held-out scores with the worst cases, the config."""
         run, features = start.run, self.features
         page = HtmlReport(f"Grounding head on {self.encoder.record.ref}", run.path)
-        page.section("Training").text(f"{result.step} steps on {len(features)} phrases of {len(features.tokens)} images; "
-                                      f"{metrics['skipped_records']} records skipped (see skipped.csv)."
-                                      + (f" Stored as {outcome.stored}." if outcome.stored else ""))
+        page.section("Training", lead=f"How the grounding head learned to turn {self.encoder.record.ref}'s features into "
+                                      "phrase heatmaps: the training run and its loss curve.")
+        page.text(f"{fmt(result.step)} steps on {fmt(len(features))} phrases of {fmt(len(features.tokens))} images; "
+                  f"{fmt(metrics['skipped_records'])} records skipped (see skipped.csv)."
+                  + (f" Stored as {outcome.stored}." if outcome.stored else ""))
         if result.history:
-            page.table(result.history[-5:])
+            page.history([dict(row) for row in result.history], name="training-curves",
+                         caption=f"Each logged training scalar per step, learning rate last (final loss {fmt(result.history[-1].get('loss'))}).")
         write_evaluation_section(page, run, dict(metrics), worst_kept(self.evaluation, self.settings.examples), title="Held-out grounding")
-        page.section("Config").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
+        page.section("Config", lead="The resolved settings this run used (config.yaml), to repeat it exactly.").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
         page.write()
 
 

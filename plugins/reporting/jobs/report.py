@@ -145,7 +145,10 @@ def report_case(case: ReportCase, decoders: Sequence[LoadedDecoder], beam_size: 
 
 def _page_section(page: ReportPage, run: RunFolder, result: dict[str, Any], index: int) -> None:
     path = save_thumbnail(run, f"images/{index:04d}.png", result["pixels"])
-    page.section(str(result["id"])).figures([(path, Path(result["image"]).name)])
+    wanted = " and ".join(part for part, present in (("the answers to its questions", result["answers"]),
+                                                      ("the edit of its draft report", result["edit"] is not None)) if present)
+    page.section(str(result["id"]), lead=f"The image {Path(result['image']).name}" + (f" with {wanted}." if wanted else "."))
+    page.figures([(path, Path(result["image"]).name)])
     if result["answers"]:
         page.markup("".join(answer_block(a["question"], a["answer"], a["explanation"]) for a in result["answers"]))
     if result["edit"] is not None:
@@ -191,7 +194,7 @@ def run_report(cases: Sequence[ReportCase], models: Sequence[str], *, store: Pat
         _page_section(page, run, result, index)
         results.append({key: value for key, value in result.items() if key != "pixels"})
     if skipped_ok:
-        page.section("Skipped").text(f"{len(skipped)} of {len(cases)} images skipped (see skipped.csv).")
+        page.section("Skipped", lead="The images that could not be reported on.").text(f"{len(skipped)} of {len(cases)} images skipped (see skipped.csv).")
     run.write_metrics({"models": [d.record.ref for d in decoders], "results": results, "skipped": len(skipped),
                        "truncated_drafts": sum(1 for r in results if r["edit"] and r["edit"]["truncated_tokens"])})
     return page.write()
