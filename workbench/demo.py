@@ -200,7 +200,7 @@ def run_demo(host: Any, settings: DemoSettings) -> Path:
     run.save_settings(settings)
     device = select_device(settings.run.device)
     report = HtmlReport("medvl-workbench demo", run.path)
-    report.section("Run").text(f"Device: {describe(device)}. Run folder: {run.path.name}.")
+    report.section("Run", lead="Where this demo ran, on which device, and where its files are.").text(f"Device: {describe(device)}. Run folder: {run.path.name}.")
 
     started = time.perf_counter()
     data = settings.data
@@ -222,7 +222,7 @@ def run_demo(host: Any, settings: DemoSettings) -> Path:
         run.write_metrics({"demo_timings": timings, **context.headline})
 
     timings["total_s"] = round(time.perf_counter() - started, 2)
-    report.section("Config").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
+    report.section("Config", lead="The resolved settings of this run (config.yaml): rerun them to get the same page.").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
     index = report.write()
     run.write_metrics({"demo_timings": timings, **context.headline})
     run.write_metrics({"run_folder_bytes": folder_bytes(run.path)})
