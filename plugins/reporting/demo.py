@@ -114,6 +114,22 @@ def edit_kind_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def shown_edits(rows: Sequence[Mapping[str, Any]], count: int) -> list[Mapping[str, Any]]:
+    """At most ``count`` drafts with an injected error, fixed or not: the first of each kind (in order of appearance), then the next ones.
+
+    Args:
+        rows: the editor evaluation's rows (``kind``; ``fixed`` is None for drafts left correct, which are not shown).
+
+    Returns:
+        The chosen rows, in their original order.
+    """
+    judged = [index for index, row in enumerate(rows) if row["fixed"] is not None]
+    firsts = list({str(rows[index]["kind"]): index for index in reversed(judged)}.values())
+    chosen = sorted(firsts, key=judged.index)[:count]
+    chosen += [index for index in judged if index not in chosen][: count - len(chosen)]
+    return [rows[index] for index in sorted(chosen)]
+
+
 def demo_reporting(context: Any) -> None:
     """Train both decoders on the contrastive step's phantoms and encoder, show held-out answers and edits on the demo page.
 
@@ -128,7 +144,7 @@ def demo_reporting(context: Any) -> None:
     from workbench_plugins.reporting.settings import ReportingDemoSettings, ReportTrainSettings
 
     page = context.report
-    page.section("Reporting: answers with explanations, report editing")
+    page.section("Answers with explanations (reporting)")
     stored = getattr(context.results.get("contrastive-pretrain"), "stored", None)
     if not stored:
         page.text("skipped: the contrastive step stored no encoder")
@@ -190,7 +206,7 @@ def _answer_section(context: Any, demo: Any, encoder: str, train_records: Sequen
               f"{_number(metrics.get('answer_accuracy'))} against {_number(baseline)} for the majority baseline (each question answered "
               f"with its most frequent training answer, the image ignored); explanations: BLEU-4 {_number(metrics.get('explanation_bleu4'))} "
               f"against the report sentence, {_number(metrics.get('consistency_rate'))} say what their answer says. A short demo "
-              "training on a briefly pretrained encoder: findings its tokens barely carry (small nodules) stay near the baseline.")
+              "training on a briefly pretrained encoder: findings its tokens barely carry stay at the baseline (table below).")
     page.table(finding_rows(eval_items, rows, train_items))
     by_record: dict[int, list[Mapping[str, Any]]] = {}
     for row in rows:
@@ -200,14 +216,14 @@ def _answer_section(context: Any, demo: Any, encoder: str, train_records: Sequen
         name = str(record.get("id") or Path(str(record["image"])).stem)
         image, _ = read_image(record["image"])
         page.figures([(save_thumbnail(context.run, f"reporting/studies/{name}.png", image), f"held-out study {name}")])
-        page.table([{"question": row["question"], "answer": row["answer"], "explanation": row["explanation"],
-                     "ground truth": f"{row['true_answer']} because {row['true_explanation']}", "right": "yes" if row["correct"] else "NO"}
+        page.table([{"question": row["question"], "answer": row["answer"], "explanation": row["explanation"], "true answer": row["true_answer"],
+                     "report sentence": row["true_explanation"], "answer right": "yes" if row["correct"] else "NO"}
                     for row in by_record[index]])
 
 
 def _edit_section(context: Any, demo: Any, rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], fixed: int, steps: int) -> None:
     """Edits: the figures per injected kind, then a few drafts beside their edits with the changes highlighted."""
-    page = context.report
+    page = context.report.section("Report editing (reporting)")
     page.text(f"Report editing (after EditNet): a draft encoder and a copy decoder with sentence verdicts (keep, delete, rewrite), "
               f"trained {steps} steps to restore true reports from drafts with one injected error (side swapped, size changed, a finding "
               f"sentence dropped or invented). On one draft per held-out phantom the edits fixed {fixed} of {metrics.get('injected_errors')} "
@@ -215,8 +231,7 @@ def _edit_section(context: Any, demo: Any, rows: Sequence[Mapping[str, Any]], me
               f"report {_number(metrics.get('edit_bleu4'))} for the edits, {_number(metrics.get('draft_bleu4'))} for the drafts as they came. "
               "The IMPRESSION is never corrupted and restates each finding, so an error can be found from the text as well as the image.")
     page.table(edit_kind_rows(rows))
-    shown = [row for row in rows if row["fixed"] is not None][: demo.shown_edits]
-    for row in shown:
+    for row in shown_edits(rows, demo.shown_edits):
         verdict = "fixed" if row["fixed"] else "NOT fixed"
         page.diff(row["draft_as_read"], row["edit"], titles=("draft with an injected error", "edit"),
                   note=f"injected error: {row['kind']}, {verdict}; {row['damaged']} correct sentence(s) changed. Red: taken out, green: written in.")
