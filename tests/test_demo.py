@@ -16,10 +16,11 @@ def test_demo_runs_every_plugin_step_and_writes_one_page(small_demo):
     index = small_demo.index
     page = index.read_text()
     for section in ("Loaded plugins", "Pretraining", "Retrieval examples", "Vessel segmentation", "worst Betti-0 error first",
-                    "Why the encoder decided"):
+                    "Why the encoder decided", "Answers with explanations (reporting)", "majority baseline", "Report editing (reporting)",
+                    "draft with an injected error"):
         assert section in page, section
     timings = json.loads((index.parent / "metrics.json").read_text())["demo_timings"]
-    assert set(timings) >= {"phantoms_s", "contrastive-pretrain_s", "vessels_s", "vlm-explain_s"}
+    assert set(timings) >= {"phantoms_s", "contrastive-pretrain_s", "vessels_s", "vlm-explain_s", "reporting_s"}
     assert json.loads((index.parent / "metrics.json").read_text())["pretrain"]["steps"] == 3
 
 
@@ -31,6 +32,7 @@ def test_every_demo_step_section_validates_against_its_jobs_settings():
     from workbench_plugins.counterfactual.settings import CaeTrainSettings, ClassifyTrainSettings
     from workbench_plugins.counterfactual.settings import ExplainSettings as CounterfactualExplainSettings
     from workbench_plugins.grounding.settings import GroundSettings
+    from workbench_plugins.reporting.settings import ReportingDemoSettings, ReportTrainSettings
     from workbench_plugins.vessels.settings import VesselTrainSettings
     from workbench_plugins.vlm_explain.settings import ExplainSettings as VlmExplainSettings
 
@@ -40,10 +42,13 @@ def test_every_demo_step_section_validates_against_its_jobs_settings():
                 (GroundSettings, options["grounding"]), (VlmExplainSettings, options["vlm-explain"]),
                 (ClassifyTrainSettings, {"data": counterfactual["data"], **counterfactual["classify"]}),
                 (CaeTrainSettings, {"data": counterfactual["data"], **counterfactual["cae"]}),
-                (CounterfactualExplainSettings, {"data": counterfactual["data"], **counterfactual["explain"]})]
+                (CounterfactualExplainSettings, {"data": counterfactual["data"], **counterfactual["explain"]}),
+                (ReportingDemoSettings, options["reporting"])]
+    reporting = options["reporting"]
+    sections += [(ReportTrainSettings, {"data": reporting["data"], "model": job, **reporting[job]}) for job in ("explainer", "editor")]
     for settings_class, section in sections:
         load_settings(settings_class, None, [], defaults=section)  # raises naming the key on a typo
-    assert set(options) == {"contrastive-pretrain", "vessels", "grounding", "counterfactual", "vlm-explain"}
+    assert set(options) == {"contrastive-pretrain", "vessels", "grounding", "counterfactual", "vlm-explain", "reporting"}
 
 
 def test_a_demo_step_without_its_section_names_the_section(tmp_path):

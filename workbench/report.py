@@ -624,6 +624,29 @@ class HtmlReport:
             ids.append(anchor)
         return ids
 
+    def diff(self, before: str, after: str, titles: tuple[str, str] = ("before", "after"), note: str = "") -> "HtmlReport":
+        """Add two texts side by side with a word-level diff (difflib): words only in ``before`` struck through in red
+        (``<del>``), words only in ``after`` marked green (``<ins>``); every text is escaped. ``note`` goes under them."""
+        import difflib
+
+        old, new = before.split(), after.split()
+        left, right = [], []
+        for tag, a0, a1, b0, b1 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+            removed, added = html.escape(" ".join(old[a0:a1])), html.escape(" ".join(new[b0:b1]))
+            if tag == "equal":
+                left.append(removed)
+                right.append(added)
+                continue
+            if removed:
+                left.append(f'<del style="background:#fbb">{removed}</del>')
+            if added:
+                right.append(f'<ins style="background:#bfb;text-decoration:none">{added}</ins>')
+        cells = "".join(f'<td style="vertical-align:top;width:50%"><b>{html.escape(title)}</b><br>{" ".join(words) or "<i>(empty)</i>"}</td>'
+                        for title, words in zip(titles, (left, right)))
+        caption = f'<tr><td colspan="2"><small>{html.escape(note)}</small></td></tr>' if note else ""
+        self._current().parts.append(f'<table style="width:100%"><tr>{cells}</tr>{caption}</table>')
+        return self
+
     def render(self) -> str:
         """The whole page as HTML text: header, contents bar, sections."""
         anchors = self.anchors()

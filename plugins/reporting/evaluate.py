@@ -25,6 +25,7 @@ from workbench_plugins.reporting.metrics import (
 from workbench_plugins.reporting.faithful import Judge, mask_judge
 from workbench_plugins.reporting.models import ReportDecoder
 from workbench_plugins.reporting.questions import dataset_questions
+from workbench_plugins.reporting.verdicts import FOLLOW_BELOW
 from workbench_plugins.reporting.vocab import ReportVocabulary
 
 @dataclass
@@ -103,7 +104,7 @@ def evaluate_explainer(model: ReportDecoder, vocab: ReportVocabulary, tokens: Im
 
 def evaluate_editor(model: ReportDecoder, vocab: ReportVocabulary, tokens: ImageTokens, records: Sequence[Mapping[str, Any]],
                     findings: Sequence[str], seed: int, kinds: Sequence[str], beam_size: int = 1, keep_share: float = 0.1,
-                    drafts: Sequence[str] | None = None) -> Evaluation:
+                    drafts: Sequence[str] | None = None, follow_below: float = FOLLOW_BELOW) -> Evaluation:
     """Edit held-out drafts (one corrupted, or kept correct, per image) and score fixes, damage, BLEU-4 and ROUGE-L.
 
     Args:
@@ -117,6 +118,7 @@ def evaluate_editor(model: ReportDecoder, vocab: ReportVocabulary, tokens: Image
         beam_size: decoding.
         keep_share: share of drafts left correct (their edits count only towards damage).
         drafts: given drafts (e.g. prior reports) instead of corrupted ones: then only BLEU/ROUGE are scored.
+        follow_below: editors with a verdict head: see :func:`~workbench_plugins.reporting.generate.edit_reports`.
 
     Returns:
         An :class:`Evaluation`: ``edit_fix_rate``, ``edit_damage_rate``, ``edit_bleu4``, ``edit_rouge_l`` (edit vs truth),
@@ -129,7 +131,8 @@ def evaluate_editor(model: ReportDecoder, vocab: ReportVocabulary, tokens: Image
         pairs = [EditPair(rows_of[i], Corruption("prior", str(drafts[i] or ""), join_report(report_sentences(str(records[i].get("report") or "")))))
                  for i in range(len(records)) if i in rows_of]
     index = torch.tensor([pair.row for pair in pairs], dtype=torch.long)
-    edits = edit_reports(model, vocab, tokens.tokens[index], tokens.pooled[index], [pair.corruption.draft for pair in pairs], beam_size)
+    edits = edit_reports(model, vocab, tokens.tokens[index], tokens.pooled[index], [pair.corruption.draft for pair in pairs], beam_size,
+                         follow_below=follow_below)
     totals = EditTotals()
     rows = []
     for pair, edit in zip(pairs, edits):

@@ -1,4 +1,4 @@
-"""The reporting plugin's hooks: the explainer and editor decoders, the MIMIC-CXR reporting builder, metrics, ``workbench report``."""
+"""The reporting plugin's hooks: the explainer and editor decoders, the MIMIC-CXR reporting builder, metrics, ``workbench report``, a demo step."""
 
 from __future__ import annotations
 
@@ -42,3 +42,11 @@ def workbench_register_metrics(metrics: Any) -> None:
 def workbench_add_commands(cli: Any) -> None:
     """Add ``workbench report`` (with ``train``)."""
     cli.add_command(report_group)
+
+
+@hookimpl
+def workbench_demo_steps(steps: Any) -> None:
+    """Add the ``reporting`` demo step (answers with explanations and report edits on held-out phantoms), after the encoder's step."""
+    from workbench_plugins.reporting.demo import demo_reporting
+
+    steps.add("reporting", demo_reporting, after=("contrastive-pretrain",))

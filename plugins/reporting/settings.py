@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from workbench.config import RecordDataSettings, RunSettings, StrictModel
 from workbench.train import TrainSettings
+from workbench_plugins.reporting.verdicts import FOLLOW_BELOW
 
 PHANTOM_FINDINGS = ["nodule", "consolidation", "pleural_effusion", "cardiomegaly", "pneumothorax"]
 
@@ -106,10 +107,19 @@ class EditPairSettings(StrictModel):
 
 
 class GenerationSettings(StrictModel):
-    """Decoding for evaluation: ``beam_size`` 1 is greedy; ``max_new_tokens`` the length limit."""
+    """Decoding for evaluation.
+
+    Attributes:
+        beam_size: 1 is greedy.
+        max_new_tokens: the length limit.
+        follow_below: editors with a verdict head: the head's p(keep) under which a draft sentence the decoder changed
+            follows the decoder (see ``verdicts.reconcile``); the default suits a fully trained head, which is sure of
+            the sentences it keeps. Choose it on training drafts, never on the held-out ones.
+    """
 
     beam_size: int = Field(1, gt=0)
     max_new_tokens: int = Field(48, gt=0)
+    follow_below: float = Field(FOLLOW_BELOW, ge=0, le=1)
 
 
 class FaithfulnessSettings(StrictModel):
@@ -152,3 +162,22 @@ class ReportTrainSettings(StrictModel):
     faithfulness: FaithfulnessSettings = FaithfulnessSettings()
     examples: int = Field(8, ge=0)
     save: ReportSaveSettings = ReportSaveSettings()
+
+
+class ReportingDemoSettings(StrictModel):
+    """The ``reporting`` step of ``workbench demo`` (``options.reporting`` of ``configs/demo.yaml``).
+
+    Attributes:
+        data: data settings both decoders share (a :class:`ReportDataSettings` section); the step adds the phantoms
+            and the encoder the contrastive step trained on.
+        explainer: the answer-and-explain job's own settings (a :class:`ReportTrainSettings` section).
+        editor: the report editor's own settings (a :class:`ReportTrainSettings` section).
+        shown_studies: held-out studies whose every question is shown with answer, explanation and ground truth.
+        shown_edits: held-out drafts with an injected error shown beside their edits.
+    """
+
+    data: dict[str, Any] = {}
+    explainer: dict[str, Any]
+    editor: dict[str, Any]
+    shown_studies: int = Field(ge=0)
+    shown_edits: int = Field(ge=0)

@@ -181,7 +181,8 @@ class ReportTrainJob(TrainingJob):
         else:
             drafts = [str(r.get("draft") or "") for r in self.eval_records] if settings.edit.source == "prior" else None
             self.evaluation = evaluate_editor(model, self.vocab, eval_tokens, self.eval_records, self.findings, settings.run.seed + 1,
-                                              settings.edit.kinds, generation.beam_size, drafts=drafts)
+                                              settings.edit.kinds, generation.beam_size, drafts=drafts,
+                                              follow_below=generation.follow_below)
         return dict(self.evaluation.metrics, train_items=len(self.dataset), encoder=self.encoder.record.ref, model=settings.model)
 
     def store_request(self, model: torch.nn.Module, metrics: Mapping[str, Any], start: JobStart) -> StoreRequest | None:
