@@ -11,7 +11,6 @@ from its binary (no ``playwright install``, no download). Skipped, with the reas
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 # Where each plugin's own job page lands inside the demo's run folder (the others add sections to the demo page itself).
 JOB_PAGES = {"counterfactual": ("counterfactual/classify-", "counterfactual/cae-", "counterfactual/explain-"),
-             "vlm_explain": ("vlm-explain/explain-vlm-",)}
+             "vlm_explain": ("vlm-explain/explain-vlm-",),
+             "reporting": ("reporting/report-train-explainer", "reporting/report-train-editor")}
 
 _CHECK_PAGE = """() => {
   const images = Array.from(document.images);
@@ -167,31 +167,3 @@ def test_the_check_catches_a_broken_page(browser: Any, tmp_path: Path):
     assert report["images"][0]["width"] is None and report["nav_position"] == "static"
     assert any("boom" in error for error in report["errors"]) and any("missing.png" in error for error in report["errors"])
     assert (tmp_path / "screenshot.png").stat().st_size > 0
-
-
-@pytest.fixture(scope="module")
-def reporting_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reporting plugin's own job page (its editor's training run: diffs, examples), which the demo does not make.
-
-    A 12-step editor on 16 phantoms with a tiny stored encoder, as ``tests/reporting/test_reporting_jobs.py`` trains it.
-    """
-    from tests.reporting.reporting_helpers import save_tiny_encoder
-    from tests.reporting.test_reporting_jobs import _config, _invoke
-    from workbench.data.phantoms import write_cxr_phantoms
-
-    root = tmp_path_factory.mktemp("reporting-page")
-    reference = save_tiny_encoder(root / "store")
-    write_cxr_phantoms(root / "phantoms", 16, seed=2, size=128, formats=("png",))
-    (root / "phantoms" / "phantom_options.json").write_text(json.dumps({"n": 16, "seed": 2, "size": 128}))
-    result = _invoke(["report", "train", "--config", str(_config(root, reference, "editor", "tiny-editor"))])
-    assert result.exit_code == 0, result.output
-    return Path(result.output.strip().splitlines()[-1])
-
-
-def test_the_reporting_job_page_loads_cleanly_in_chromium(browser: Any, reporting_page: Path):
-    report = open_and_check(browser, reporting_page)
-    assert not report["errors"] and not report["unresolved"] and not report["outside"] and not report["scripts"]
-    assert report["images"] and all(image["natural"] > 0 and image["loading"] == "lazy" for image in report["images"])
-    assert len(report["links"]) == report["sections"] >= 3 and report["nav_position"] == "sticky"
-    assert (reporting_page.parent / "figures" / "training-curves.png").is_file()  # the loss curve is drawn, not tabled
-    assert (reporting_page.parent / "screenshot.png").stat().st_size > 0
