@@ -20,6 +20,7 @@ def test_demo_runs_every_plugin_step_and_writes_one_page(tmp_path):
     small += [f"options.vessels.{key}" for key in (
         "data.patch_size=32", "data.patches_per_image=4", "model.options.channels=[8, 16, 32]", "model.options.strides=[2, 2]",
         "train.steps=3", "train.batch_size=8", "train.checkpoint_every=3", "inference.roi_size=64", f"save.store={store}")]
+    small += [f"options.grounding.{key}" for key in ("train.steps=3", "train.batch_size=8", "train.checkpoint_every=3", f"save.store={store}")]
     result = CliRunner().invoke(build_cli(host), ["demo", "--config", "configs/demo.yaml", f"run.output_root={tmp_path}",
                                                   "data.cxr_studies=8", "data.fundus_images=2", "run.device=cpu", *small],
                                 obj=host, catch_exceptions=False)
@@ -41,14 +42,16 @@ def test_every_demo_step_section_validates_against_its_jobs_settings():
     from workbench_plugins.contrastive.settings import PretrainSettings
     from workbench_plugins.counterfactual.settings import CaeTrainSettings, ClassifyTrainSettings
     from workbench_plugins.counterfactual.settings import ExplainSettings as CounterfactualExplainSettings
-    from workbench_plugins.grounding.settings import GroundSettings
+    from workbench_plugins.grounding.settings import GroundTrainSettings, ZeroShotSettings
     from workbench_plugins.vessels.settings import VesselTrainSettings
     from workbench_plugins.vlm_explain.settings import ExplainSettings as VlmExplainSettings
 
     options = yaml.safe_load(Path("configs/demo.yaml").read_text())["options"]
     counterfactual = options["counterfactual"]
     sections = [(PretrainSettings, options["contrastive-pretrain"]), (VesselTrainSettings, options["vessels"]),
-                (GroundSettings, options["grounding"]), (VlmExplainSettings, options["vlm-explain"]),
+                (GroundTrainSettings, {key: value for key, value in options["grounding"].items() if key != "zero_shot"}),
+                (ZeroShotSettings, options["grounding"]["zero_shot"]),
+                (VlmExplainSettings, {key: value for key, value in options["vlm-explain"].items() if key != "mining"}),
                 (ClassifyTrainSettings, {"data": counterfactual["data"], **counterfactual["classify"]}),
                 (CaeTrainSettings, {"data": counterfactual["data"], **counterfactual["cae"]}),
                 (CounterfactualExplainSettings, {"data": counterfactual["data"], **counterfactual["explain"]})]

@@ -77,8 +77,8 @@ def demo_grounding(context: Any) -> None:
     overall = metrics["overall"]
     section.text(f"A grounding head (phrase-conditioned transformer over patch tokens, regressing one box and a patch heatmap) "
                  f"trained for {settings.train.steps} steps on the frozen encoder {stored}, from the phrase boxes of the "
-                 f"{', '.join(settings.data.train_split)} phantoms, then scored on the {overall['n']} phrases of "
-                 f"{metrics['images']} held-out {', '.join(settings.data.eval_split)} images (neither the encoder nor the head "
+                 f"{' and '.join(settings.data.train_split)} phantoms, then scored on the {overall['n']} phrases of "
+                 f"{metrics['images']} held-out {' and '.join(settings.data.eval_split)} images (neither the encoder nor the head "
                  "saw them). Pointing: the heatmap's peak lies in the true box; box acc@0.5: the predicted box overlaps the true "
                  f"one with IoU >= 0.5; mIoU: the heatmap above {metrics['miou_threshold']:g} of its range against the box."
                  + (" The zero-shot row scores the encoder's own heatmaps on the same phrases, for comparison." if zero_shot else ""))
