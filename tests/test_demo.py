@@ -32,7 +32,13 @@ def test_demo_runs_every_plugin_step_and_writes_one_page(tmp_path):
         assert section in page, section
     timings = json.loads((index.parent / "metrics.json").read_text())["demo_timings"]
     assert set(timings) >= {"phantoms_s", "contrastive-pretrain_s", "vessels_s", "vlm-explain_s"}
-    assert json.loads((index.parent / "metrics.json").read_text())["pretrain"]["steps"] == 3
+    saved = json.loads((index.parent / "metrics.json").read_text())
+    assert saved["pretrain"]["steps"] == 3
+    # the grounding head is scored on held-out phrases, with the zero-shot comparison on the same ones
+    grounding = saved["grounding"]
+    assert grounding["steps"] == 3 and 0.0 <= grounding["overall"]["pointing"] <= 1.0
+    assert grounding["zero_shot"]["overall"]["n"] == grounding["overall"]["n"] > 0
+    assert "Phrase grounding" in page and "not chosen by their scores" in page
 
 
 def test_every_demo_step_section_validates_against_its_jobs_settings():
