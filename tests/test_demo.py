@@ -21,7 +21,13 @@ def test_demo_runs_every_plugin_step_and_writes_one_page(small_demo):
         assert section in page, section
     timings = json.loads((index.parent / "metrics.json").read_text())["demo_timings"]
     assert set(timings) >= {"phantoms_s", "contrastive-pretrain_s", "vessels_s", "vlm-explain_s", "reporting_s"}
-    assert json.loads((index.parent / "metrics.json").read_text())["pretrain"]["steps"] == 3
+    saved = json.loads((index.parent / "metrics.json").read_text())
+    assert saved["pretrain"]["steps"] == 3
+    # the grounding head is scored on held-out phrases, with the zero-shot comparison on the same ones
+    grounding = saved["grounding"]
+    assert grounding["steps"] == 3 and 0.0 <= grounding["overall"]["pointing"] <= 1.0
+    assert grounding["zero_shot"]["overall"]["n"] == grounding["overall"]["n"] > 0
+    assert "Phrase grounding" in page and "not chosen by their scores" in page
 
 
 def test_every_demo_step_section_validates_against_its_jobs_settings():
@@ -31,7 +37,7 @@ def test_every_demo_step_section_validates_against_its_jobs_settings():
     from workbench_plugins.contrastive.settings import PretrainSettings
     from workbench_plugins.counterfactual.settings import CaeTrainSettings, ClassifyTrainSettings
     from workbench_plugins.counterfactual.settings import ExplainSettings as CounterfactualExplainSettings
-    from workbench_plugins.grounding.settings import GroundSettings
+    from workbench_plugins.grounding.settings import GroundTrainSettings, ZeroShotSettings
     from workbench_plugins.reporting.settings import ReportingDemoSettings, ReportTrainSettings
     from workbench_plugins.vessels.settings import VesselTrainSettings
     from workbench_plugins.vlm_explain.settings import ExplainSettings as VlmExplainSettings
@@ -39,7 +45,9 @@ def test_every_demo_step_section_validates_against_its_jobs_settings():
     options = yaml.safe_load(Path("configs/demo.yaml").read_text())["options"]
     counterfactual = options["counterfactual"]
     sections = [(PretrainSettings, options["contrastive-pretrain"]), (VesselTrainSettings, options["vessels"]),
-                (GroundSettings, options["grounding"]), (VlmExplainSettings, options["vlm-explain"]),
+                (GroundTrainSettings, {key: value for key, value in options["grounding"].items() if key != "zero_shot"}),
+                (ZeroShotSettings, options["grounding"]["zero_shot"]),
+                (VlmExplainSettings, {key: value for key, value in options["vlm-explain"].items() if key != "mining"}),
                 (ClassifyTrainSettings, {"data": counterfactual["data"], **counterfactual["classify"]}),
                 (CaeTrainSettings, {"data": counterfactual["data"], **counterfactual["cae"]}),
                 (CounterfactualExplainSettings, {"data": counterfactual["data"], **counterfactual["explain"]}),

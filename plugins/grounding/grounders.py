@@ -60,6 +60,30 @@ class ZeroShotGrounder:
         return Grounding(maps, [heatmap_to_boxes(heatmap, self.threshold, self.max_boxes) for heatmap in maps])
 
 
+HEATMAPS = ("patches", "box")
+
+
+def box_weighted(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Weight heatmaps by a Gaussian on each phrase's predicted box (the head's two outputs in one map).
+
+    Args:
+        maps: ``(T, H, W)`` heatmaps at the image's size.
+        boxes: ``(T, 4)`` normalised ``(cx, cy, w, h)`` predicted boxes.
+
+    Returns:
+        ``(T, H, W)``: ``maps * exp(-((x - cx)^2 / (2 sx^2) + (y - cy)^2 / (2 sy^2)))`` with ``sx, sy`` half the box's
+        width and height (in pixels, at least one), so the peak lies where the patch map agrees with the box.
+    """
+    count, height, width = maps.shape
+    ys = (torch.arange(height, dtype=maps.dtype, device=maps.device) + 0.5) / height
+    xs = (torch.arange(width, dtype=maps.dtype, device=maps.device) + 0.5) / width
+    cx, cy, w, h = (boxes[:, index, None].to(maps) for index in range(4))
+    sx, sy = torch.clamp(w / 2, min=1.0 / width), torch.clamp(h / 2, min=1.0 / height)
+    weight_x = torch.exp(-((xs[None] - cx) ** 2) / (2 * sx ** 2))
+    weight_y = torch.exp(-((ys[None] - cy) ** 2) / (2 * sy ** 2))
+    return maps * weight_y[:, :, None] * weight_x[:, None, :]
+
+
 class HeadGrounder:
     """A trained :class:`~workbench_plugins.grounding.models.PhraseGroundingHead` on its frozen encoder.
 
@@ -67,10 +91,17 @@ class HeadGrounder:
         encoder: the encoder the head was trained on.
         head: the head (eval mode, on the encoder's device).
         label: how pages name it.
+        heatmap: ``patches`` (the sigmoid of the patch logits, upsampled) or ``box`` (that map weighted by a Gaussian on
+            the regressed box, :func:`box_weighted`: the patch grid is coarse, the box is not).
+
+    Raises:
+        ConfigError: an unknown ``heatmap``.
     """
 
-    def __init__(self, encoder: GroundingEncoder, head: nn.Module, label: str = "grounding head"):
-        self.encoder, self.head, self.label = encoder, head.eval(), label
+    def __init__(self, encoder: GroundingEncoder, head: nn.Module, label: str = "grounding head", heatmap: str = "patches"):
+        if heatmap not in HEATMAPS:
+            raise ConfigError(f"grounding head heatmap must be one of {HEATMAPS}, got {heatmap!r}")
+        self.encoder, self.head, self.label, self.heatmap = encoder, head.eval(), label, heatmap
 
     @classmethod
     def from_store(cls, reference: str, store: ModelStore, device: str = "auto") -> "HeadGrounder":
@@ -86,7 +117,7 @@ class HeadGrounder:
             raise ConfigError(f"{record.ref} is a {record.task!r} model, not a grounding head (task {HEAD_TASK!r} with extra.encoder)")
         encoder = GroundingEncoder.from_store(record.extra["encoder"], store, device=device)
         head = store.get(name, version, device=str(encoder.device))
-        return cls(encoder, head, f"head {record.ref} on {encoder.record.ref}")
+        return cls(encoder, head, f"head {record.ref} on {encoder.record.ref}", record.extra.get("heatmap", "patches"))
 
     @torch.no_grad()
     def predict(self, tokens: torch.Tensor, phrases: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -94,7 +125,7 @@ class HeadGrounder:
         return self.head(tokens.to(self.encoder.device), phrases.to(self.encoder.device))
 
     def ground(self, image: np.ndarray, phrases: Sequence[str]) -> Grounding:
-        """Heatmaps (sigmoid of the patch logits, upsampled) and the regressed box per phrase."""
+        """Heatmaps (sigmoid of the patch logits, upsampled; weighted by the box with ``heatmap="box"``) and the regressed box per phrase."""
         phrases = check_phrases(phrases)
         height, width = np.shape(image)[-2:]
         prepared = self.encoder.prepare_images([image])
@@ -102,7 +133,10 @@ class HeadGrounder:
         embeddings = self.encoder.encode_phrases(phrases)
         outputs = self.predict(tokens.expand(len(phrases), -1, -1), embeddings)
         heat = torch.sigmoid(outputs["heatmap_logits"].float())
-        maps = F.interpolate(heat[:, None], size=(int(height), int(width)), mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+        maps = F.interpolate(heat[:, None], size=(int(height), int(width)), mode="bilinear", align_corners=False)[:, 0]
+        if self.heatmap == "box":
+            maps = box_weighted(maps, outputs["boxes"].float())
+        maps = maps.cpu().numpy()
         boxes = []
         for index, box in enumerate(outputs["boxes"].float().cpu().numpy()):
             pixel_box = cxcywh_to_pixel_box(box, int(height), int(width))

@@ -133,6 +133,8 @@ class GroundTrainSettings(StrictModel):
     Attributes:
         heatmap_target: what the heatmap loss compares with: ``box`` (the phrase's box, what MS-CXR
             annotates and mIoU is scored against) or ``mask`` (the finding's mask where the record has one).
+        heatmap: the heatmap the trained head gives (evaluated, and stored with it): ``patches`` (its patch map) or
+            ``box`` (the patch map weighted by a Gaussian on its regressed box; for coarse patch grids).
     """
 
     run: RunSettings = RunSettings()
@@ -141,6 +143,7 @@ class GroundTrainSettings(StrictModel):
     head: HeadSettings = HeadSettings()
     loss: LossWeights = LossWeights()
     heatmap_target: Literal["box", "mask"] = "box"
+    heatmap: Literal["patches", "box"] = "patches"
     train: TrainSettings = TrainSettings(steps=1500, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_steps=50,
                                          checkpoint_every=250, log_every=50)
     boxes: BoxSettings = BoxSettings()

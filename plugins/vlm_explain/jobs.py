@@ -200,11 +200,19 @@ def iter_explained(explainer: Explainer, records: Sequence[Mapping[str, Any]], s
 
 @dataclass
 class BatchOutcome:
-    """What ``explain-vlm evaluate`` produced."""
+    """What ``explain-vlm evaluate`` produced: its run folder, metrics, one score row per image and the shown examples."""
 
     run: RunFolder
     metrics: dict[str, Any]
     rows: list[dict[str, Any]]
+    examples: list[ExplainedRecord] = field(default_factory=list)
+
+
+def pick_examples(items: Sequence[ExplainedRecord], count: int, source: str) -> list[ExplainedRecord]:
+    """The images shown in full: the first ``count`` (``source="first"``) or the first ``count`` decided correctly (``"correct"``)."""
+    if source == "correct":
+        items = [item for item in items if item.row.get("correct")]
+    return list(items[:count])
 
 
 def run_explain_batch(settings: ExplainSettings, progress: bool = True) -> BatchOutcome:
@@ -222,18 +230,26 @@ def run_explain_batch(settings: ExplainSettings, progress: bool = True) -> Batch
                                 settings.deletion, settings.maps, settings.run.device, settings.run.seed,
                                 reference_images(settings, records, skipped))
     page = HtmlReport(f"Explaining {explainer.encoder.ref}", run.path)
-    rows, examples = [], []
+    rows, candidates = [], []
     for item in iter_explained(explainer, chosen, settings, skipped, progress):
         rows.append(item.row)
-        if len(examples) < settings.examples:
-            examples.append(item)
+        if settings.examples_from == "correct" and item.row.get("correct") or settings.examples_from == "first" and len(candidates) < settings.examples:
+            candidates.append(item)
+    examples = pick_examples(candidates, settings.examples, settings.examples_from)
+    if settings.examples_from == "correct":  # only the first images got the chosen class's map: draw it for those shown
+        examples = [ExplainedRecord(item.record, item.image, explainer.explain(item.image, texts=[t for t in item.box_texts if t.strip()],
+                                                                               sentence_maps=False, class_map=True), item.row, item.box_texts)
+                    for item in examples]
     metrics = dict(aggregate_rows(rows), model=explainer.encoder.describe(), concepts=len(explainer.space.concepts),
-                   skipped_records=len(skipped))
+                   skipped_records=len(skipped), examples_from=settings.examples_from)
     run.write_metrics({"explain_vlm": metrics})
     write_summary_section(page, metrics)
+    if examples and settings.examples_from == "correct":
+        page.text(f"Shown below: the first {len(examples)} images whose decision was correct (chosen from the correct ones; "
+                  "the accuracy above is over every explained image with findings).")
     for item in examples:
         write_image_section(page, run, str(item.record.get("id")), item.image, item.explanation, item.record.get("boxes") or [],
                             settings.concepts.top_k, extra_rows=item.row.get("boxes", []))
     page.section("Config", lead="The resolved settings this run used (config.yaml), to repeat it exactly.").preformatted((run.path / "config.yaml").read_text(encoding="utf-8"))
     page.write()
-    return BatchOutcome(run, metrics, rows)
+    return BatchOutcome(run, metrics, rows, examples)

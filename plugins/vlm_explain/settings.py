@@ -91,6 +91,8 @@ class ExplainSettings(StrictModel):
         finding_keywords: per class, words one of which a concept must contain to "name" it
             (default: the class name's last word).
         examples: images shown on the page with their full explanation.
+        examples_from: which images those are: ``first`` (the first explained, whatever their decision) or ``correct``
+            (the first whose decision is one of the image's findings; the page says so, and its accuracy is still over all).
     """
 
     run: RunSettings = RunSettings()
@@ -102,6 +104,7 @@ class ExplainSettings(StrictModel):
     classes: list[str] = list(PHANTOM_CLASSES)
     finding_keywords: dict[str, list[str]] = {}
     examples: int = Field(4, ge=0)
+    examples_from: Literal["first", "correct"] = "first"
 
     @field_validator("classes")
     @classmethod

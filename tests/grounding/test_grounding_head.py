@@ -96,3 +96,26 @@ def test_ground_train_stores_a_head_that_grounds_and_resumes(tmp_path):
     again = json.loads((Path(scored.output.strip().splitlines()[-1]).parent / "metrics.json").read_text())["grounding"]
     assert again["overall"]["box_acc@0.5"] == pytest.approx(metrics["overall"]["box_acc@0.5"])
     assert again["method"].startswith("head tiny-head:v1")
+
+
+def test_box_weighted_heatmap_peaks_inside_the_predicted_box():
+    from workbench_plugins.grounding.grounders import box_weighted
+
+    flat = torch.ones(2, 40, 60)
+    boxes = torch.tensor([[0.25, 0.75, 0.2, 0.1], [0.8, 0.2, 0.1, 0.3]])  # (cx, cy, w, h), normalised
+    weighted = box_weighted(flat, boxes)
+    for index, (cx, cy, _, _) in enumerate(boxes.tolist()):
+        row, col = divmod(int(weighted[index].argmax()), 60)
+        assert abs((col + 0.5) / 60 - cx) < 1 / 60 + 1e-6 and abs((row + 0.5) / 40 - cy) < 1 / 40 + 1e-6
+    assert float(weighted.max()) <= 1.0 and float(weighted[0, 0, 59]) < 1e-3  # far from the box: close to zero
+    # patch evidence inside the box still ranks: a brighter patch map half inside the box wins over the box centre alone
+    biased = torch.ones(1, 40, 60)
+    biased[0, :, :15] = 2.0
+    peak_col = int(box_weighted(biased, boxes[:1])[0].argmax()) % 60
+    assert peak_col < 15
+
+
+def test_head_grounder_refuses_an_unknown_heatmap():
+    head = PhraseGroundingHead(token_dim=8, text_dim=8, grid=[2, 2], hidden=8, layers=1, heads=2)
+    with pytest.raises(ConfigError, match="heatmap"):
+        HeadGrounder(None, head, heatmap="peaks")  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ def small_demo_overrides(output_root: Path, store: Path) -> list[str]:
     small += [f"options.vessels.{key}" for key in (
         "data.patch_size=32", "data.patches_per_image=4", "model.options.channels=[8, 16, 32]", "model.options.strides=[2, 2]",
         "train.steps=3", "train.batch_size=8", "train.checkpoint_every=3", "inference.roi_size=64", f"save.store={store}")]
+    small += [f"options.grounding.{key}" for key in ("train.steps=3", "train.batch_size=8", "train.checkpoint_every=3", f"save.store={store}")]
     small += [f"options.reporting.{job}.{key}" for job in ("explainer", "editor") for key in (
         "train.steps=3", "train.batch_size=8", "train.checkpoint_every=3", "generation.max_new_tokens=16")]
     return small

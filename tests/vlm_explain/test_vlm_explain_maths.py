@@ -124,3 +124,13 @@ def test_energy_in_box_is_the_share_of_positive_mass_inside_it():
     uniform = np.ones((20, 30))
     assert energy_in_box(uniform, box) == pytest.approx(box_area_fraction(box, (20, 30))) == pytest.approx(50 / 600)
     assert energy_in_box(np.zeros((20, 30)), box) == 0.0
+
+
+def test_examples_are_the_first_ones_or_the_first_correct_ones():
+    from workbench_plugins.vlm_explain.jobs import ExplainedRecord, pick_examples
+
+    items = [ExplainedRecord({"id": str(index)}, None, None, {"correct": correct})  # type: ignore[arg-type]
+             for index, correct in enumerate([False, None, True, False, True, True])]
+    assert [item.record["id"] for item in pick_examples(items, 2, "first")] == ["0", "1"]
+    assert [item.record["id"] for item in pick_examples(items, 2, "correct")] == ["2", "4"]
+    assert [item.record["id"] for item in pick_examples(items, 5, "correct")] == ["2", "4", "5"]

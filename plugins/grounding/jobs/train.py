@@ -66,7 +66,7 @@ def head_features(encoder: GroundingEncoder, samples: Iterable[GroundingSample],
     Args:
         encoder: the frozen encoder.
         samples: the training samples.
-        batch_size: images per encoder pass.
+        batch_size: images (and distinct phrases) per encoder pass.
         heatmap_target: ``box`` (the box's patch coverage) or ``mask`` (the finding mask's, where there is one).
 
     Returns:
@@ -76,7 +76,7 @@ def head_features(encoder: GroundingEncoder, samples: Iterable[GroundingSample],
         ConfigError: the encoder has no patch tokens (named).
     """
     grid = encoder.grid()
-    tokens, image_index, phrases, boxes, heatmaps = [], [], [], [], []
+    tokens, image_index, texts, boxes, heatmaps = [], [], [], [], []
     pending: list[GroundingSample] = []
     count = 0
 
@@ -86,8 +86,7 @@ def head_features(encoder: GroundingEncoder, samples: Iterable[GroundingSample],
         tokens.append(raw.cpu())
         for offset, sample in enumerate(pending):
             height, width = sample.size
-            texts = [box["phrase"] for box in sample.boxes]
-            phrases.append(encoder.encode_phrases(texts).cpu())
+            texts.extend(box["phrase"] for box in sample.boxes)
             pixel = torch.tensor([[box[key] for key in ("x", "y", "w", "h")] for box in sample.boxes], dtype=torch.float32)
             boxes.append(boxes_to_cxcywh(pixel, height, width))
             for index, box in enumerate(sample.boxes):
@@ -104,7 +103,12 @@ def head_features(encoder: GroundingEncoder, samples: Iterable[GroundingSample],
             flush()
     if pending:
         flush()
-    return HeadFeatures(torch.cat(tokens), torch.tensor(image_index), torch.cat(phrases), torch.cat(boxes), torch.stack(heatmaps))
+    # Report phrases repeat (the same finding words on many images): each distinct one goes through the text tower once.
+    distinct = list(dict.fromkeys(texts))
+    embedded = torch.cat([encoder.encode_phrases(distinct[start:start + batch_size]).cpu() for start in range(0, len(distinct), batch_size)])
+    position = {text: index for index, text in enumerate(distinct)}
+    phrases = embedded[torch.tensor([position[text] for text in texts], dtype=torch.long)]
+    return HeadFeatures(torch.cat(tokens), torch.tensor(image_index), phrases, torch.cat(boxes), torch.stack(heatmaps))
 
 
 class GroundTrainJob(TrainingJob):
@@ -144,7 +148,7 @@ class GroundTrainJob(TrainingJob):
 
     def evaluate(self, model: torch.nn.Module, start: JobStart, result: Any) -> dict[str, Any]:
         """Grounding scores on the held-out split (kept on ``self.evaluation`` for the page)."""
-        grounder = HeadGrounder(self.encoder, model, f"head on {self.encoder.record.ref}")
+        grounder = HeadGrounder(self.encoder, model, f"head on {self.encoder.record.ref}", self.settings.heatmap)
         self.evaluation = evaluate_grounder(grounder, iter_samples(self.eval_records, self.skipped), self.settings.boxes.thresholds,
                                             self.settings.boxes.miou_threshold, progress=self.progress, total=len(self.eval_records))
         return dict(self.evaluation.metrics, train_phrases=len(self.features), encoder=self.encoder.record.ref)
@@ -158,7 +162,7 @@ class GroundTrainJob(TrainingJob):
         return StoreRequest(head_store, model, HEAD_FACTORY, HEAD_TASK, self.config, self.encoder.preprocessing,
                             metrics={key: overall.get(key) for key in ("box_acc@0.5", "miou", "cnr", "pointing")},
                             parent=self.encoder.record.ref if head_store.root == self.store.root else None,
-                            extra={"encoder": self.encoder.record.ref, "run": start.run.path.name})
+                            extra={"encoder": self.encoder.record.ref, "run": start.run.path.name, "heatmap": self.settings.heatmap})
 
     def write_pages(self, start: JobStart, metrics: Mapping[str, Any], result: Any, outcome: TrainOutcome) -> None:
         """``index.html``: training summary, held-out scores with the worst cases, the config."""
