@@ -189,3 +189,30 @@ def test_a_dataset_where_every_record_is_bad_is_an_error_not_a_hang():
     loader = build_loader(AllBad(), batch_size=4, shuffle=False)
     with pytest.raises(ConfigError, match="every record was skipped"):
         Trainer(nn.Linear(5, 1), _mse_step, loader, TrainSettings(steps=2), DistributedContext(), progress=False).fit()
+
+
+def test_a_weights_only_final_checkpoint_resumes_the_finished_run_but_refuses_to_extend_it(tmp_path):
+    def trainer(steps: int, final: str) -> tuple[nn.Module, Trainer]:
+        seed_everything(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.Linear(8, 1))
+        settings = TrainSettings(steps=steps, batch_size=8, lr=0.05, weight_decay=0.0, checkpoint_every=2, log_every=1,
+                                 keep_checkpoints=3, final_checkpoint=final)
+        loader = build_loader(_Regression(), batch_size=8, shuffle=False, seed=1)
+        return model, Trainer(model, _mse_step, loader, settings, DistributedContext(), precision="fp32", progress=False,
+                              checkpoint_dir=tmp_path / final / "checkpoints")
+
+    for final in ("full", "weights"):
+        model, run = trainer(4, final)
+        run.fit()
+        states = {int(path.name.split("-")[-1]): load_checkpoint(path).state for path in (tmp_path / final / "checkpoints").glob("step-*")}
+        assert sorted(states) == [2, 4] and "optimizer" in states[2]  # only the last one may leave the optimizer out
+        assert ("optimizer" in states[4]) == (final == "full")
+        finished = [parameter.detach().clone() for parameter in model.parameters()]
+        again, rerun = trainer(4, final)
+        assert rerun.fit().step == 4  # resuming the finished run: its weights, no step taken
+        assert all(torch.equal(a, b) for a, b in zip(finished, again.parameters()))
+    _, longer = trainer(6, "full")
+    assert longer.fit().step == 6  # a full final checkpoint can be trained on
+    _, longer = trainer(6, "weights")
+    with pytest.raises(IntegrityError, match="weights only"):
+        longer.fit()

@@ -74,6 +74,11 @@ class TrainSettings(StrictModel):
         num_workers: data-loader worker processes.
         max_bad_steps: stop after this many optimizer steps in a row whose loss or
             gradient was NaN/Inf (each such step is skipped: no update).
+        final_checkpoint: what the checkpoint at the last step holds: ``full`` (weights and the
+            optimizer, scheduler and scaler state: the run can later be extended with more steps) or
+            ``weights`` (weights and position only: resuming the finished run still works, extending
+            it does not; the optimizer's moments are two thirds of a checkpoint, so short runs such as
+            the demo keep a third of the bytes).
     """
 
     steps: int = Field(100, gt=0)
@@ -89,6 +94,7 @@ class TrainSettings(StrictModel):
     log_every: int = Field(10, gt=0)
     num_workers: int = Field(0, ge=0)
     max_bad_steps: int = Field(5, gt=0)
+    final_checkpoint: Literal["full", "weights"] = "full"
 
 
 def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -258,11 +264,11 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def _training_state(self, position: _Position) -> dict[str, Any]:
-        return {
-            "step": position.step, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
-            "world_size": self.context.world_size, "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-        }
+        state: dict[str, Any] = {"step": position.step, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
+                                 "world_size": self.context.world_size}
+        if position.step < self.settings.steps or self.settings.final_checkpoint == "full":
+            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict())
+        return state
 
     def save(self, position: _Position) -> Path | None:
         """Write a checkpoint at ``position`` (every rank must call; rank 0 writes)."""
@@ -302,9 +308,13 @@ class Trainer:
         found = checkpoint.path
         checkpoint.load_model(unwrap(self.model))
         state = checkpoint.state
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        elif int(state["step"]) < self.settings.steps:
+            raise IntegrityError(f"{found} holds the weights only (train.final_checkpoint: weights, written when the run finished at "
+                                 f"step {state['step']}): it cannot be trained on to {self.settings.steps} steps; start a new run")
         self.position = _Position(int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"]))
         if int(state.get("world_size", 1)) != self.context.world_size:
             logger.warning("%s was written by %s ranks, resuming on %s: the data order differs from an uninterrupted run",
