@@ -32,6 +32,9 @@ def test_demo_runs_every_plugin_step_and_writes_one_page(tmp_path):
     timings = json.loads((index.parent / "metrics.json").read_text())["demo_timings"]
     assert set(timings) >= {"phantoms_s", "contrastive-pretrain_s", "vessels_s", "vlm-explain_s"}
     assert json.loads((index.parent / "metrics.json").read_text())["pretrain"]["steps"] == 3
+    # the counterfactual step runs at the demo's own settings here: its CAE must flip the classifier on the test phantoms
+    explained = json.loads(next((index.parent / "counterfactual").glob("explain-*/metrics.json")).read_text())
+    assert explained["flip_rate"] >= 0.8 and explained["flip_rate_cases"] >= 15
 
 
 def test_every_demo_step_section_validates_against_its_jobs_settings():

@@ -81,7 +81,8 @@ def _add_section(context: Any, explained_run: RunFolder, classifier_metrics: dic
               "reconstruction, counterfactual, CAE saliency and Grad-CAM over the original; under it, the path's steps with "
               "the classifier's p(target).")
     page.table(method_rows(summary))
-    figures = sorted(path for path in (explained_run.path / "cases").glob("*.png"))
+    # each case's strip of images first, then its path
+    figures = sorted((explained_run.path / "cases").glob("*.png"), key=lambda path: (path.stem.removesuffix("-path"), path.stem.endswith("-path")))
     if figures:
         page.figures([(path, _caption(path.stem, summary.get("cases") or [])) for path in figures])
 
