@@ -21,7 +21,7 @@ def test_demo_step_explains_phantom_cases(tmp_path):
     index = next(line for line in reversed(result.output.strip().splitlines()) if line.endswith("index.html"))
     page = open(index, encoding="utf-8").read()
     assert "Counterfactual explanations (CAE)" in page and "counterfactual/explain-" in page
-    assert "Flip rate" in page and "correctly classified test images" in page and "the pipeline, not the method" not in page
+    assert "Flip rate" in page and "correctly classified test images" in page and "held out from training" in page and "the pipeline, not the method" not in page
     assert "Original, reconstruction, counterfactual, CAE saliency, Grad-CAM" in page
     timings = json.loads(open(index.replace("index.html", "metrics.json"), encoding="utf-8").read())["demo_timings"]
     assert "counterfactual_s" in timings
