@@ -79,9 +79,9 @@ class SmallCnnClassifier(nn.Module):
 
     Why it exists: the demo (``workbench demo``) trains its classifier and explains it within a minute at one CPU
     thread, on 32x32 phantoms, and stores it beside the run: a ResNet-18 there cost most of the step's time, and its
-    last checkpoint (weights and Adam state) was 134 MB. A few thousand weights learn a finding as large as an
-    effusion at that size. The linear layer reads the whole last feature map (no global pooling), so the network knows
-    where in the chest a feature lies; it therefore takes one input size only.
+    last checkpoint (weights and Adam state) was 134 MB. Tens of thousands of weights learn a finding as large as an
+    enlarged heart at that size. The linear layer reads the whole last feature map (no global pooling), so the network
+    knows where in the chest a feature lies; it therefore takes one input size only.
 
     Args:
         in_channels: input channels C.

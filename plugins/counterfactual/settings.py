@@ -72,7 +72,7 @@ class ClassifierModelSettings(StrictModel):
 
     Attributes:
         network: a registered classifier (``classifier-densenet121``, ``classifier-resnet18``,
-            ``classifier-resnet50``, ``classifier-small-cnn`` (a few thousand weights, for small images such as the
+            ``classifier-resnet50``, ``classifier-small-cnn`` (tens of thousands of weights, for small images such as the
             demo's), or ``classifier-encoder-head`` for a head on a stored encoder).
         encoder: for ``classifier-encoder-head``: the stored encoder ``name[:version]`` (any model
             with ``encode_image(images) -> (B, D)``); it stays frozen.
