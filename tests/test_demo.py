@@ -28,6 +28,9 @@ def test_demo_runs_every_plugin_step_and_writes_one_page(small_demo):
     assert grounding["steps"] == 3 and 0.0 <= grounding["overall"]["pointing"] <= 1.0
     assert grounding["zero_shot"]["overall"]["n"] == grounding["overall"]["n"] > 0
     assert "Phrase grounding" in page and "not chosen by their scores" in page
+    # the counterfactual step runs at the demo's own settings here: its CAE must flip the classifier on the test phantoms
+    explained = json.loads(next((index.parent / "counterfactual").glob("explain-*/metrics.json")).read_text())
+    assert explained["flip_rate"] >= 0.8 and explained["flip_rate_cases"] >= 15
 
 
 def test_every_demo_step_section_validates_against_its_jobs_settings():

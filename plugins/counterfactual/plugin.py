@@ -12,7 +12,7 @@ PLUGIN_NAME = "counterfactual"
 
 @hookimpl
 def workbench_register_models(registry: Any) -> None:
-    """Register the classifiers (``classifier-densenet121``, ``-resnet18``, ``-resnet50``, ``-encoder-head``) and ``cae``."""
+    """Register the classifiers (``classifier-densenet121``, ``-resnet18``, ``-resnet50``, ``-small-cnn``, ``-encoder-head``) and ``cae``."""
     from workbench_plugins.counterfactual.classifiers import CLASSIFIER_FACTORIES
     from workbench_plugins.counterfactual.models import ClassAssociationEmbedding
 

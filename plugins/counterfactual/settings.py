@@ -14,7 +14,7 @@ from pydantic import Field
 from workbench.config import RunSettings, StrictModel
 from workbench.train import TrainSettings
 
-CLASSIFIER_NETWORKS = ("classifier-densenet121", "classifier-resnet18", "classifier-resnet50", "classifier-encoder-head")
+CLASSIFIER_NETWORKS = ("classifier-densenet121", "classifier-resnet18", "classifier-resnet50", "classifier-small-cnn", "classifier-encoder-head")
 
 
 class LabelledDataSettings(StrictModel):
@@ -72,7 +72,8 @@ class ClassifierModelSettings(StrictModel):
 
     Attributes:
         network: a registered classifier (``classifier-densenet121``, ``classifier-resnet18``,
-            ``classifier-resnet50``, or ``classifier-encoder-head`` for a head on a stored encoder).
+            ``classifier-resnet50``, ``classifier-small-cnn`` (tens of thousands of weights, for small images such as the
+            demo's), or ``classifier-encoder-head`` for a head on a stored encoder).
         encoder: for ``classifier-encoder-head``: the stored encoder ``name[:version]`` (any model
             with ``encode_image(images) -> (B, D)``); it stays frozen.
         encoder_store: the registry folder holding the encoder (``null``: ``save.store``).
@@ -80,12 +81,15 @@ class ClassifierModelSettings(StrictModel):
             on the frozen encoder's features.
         hidden: the MLP head's hidden width.
         balanced: weight the loss by inverse class frequency.
-        dropout: dropout before the last layer of the MONAI networks (DenseNet only).
+        dropout: dropout before the last layer of the MONAI networks (DenseNet), or in the small CNN's units.
         max_pool: ResNets only: ``false`` drops the max-pool after the stem, so the last feature map (the one
             Grad-CAM explains) is 8x8 at 128x128 instead of 4x4, for about 2.5x the compute.
+        channels: ``classifier-small-cnn`` only: the output channels of its residual units (each halves the side, so
+            ``data.image_size`` must be a multiple of ``2**len(channels)``).
     """
 
-    network: Literal["classifier-densenet121", "classifier-resnet18", "classifier-resnet50", "classifier-encoder-head"] = "classifier-resnet18"
+    network: Literal["classifier-densenet121", "classifier-resnet18", "classifier-resnet50", "classifier-small-cnn",
+                     "classifier-encoder-head"] = "classifier-resnet18"
     encoder: str | None = None
     encoder_store: Path | None = None
     head: Literal["linear", "mlp"] = "linear"
@@ -93,6 +97,7 @@ class ClassifierModelSettings(StrictModel):
     balanced: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     max_pool: bool = True
+    channels: list[int] = Field(default_factory=lambda: [8, 16, 32], min_length=1)
 
 
 class StoreSettings(StrictModel):

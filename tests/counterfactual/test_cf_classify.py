@@ -225,3 +225,34 @@ def test_resnet_without_max_pool_gives_a_finer_gradcam_layer():
         ImageClassifier("densenet121", max_pool=False)
     settings = load_settings(ClassifyTrainSettings, None, ["model.max_pool=false"])
     assert settings.model.max_pool is False and load_settings(ClassifyTrainSettings).model.max_pool is True
+
+
+def test_small_cnn_learns_the_blobs_and_stores_small(cli, tmp_path, blob_folder):
+    from workbench_plugins.counterfactual.baselines import baseline_maps
+
+    config = blob_config(tmp_path, blob_folder, network="classifier-small-cnn", channels=[8, 16])
+    index = Path(run_cli(cli, ["classify", "train", "--config", str(config)]).strip().splitlines()[-1])
+    metrics = json.loads((index.parent / "metrics.json").read_text())["classify"]
+    assert metrics["auroc"] >= 0.9 and metrics["accuracy"] >= 0.8
+    model, record, classes = load_classifier("blob-classifier", tmp_path / "store")
+    assert record.factory == "classifier-small-cnn" and record.config["image_size"] == 32 and record.config["channels"] == [8, 16]
+    assert sum(parameter.numel() for parameter in model.parameters()) < 20_000
+    assert sum(path.stat().st_size for path in (tmp_path / "store").rglob("*") if path.is_file()) < 200_000
+    layer = dict(model.named_modules())[record.extra["gradcam_layer"]]
+    seen = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(tuple(output.shape[-2:])))
+    image = torch.rand(1, 1, 32, 32)
+    saliency = baseline_maps(model, ["gradcam"], record.extra["gradcam_layer"])["gradcam"](image, 0)
+    handle.remove()
+    assert seen[0] == (8, 8) and saliency.shape == (32, 32) and np.isfinite(saliency).all()
+
+
+def test_small_cnn_takes_one_size_and_has_no_max_pool_switch(host, tmp_path, blob_folder):
+    from workbench_plugins.counterfactual.classifiers import small_cnn_classifier
+    from workbench_plugins.counterfactual.jobs.classify import run_classify_train
+
+    with pytest.raises(ValueError, match="multiple of 2\\*\\*3"):
+        small_cnn_classifier(image_size=36)
+    settings = load_settings(ClassifyTrainSettings, blob_config(tmp_path, blob_folder, network="classifier-small-cnn", max_pool=False))
+    with pytest.raises(ConfigError, match="max_pool: false is a ResNet option; classifier-small-cnn"):
+        run_classify_train(settings, host.datasets.builders, progress=False)

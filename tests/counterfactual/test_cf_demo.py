@@ -21,5 +21,17 @@ def test_demo_step_explains_phantom_cases(tmp_path):
     index = next(line for line in reversed(result.output.strip().splitlines()) if line.endswith("index.html"))
     page = open(index, encoding="utf-8").read()
     assert "Counterfactual explanations (CAE)" in page and "counterfactual/explain-" in page
+    assert "Flip rate" in page and "correctly classified test images" in page and "held out from training" in page and "the pipeline, not the method" not in page
+    assert "Original, reconstruction, counterfactual, CAE saliency, Grad-CAM" in page
     timings = json.loads(open(index.replace("index.html", "metrics.json"), encoding="utf-8").read())["demo_timings"]
     assert "counterfactual_s" in timings
+
+
+def test_demo_results_put_the_flip_rate_on_top():
+    from workbench_plugins.counterfactual.demo import demo_results
+
+    summary = {"flip_rate": 0.75, "flip_rate_cases": 4, "explained": 5, "reconstruction_kept_rate": 1.0, "cases": []}
+    results = demo_results("demo-classifier:v1", "demo-cae:v1", summary)
+    assert results["flip_rate"] == 0.75 and results["cases"] == 4 and results["explained"] == 5
+    assert results["classifier"] == "demo-classifier:v1" and results["cae"] == "demo-cae:v1" and results["explain"] is summary
+    assert demo_results(None, None, {})["flip_rate"] is None

@@ -148,9 +148,11 @@ class ClassifyTrainJob(TrainingJob):
             return model
         self.config = {"in_channels": settings.data.channels, "num_classes": len(self.classes), "dropout": settings.model.dropout}
         if not settings.model.max_pool:
-            if network == "classifier-densenet121":
-                raise ConfigError("model.max_pool: false is a ResNet option; DenseNet121 keeps its stem pooling")
+            if network in ("classifier-densenet121", "classifier-small-cnn"):
+                raise ConfigError(f"model.max_pool: false is a ResNet option; {network} has no such switch")
             self.config["max_pool"] = False
+        if network == "classifier-small-cnn":
+            self.config.update(image_size=settings.data.image_size, channels=list(settings.model.channels))
         self.parent = None
         self.weights = (class_weights([record["label"] for record in self.train_records], len(self.classes)).to(start.context.device)
                         if settings.model.balanced else None)
