@@ -31,6 +31,12 @@ def test_demo_runs_every_plugin_step_and_writes_one_page(small_demo):
     # the counterfactual step runs at the demo's own settings here: its CAE must flip the classifier on the test phantoms
     explained = json.loads(next((index.parent / "counterfactual").glob("explain-*/metrics.json")).read_text())
     assert explained["flip_rate"] >= 0.8 and explained["flip_rate_cases"] >= 15
+    # the headline figures a check reads from the demo's metrics.json, and what the run folder costs on disk
+    assert saved["counterfactual"]["flip_rate"] == explained["flip_rate"]
+    assert 0.0 <= saved["reporting"]["answer_accuracy"] <= 1.0 and 0.0 <= saved["vlm-explain"]["decision_accuracy"] <= 1.0
+    assert 0.0 <= saved["vessels"]["dice"] <= 1.0
+    on_disk = sum(path.stat().st_size for path in index.parent.rglob("*") if path.is_file() and path.name != "screenshot.png")
+    assert 0.9 * on_disk <= saved["run_folder_bytes"] <= on_disk
 
 
 def test_every_demo_step_section_validates_against_its_jobs_settings():

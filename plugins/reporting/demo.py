@@ -188,6 +188,7 @@ def demo_reporting(context: Any) -> None:
         "edit_bleu4": edit_metrics.get("edit_bleu4"), "draft_bleu4": edit_metrics.get("draft_bleu4"),
         "explainer": answered.stored, "editor": edited.stored,
     }
+    context.record("reporting", {key: value for key, value in context.results["reporting"].items() if key not in ("explainer", "editor")})
     _answer_section(context, demo, stored, train_records, eval_records, eval_items, train_items, answers.rows, metrics, baseline, answered.steps)
     _edit_section(context, demo, edits.rows, edit_metrics, fixed, edited.steps)
 

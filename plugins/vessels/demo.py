@@ -15,4 +15,7 @@ def demo_vessels(context: Any) -> None:
     own = {"run": context.run_values(), "data": {"root": str(context.run.path / "data" / "fundus-vessels"), "options": phantoms}}
     settings = context.step_settings("vessels", VesselTrainSettings, own)
     run = RunFolder(context.run.path / "vessels")  # its own checkpoints/ and figures/ inside the demo's folder
-    context.results["vessels"] = run_train(settings, context.host.datasets.builders, report=context.report, run=run, progress=False)
+    outcome = run_train(settings, context.host.datasets.builders, report=context.report, run=run, progress=False)
+    context.results["vessels"] = outcome
+    context.record("vessels", {key: value for key, value in outcome.metrics.items()
+                               if isinstance(value, (int, float)) and not isinstance(value, bool)})

@@ -67,3 +67,5 @@ def demo_vlm_explain(context: Any) -> None:
                                 f"{', '.join(item.record.get('findings') or []) or 'none'})", item.image, item.explanation,
                                 item.record.get("boxes") or [], settings.concepts.top_k)
     context.results["vlm-explain"] = outcome
+    context.record("vlm-explain", {key: metrics[key] for key in ("decision_accuracy", "images_with_findings", "correct_decisions")
+                                   if key in metrics})
