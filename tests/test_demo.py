@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -31,6 +32,9 @@ def test_demo_runs_every_plugin_step_and_writes_one_page(small_demo):
     # the counterfactual step runs at the demo's own settings here: its CAE must flip the classifier on the test phantoms
     explained = json.loads(next((index.parent / "counterfactual").glob("explain-*/metrics.json")).read_text())
     assert explained["flip_rate"] >= 0.8 and explained["flip_rate_cases"] >= 15
+    # every section opens with one sentence on what the reader is looking at
+    sections = re.findall(r'<section id="([^"]+)"[^>]*>(.*?)</section>', page, flags=re.S)
+    assert sections and not [anchor for anchor, body in sections if 'class="lead"' not in body]
     # the headline figures a check reads from the demo's metrics.json, and what the run folder costs on disk
     assert saved["counterfactual"]["flip_rate"] == explained["flip_rate"]
     assert 0.0 <= saved["reporting"]["answer_accuracy"] <= 1.0 and 0.0 <= saved["vlm-explain"]["decision_accuracy"] <= 1.0

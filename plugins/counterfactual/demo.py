@@ -73,7 +73,7 @@ def _add_section(context: Any, explained_run: RunFolder, classifier_metrics: dic
     from workbench_plugins.counterfactual.pages.explain import method_rows
 
     page = context.report
-    page.section("Counterfactual explanations (CAE)")
+    page.section("Counterfactual explanations (CAE)", lead="What the classifier would need to see to change its mind: each held-out image beside its counterfactual and where the two differ.")
     flip_rate = summary.get("flip_rate")
     said = "no correctly classified image to count" if flip_rate is None else f"{flip_rate:.2f}"
     goal = ("along a route through the codes of training images to the other class" if explain.path == "guided" else

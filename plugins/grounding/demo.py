@@ -44,7 +44,7 @@ def demo_grounding(context: Any) -> None:
     from workbench_plugins.grounding.pages import save_grounded
     from workbench_plugins.grounding.settings import GroundTrainSettings, ZeroShotSettings
 
-    section = context.report.section("Phrase grounding")
+    section = context.report.section("Phrase grounding", lead="Where in the image each finding phrase of a report lies: the head's box and heatmap against the true box, on held-out images.")
     stored = getattr(context.results.get("contrastive-pretrain"), "stored", None)
     if not stored:
         section.text("skipped: the contrastive step stored no encoder")

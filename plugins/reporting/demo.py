@@ -144,7 +144,7 @@ def demo_reporting(context: Any) -> None:
     from workbench_plugins.reporting.settings import ReportingDemoSettings, ReportTrainSettings
 
     page = context.report
-    page.section("Answers with explanations (reporting)")
+    page.section("Answers with explanations (reporting)", lead="Questions about held-out images answered from the image, each answer with the report sentence that explains it.")
     stored = getattr(context.results.get("contrastive-pretrain"), "stored", None)
     if not stored:
         page.text("skipped: the contrastive step stored no encoder")
@@ -224,7 +224,7 @@ def _answer_section(context: Any, demo: Any, encoder: str, train_records: Sequen
 
 def _edit_section(context: Any, demo: Any, rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], fixed: int, steps: int) -> None:
     """Edits: the figures per injected kind, then a few drafts beside their edits with the changes highlighted."""
-    page = context.report.section("Report editing (reporting)")
+    page = context.report.section("Report editing (reporting)", lead="Report drafts with one injected error beside the editor's version: red was taken out, green written in.")
     page.text(f"Report editing (after EditNet): a draft encoder and a copy decoder with sentence verdicts (keep, delete, rewrite), "
               f"trained {steps} steps to restore true reports from drafts with one injected error (side swapped, size changed, a finding "
               f"sentence dropped or invented). On one draft per held-out phantom the edits fixed {fixed} of {metrics.get('injected_errors')} "

@@ -26,7 +26,7 @@ def demo_vlm_explain(context: Any) -> None:
     from workbench_plugins.vlm_explain.pages import write_image_section
     from workbench_plugins.vlm_explain.settings import ExplainSettings
 
-    section = context.report.section("Why the encoder decided (concept explanations)")
+    section = context.report.section("Why the encoder decided (concept explanations)", lead="Which concepts and image regions drive the encoder's zero-shot decisions on held-out images, and whether deleting them changes the decision.")
     stored = getattr(context.results.get("contrastive-pretrain"), "stored", None)
     if not stored:
         section.text("skipped: the contrastive step stored no encoder")
