@@ -405,6 +405,35 @@ def save_history_plot(path: str | Path, history: Sequence[Mapping[str, Any]], x:
     return _save_panels(path, panels, x, title, (3.2, 2.4), 100, per_row=per_row)
 
 
+def highlight_word_changes(before: str, after: str, deleted_style: str = "", inserted_style: str = "") -> tuple[str, str]:
+    """A word-level diff (difflib) of two texts as two HTML strings, every word escaped.
+
+    Args:
+        before, after: the texts (split on whitespace).
+        deleted_style, inserted_style: inline CSS for the ``<del>`` and ``<ins>`` spans (none: the page's own).
+
+    Returns:
+        ``(before with the words only it has in <del>, after with the words only it has in <ins>)``.
+    """
+    import difflib
+
+    old, new = before.split(), after.split()
+    deleted = f' style="{deleted_style}"' if deleted_style else ""
+    inserted = f' style="{inserted_style}"' if inserted_style else ""
+    left, right = [], []
+    for tag, a0, a1, b0, b1 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        removed, added = html.escape(" ".join(old[a0:a1])), html.escape(" ".join(new[b0:b1]))
+        if tag == "equal":
+            left.append(removed)
+            right.append(added)
+            continue
+        if removed:
+            left.append(f"<del{deleted}>{removed}</del>")
+        if added:
+            right.append(f"<ins{inserted}>{added}</ins>")
+    return " ".join(left), " ".join(right)
+
+
 @dataclass
 class _Section:
     title: str
@@ -625,24 +654,12 @@ class HtmlReport:
         return ids
 
     def diff(self, before: str, after: str, titles: tuple[str, str] = ("before", "after"), note: str = "") -> "HtmlReport":
-        """Add two texts side by side with a word-level diff (difflib): words only in ``before`` struck through in red
-        (``<del>``), words only in ``after`` marked green (``<ins>``); every text is escaped. ``note`` goes under them."""
-        import difflib
-
-        old, new = before.split(), after.split()
-        left, right = [], []
-        for tag, a0, a1, b0, b1 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
-            removed, added = html.escape(" ".join(old[a0:a1])), html.escape(" ".join(new[b0:b1]))
-            if tag == "equal":
-                left.append(removed)
-                right.append(added)
-                continue
-            if removed:
-                left.append(f'<del style="background:#fbb">{removed}</del>')
-            if added:
-                right.append(f'<ins style="background:#bfb;text-decoration:none">{added}</ins>')
-        cells = "".join(f'<td style="vertical-align:top;width:50%"><b>{html.escape(title)}</b><br>{" ".join(words) or "<i>(empty)</i>"}</td>'
-                        for title, words in zip(titles, (left, right)))
+        """Add two texts side by side with a word-level diff (:func:`highlight_word_changes`): words only in ``before``
+        struck through in red, words only in ``after`` marked green; every text is escaped. ``note`` goes under them."""
+        marked = highlight_word_changes(before, after, deleted_style="background:#fbb",
+                                        inserted_style="background:#bfb;text-decoration:none")
+        cells = "".join(f'<td style="vertical-align:top;width:50%"><b>{html.escape(title)}</b><br>{words or "<i>(empty)</i>"}</td>'
+                        for title, words in zip(titles, marked))
         caption = f'<tr><td colspan="2"><small>{html.escape(note)}</small></td></tr>' if note else ""
         self._current().parts.append(f'<table style="width:100%"><tr>{cells}</tr>{caption}</table>')
         return self

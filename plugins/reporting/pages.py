@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import html
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from workbench.report import HtmlReport, RunFolder, fmt, save_png, to_rgb_uint8
+from workbench.report import HtmlReport, RunFolder, fmt, highlight_word_changes, save_png, to_rgb_uint8
 
 _STYLE = ("<style>.edit-pair{display:flex;gap:16px;margin:8px 0}.edit-pair>div{flex:1;border:1px solid #ccc;padding:6px;font-size:13px}"
           "del{background:#fbb;text-decoration:line-through}ins{background:#bfb;text-decoration:none}"
@@ -33,25 +32,12 @@ class ReportPage(HtmlReport):
 
 
 def highlight_changes(draft: str, edited: str) -> tuple[str, str]:
-    """Word-level diff of a draft and its edit (difflib), as two HTML strings.
+    """Word-level diff of a draft and its edit (:func:`workbench.report.highlight_word_changes`), as two HTML strings.
 
     Returns:
         ``(draft with removed words in <del>, edit with inserted words in <ins>)``, every word escaped.
     """
-    before, after = draft.split(), edited.split()
-    left, right = [], []
-    for tag, a0, a1, b0, b1 in difflib.SequenceMatcher(a=before, b=after, autojunk=False).get_opcodes():
-        old = html.escape(" ".join(before[a0:a1]))
-        new = html.escape(" ".join(after[b0:b1]))
-        if tag == "equal":
-            left.append(old)
-            right.append(new)
-            continue
-        if old:
-            left.append(f"<del>{old}</del>")
-        if new:
-            right.append(f"<ins>{new}</ins>")
-    return " ".join(left), " ".join(right)
+    return highlight_word_changes(draft, edited)
 
 
 def edit_block(draft: str, edited: str, note: str = "") -> str:

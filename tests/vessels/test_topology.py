@@ -187,14 +187,17 @@ def test_chase_second_observer_against_first_inside_derived_fov():
 
 @pytest.mark.parametrize("shape", [(48, 40), (12, 10, 9)])
 @pytest.mark.parametrize("prediction_rate, reference_rate", [(0.3, 0.2), (0.0, 0.2), (0.3, 0.0), (0.0, 0.0), (1.0, 1.0)])
-def test_dice_by_monai_is_the_overlap_formula(shape, prediction_rate, reference_rate):
+def test_dice_is_the_number_monai_gives(shape, prediction_rate, reference_rate):
+    import torch
+    from monai.metrics import compute_dice
+
     from workbench_plugins.vessels.topology.metrics import dice
 
     rng = np.random.default_rng(7)
     prediction, reference = rng.random(shape) < prediction_rate, rng.random(shape) < reference_rate
-    total = prediction.sum() + reference.sum()
-    expected = 2 * (prediction & reference).sum() / total if total else 1.0
-    assert dice(prediction, reference) == pytest.approx(expected, abs=1e-6)
+    as_batch = lambda mask: torch.from_numpy(mask.astype(np.float64))[None, None]  # noqa: E731
+    expected = float(compute_dice(as_batch(prediction), as_batch(reference), include_background=True, ignore_empty=False))
+    assert dice(prediction, reference) == pytest.approx(expected, abs=1e-6)  # MONAI returns float32
 
 
 def test_shifted_dilation_and_3d_euler_number_equal_the_library_ones_on_random_masks():
@@ -220,3 +223,19 @@ def test_shifted_dilation_and_3d_euler_number_equal_the_library_ones_on_random_m
     torus = np.ones((5, 5, 3), dtype=bool)
     torus[2, 2, :] = False  # a tunnel through a block: chi = 1 - 1 = 0
     assert euler_characteristic_3d(torus) == 0
+
+
+def test_end_points_counted_at_the_skeleton_equal_a_neighbourhood_convolution():
+    from scipy import ndimage
+
+    from workbench_plugins.vessels.topology.breaks import skeleton_end_points
+
+    rng = np.random.default_rng(1)
+    for case in range(30):
+        shape = tuple(int(side) for side in rng.integers(3, 20, size=2 if case % 2 else 3))
+        skeleton = rng.random(shape) < 0.12
+        counts = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3,) * skeleton.ndim, dtype=np.uint8), mode="constant")
+        assert np.array_equal(skeleton_end_points(skeleton), np.argwhere(skeleton & (counts <= 2))), shape
+    line = np.zeros((5, 9), dtype=bool)
+    line[2, 1:8] = True
+    assert skeleton_end_points(line).tolist() == [[2, 1], [2, 7]]

@@ -70,11 +70,18 @@ def skeleton_end_points(skeleton: np.ndarray) -> np.ndarray:
     Returns:
         ``(N, ndim)`` int array of end point indices, in raster order.
     """
-    if not skeleton.any():
+    points = np.argwhere(skeleton)
+    if len(points) == 0:
         return np.zeros((0, skeleton.ndim), dtype=np.int64)
-    counts = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3,) * skeleton.ndim, dtype=np.uint8), mode="constant")
-    # The count includes the pixel itself: 1 = isolated, 2 = one neighbour.
-    return np.argwhere(skeleton & (counts <= 2))
+    # Neighbours counted at the skeleton's own pixels only (a skeleton is a tiny share of the array; a convolution
+    # over the whole of a 256^3 volume took 0.6 s): each of the 3^ndim - 1 offsets looked up in a one-pixel-padded copy.
+    padded = np.pad(skeleton.astype(bool), 1)
+    inside = points + 1
+    neighbours = np.zeros(len(points), dtype=np.int64)
+    for offset in np.ndindex(*(3,) * skeleton.ndim):
+        if any(step != 1 for step in offset):
+            neighbours += padded[tuple(inside[:, axis] + step - 1 for axis, step in enumerate(offset))]
+    return points[neighbours <= 1]  # 0: isolated, 1: one neighbour
 
 
 def find_breaks(skeleton: np.ndarray, labels: np.ndarray, max_distance: float = 10.0) -> list[Break]:

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import cc3d
 import numpy as np
-import torch
-from monai.metrics import compute_dice
 from skimage.morphology import ball, disk, skeletonize
 
 FOREGROUND_CONNECTIVITY = {2: 8, 3: 26}
@@ -155,15 +153,18 @@ def skeleton(mask: np.ndarray) -> np.ndarray:
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """Dice overlap ``2|P & R| / (|P| + |R|)`` of two bool masks (2-D or 3-D), by MONAI's ``compute_dice``.
+    """Dice overlap ``2|P & R| / (|P| + |R|)`` of two bool masks (2-D or 3-D), the number MONAI's ``compute_dice`` gives.
+
+    Counted here rather than through ``compute_dice``: MONAI converts both masks to float tensors and reduces them,
+    0.6 s on a 256^3 volume (a sixth of the whole connectivity check) against milliseconds for three counts; the
+    tests hold the two to the same value.
 
     Returns:
-        The Dice in ``[0, 1]``; 1.0 when both masks are empty, 0.0 when only the reference is.
+        The Dice in ``[0, 1]``; 1.0 when both masks are empty, 0.0 when only one is.
     """
-    # counts of 0/1 values are exact in float32 up to 2^24 voxels per mask term; beyond that, float64
-    dtype = torch.float32 if prediction.size <= 2**24 else torch.float64
-    as_batch = lambda mask: torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)).to(dtype)[None, None]  # noqa: E731
-    return float(compute_dice(as_batch(prediction), as_batch(reference), include_background=True, ignore_empty=False))
+    prediction, reference = np.asarray(prediction, dtype=bool), np.asarray(reference, dtype=bool)
+    total = np.count_nonzero(prediction) + np.count_nonzero(reference)
+    return _ratio(2 * np.count_nonzero(prediction & reference), total, empty=1.0)
 
 
 def cldice(prediction: np.ndarray, reference: np.ndarray, prediction_skeleton: np.ndarray | None = None,
