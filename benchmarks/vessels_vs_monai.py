@@ -1,7 +1,7 @@
 """Our vessel training loop and sliding-window prediction against plain MONAI, same network, data and maths.
 
 Run: ``workbench bench vessels_vs_monai [--tiny]`` (or ``.venv/bin/python benchmarks/vessels_vs_monai.py [--batch 8]
-[--size 96] [--steps 10] [--rounds 5] [--device auto] [--tiny]``).
+[--size 96] [--steps 10] [--rounds 10] [--device auto] [--tiny]``).
 
 Training: ``--batches`` fixed batches of ``--batch`` fundus-phantom patches (``--size`` px, RGB) and their labels, the
 same ``vessel-unet`` (a MONAI ``UNet``) from the same initial weights, MONAI's ``DiceCELoss`` (sigmoid), AdamW built the
@@ -147,10 +147,13 @@ def monai_prediction(model: torch.nn.Module, image: torch.Tensor, roi: int, prec
 
 
 def alternate(closures: dict[str, Callable[[], float]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds of each closure per round, the closures taking turns (the first ``warmup`` rounds are dropped)."""
+    """Seconds of each closure per round, the closures taking turns, the first of them changing every round (so neither
+    always runs on the other's warm caches); the first ``warmup`` rounds are dropped."""
     seconds: dict[str, list[float]] = {name: [] for name in closures}
+    order = list(closures)
     for round_index in range(warmup + rounds):
-        for name, closure in closures.items():
+        for name in order if round_index % 2 == 0 else order[::-1]:
+            closure = closures[name]
             taken = closure()
             if round_index >= warmup:
                 seconds[name].append(taken)
@@ -172,7 +175,7 @@ def compare(ours: Callable[[], float], theirs: Callable[[], float], rounds: int,
 
 
 def run(out_path: Path, tiny: bool = False, *, batch_size: int = 8, size: int = 96, batches: int = 4, steps: int = 10,
-        rounds: int = 5, bf16_rounds: int = 2, device: str = "auto", **_: object) -> dict[str, Any]:
+        rounds: int = 10, bf16_rounds: int = 2, device: str = "auto", **_: object) -> dict[str, Any]:
     """Time both training loops and both prediction paths at fp32 and bf16; write ``out_path`` with its provenance."""
     predict_shape = PREDICT_SHAPE
     roi = 96
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--bf16-rounds", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
