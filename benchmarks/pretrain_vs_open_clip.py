@@ -1,6 +1,6 @@
 """Our ``pretrain`` against open_clip's own trainer on the same work, in one run.
 
-Run: ``.venv/bin/python benchmarks/pretrain_vs_open_clip.py [--n 256] [--steps 16] [--warmup 3] [--runs 3]``
+Run: ``.venv/bin/python benchmarks/pretrain_vs_open_clip.py [--n 256] [--steps 16] [--warmup 3] [--runs 3] [--pairs fp32 ...]``
 (needs the ``bench`` extra: ``pip install -e '.[bench]'``, which ``make bench`` does);
 ``--tiny`` runs a two-layer model for a few steps, one run each, to check the script
 end to end (``tests/test_bench_pretrain_tiny.py``); its figures mean nothing.
@@ -204,12 +204,13 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     peaks = {precision: matmul_peak_flops(device, precision, peak_size) for precision in ("fp32", "bf16", "fp16")}
     flops = flops_per_sample(device, model_options)
     auto = choose_precision(device, "auto")
-    ours_precisions = tuple(ours for ours, _ in PAIRS if ours is not None)
-    theirs_precisions = tuple(theirs for _, theirs in PAIRS)
+    pairs = tuple((ours, theirs) for ours, theirs in PAIRS if theirs in args.pairs)
+    ours_precisions = tuple(ours for ours, _ in pairs if ours is not None)
+    theirs_precisions = tuple(theirs for _, theirs in pairs)
     ours_rates: dict[str, list[list[float]]] = {precision: [] for precision in ours_precisions}
     theirs_rates: dict[str, list[list[float]]] = {precision: [] for precision in theirs_precisions}
     for round_index in range(args.runs):
-        for pair_index, (ours_precision, theirs_precision) in enumerate(PAIRS):
+        for pair_index, (ours_precision, theirs_precision) in enumerate(pairs):
             sides = []
             if ours_precision is not None:
                 sides.append(lambda p=ours_precision: ours_rates[p].append(
@@ -223,12 +224,18 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     ours = {precision: side_summary(ours_rates[precision], args.warmup, precision, flops, peaks) for precision in ours_precisions}
     theirs = {precision: side_summary(theirs_rates[precision], args.warmup, OPEN_CLIP_DTYPE[precision], flops, peaks)
               for precision in theirs_precisions}
-    rows = {}
+    rows: dict[str, Any] = {}
     for name, ours_precision, theirs_precision in ROWS:
-        ours_side = dict(ours[auto.name if ours_precision == "auto" else ours_precision], requested=ours_precision)
+        wanted = auto.name if ours_precision == "auto" else ours_precision
+        if wanted not in ours or theirs_precision not in theirs:  # a pair left out with --pairs
+            rows[name] = {"skipped": f"not run (--pairs {' '.join(args.pairs)})", "ratio": None}
+            continue
+        ours_side = dict(ours[wanted], requested=ours_precision)
         theirs_side = dict(theirs[theirs_precision], open_clip_precision=theirs_precision)
         rows[name] = {"ours": ours_side, "open_clip": theirs_side, "ratio": ours_side["samples_per_s"] / theirs_side["samples_per_s"]}
     fp32 = rows["fp32"]
+    if "ours" not in fp32:
+        raise SystemExit("--pairs must include fp32: the summary keys are the fp32 row's")
     return {
         "ours_samples_per_s": fp32["ours"]["samples_per_s"], "open_clip_samples_per_s": fp32["open_clip"]["samples_per_s"],
         "ratio": fp32["ratio"], "ours_mfu": fp32["ours"]["mfu"], "open_clip_mfu": fp32["open_clip"]["mfu"],
@@ -240,7 +247,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "settings": {"model": "tiny two-layer CLIP (--tiny)" if args.tiny else "ViT-S-32 (open_clip text tower)",
                      "batch_size": BATCH, "context_length": CONTEXT_LENGTH, "images": args.n, "steps": args.steps,
                      "warmup_steps_dropped": args.warmup, "runs": args.runs, "open_clip_workers": args.workers,
-                     "ours_channels_last": args.channels_last, "ours_compile": args.compile, "tiny": args.tiny},
+                     "ours_channels_last": args.channels_last, "ours_compile": args.compile, "tiny": args.tiny,
+                     "open_clip_precisions_run": list(args.pairs)},
         "device": str(device), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
     }
 
@@ -259,6 +267,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile our image tower")
     parser.add_argument("--tiny", action="store_true", help="a two-layer model, 64 images, 4 steps, one run each: checks the script")
+    parser.add_argument("--pairs", nargs="+", default=[theirs for _, theirs in PAIRS], choices=[theirs for _, theirs in PAIRS],
+                        help="open_clip precisions to run, each against ours (default all); on a CPU without native bf16/fp16 "
+                             "the amp_bf16 and amp runs are emulated and take hours: --pairs fp32 gives the fp32 row (and "
+                             "`auto` where it picks fp32)")
     parser.add_argument("--folder", type=Path, default=REPO_ROOT / "runs" / "bench-pretrain-vs-open-clip")
     parser.add_argument("--out", type=Path, default=None, help=f"the JSON (default {RESULTS.relative_to(REPO_ROOT)}; --tiny: in --folder)")
     args = parser.parse_args(argv)
