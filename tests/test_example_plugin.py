@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from workbench.cli import build_cli
@@ -69,3 +70,38 @@ def test_resuming_a_finished_run_stores_no_second_version(installed_example: Pat
     settings = module.BlobSettings(run={"output_root": runs, "device": "cpu", "name": "once"})
     outcome = run_training_job(module.BlobJob(settings, builders=None), resume=runs / "blob-train-once")
     assert outcome.stored == "blob-linear:v1" and [r.version for r in ModelStore().list("blob-linear")] == [1]
+
+
+def test_store_steps_keep_and_store_earlier_checkpoints_before_the_final_model(installed_example: Path):
+    from safetensors.torch import load_file
+
+    from workbench.training_job import run_training_job
+
+    create_plugin_manager()
+    module = sys.modules["wb_blob_example"]
+    runs = installed_example / "runs"
+    settings = module.BlobSettings(run={"output_root": runs, "device": "cpu", "name": "steps"},
+                                   train=dict(module.BlobSettings().train.model_dump(), steps=90, keep_checkpoints=1, store_steps=[30]))
+    outcome = run_training_job(module.BlobJob(settings, builders=None))
+    checkpoints = sorted(path.name for path in (runs / "blob-train-steps" / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-00000030", "step-00000090"]  # step 60 pruned by keep_checkpoints=1, step 30 kept
+    store = ModelStore()
+    earlier, final = store.list("blob-linear")
+    assert outcome.stored == "blob-linear:v2" == final.ref and earlier.extra["step"] == 30 and "step" not in final.extra
+    assert outcome.metrics["stored_steps"] == {"30": "blob-linear:v1"} and store.resolve("blob-linear").version == 2
+    checkpoint_weights = load_file(str(runs / "blob-train-steps" / "checkpoints" / "step-00000030" / "model.safetensors"))
+    stored_weights = load_file(str(store.weights_path("blob-linear", earlier.version)))
+    assert all(torch.equal(checkpoint_weights[key], stored_weights[key]) for key in checkpoint_weights)
+    final_weights = load_file(str(store.weights_path("blob-linear", final.version)))
+    assert not torch.equal(final_weights["weight"], stored_weights["weight"])  # the final model was put back
+
+
+def test_store_steps_must_be_checkpoint_steps():
+    from pydantic import ValidationError
+
+    from workbench.train import TrainSettings
+
+    with pytest.raises(ValidationError, match="multiple of checkpoint_every"):
+        TrainSettings(steps=100, checkpoint_every=30, store_steps=[45])
+    with pytest.raises(ValidationError, match="store_steps"):
+        TrainSettings(steps=60, checkpoint_every=30, store_steps=[60])

@@ -31,7 +31,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import safetensors.torch
@@ -160,6 +160,7 @@ def save_checkpoint(
     state: Mapping[str, Any],
     rng_states: list[bytes],
     keep: int = 2,
+    protected: Iterable[int] = (),
 ) -> Path:
     """Write a checkpoint folder atomically and point ``latest`` at it.
 
@@ -171,6 +172,7 @@ def save_checkpoint(
             lists, dicts), e.g. optimizer and scheduler state dicts.
         rng_states: per-rank random states from :func:`rng_state_bytes` (index = rank).
         keep: how many newest checkpoints to keep; older ones are removed.
+        protected: steps whose checkpoints are never removed by ``keep`` (a job stores them later).
 
     Returns:
         The new checkpoint folder.
@@ -197,7 +199,7 @@ def save_checkpoint(
             if _step_of(later) > step:
                 shutil.rmtree(later, ignore_errors=True)
         atomic_write_text(folder / LATEST_POINTER, name + "\n")
-    _prune(folder, keep)
+    _prune(folder, keep, set(protected))
     return final
 
 
@@ -281,10 +283,15 @@ def _step_folders(folder: Path) -> list[Path]:
     return sorted((path for path in folder.glob(f"{_STEP_PREFIX}*") if path.is_dir() and _step_of(path) >= 0), key=_step_of)
 
 
-def _prune(folder: Path, keep: int) -> None:
-    steps = _step_folders(folder)
+def _prune(folder: Path, keep: int, protected: set[int]) -> None:
+    steps = [path for path in _step_folders(folder) if _step_of(path) not in protected]
     for old in steps[: max(0, len(steps) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoints_by_step(folder: str | Path) -> dict[int, Path]:
+    """The ``step-*`` folders under ``folder`` by their step (``{}`` when there are none)."""
+    return {_step_of(path): path for path in _step_folders(Path(folder))} if Path(folder).is_dir() else {}
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:

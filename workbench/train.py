@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from workbench.checkpoints import restore_rng_state, resumable_checkpoint, rng_state_bytes, save_checkpoint, seed_everything
@@ -79,6 +79,11 @@ class TrainSettings(StrictModel):
             ``weights`` (weights and position only: resuming the finished run still works, extending
             it does not; the optimizer's moments are two thirds of a checkpoint, so short runs such as
             the demo keep a third of the bytes).
+        store_steps: also store the model as it was at these optimizer steps (each a multiple of
+            ``checkpoint_every`` below ``steps``): their checkpoints are kept on disk whatever
+            ``keep_checkpoints`` says, and at the end each is evaluated and stored as its own version
+            before the final model (so ``latest`` stays the final one). A benchmark picks among them
+            on validation data; ``metrics.json`` lists them under ``stored_steps``.
     """
 
     steps: int = Field(100, gt=0)
@@ -95,6 +100,15 @@ class TrainSettings(StrictModel):
     num_workers: int = Field(0, ge=0)
     max_bad_steps: int = Field(5, gt=0)
     final_checkpoint: Literal["full", "weights"] = "full"
+    store_steps: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _store_steps_are_checkpoints(self) -> "TrainSettings":
+        wrong = [step for step in self.store_steps if step <= 0 or step >= self.steps or step % self.checkpoint_every]
+        if wrong:
+            raise ValueError(f"train.store_steps {wrong}: each must be a multiple of checkpoint_every ({self.checkpoint_every}) "
+                             f"between 0 and steps ({self.steps}), so a checkpoint is written there")
+        return self
 
 
 def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -278,7 +292,8 @@ class Trainer:
         written, failure = None, None
         if self.context.is_main:
             try:
-                written = save_checkpoint(self.checkpoint_dir, unwrap(self.model), self._training_state(position), gathered or [], self.settings.keep_checkpoints)
+                written = save_checkpoint(self.checkpoint_dir, unwrap(self.model), self._training_state(position), gathered or [], self.settings.keep_checkpoints,
+                                          protected=self.settings.store_steps)
                 logger.info("checkpoint written: %s", written)
             except Exception as error:  # every rank must leave this collective, or the others wait forever
                 failure = error

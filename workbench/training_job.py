@@ -43,7 +43,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 from torch import nn
 
-from workbench.checkpoints import seed_everything
+from workbench.checkpoints import checkpoints_by_step, load_checkpoint, seed_everything
 from workbench.distributed import barrier, unwrap, wrap_ddp
 from workbench.errors import ConfigError
 from workbench.jobs import JobStart, TrainOutcome, load_on_main_first, start_job
@@ -187,6 +187,47 @@ def stored_by_finished_run(run: RunFolder, section: str, resumed_from: int | Non
     return json.loads(metrics_file.read_text(encoding="utf-8")).get(section, {}).get("stored_model")
 
 
+def save_requested(job: TrainingJob, request: StoreRequest, extra: Mapping[str, Any] | None = None) -> Any:
+    """Store ``request`` under the job's ``save.name`` (``extra`` added to the record's extra); returns the new record."""
+    return request.store.save(request.model, name=job.settings.save.name, factory=request.factory, task=request.task,
+                              config=request.config, preprocessing=request.preprocessing, plugin=job.plugin,
+                              metrics=request.metrics, parent=request.parent, extra={**request.extra, **(extra or {})},
+                              aliases=request.aliases)
+
+
+def store_earlier_steps(job: TrainingJob, model: nn.Module, start: JobStart, result: TrainResult) -> dict[int, str]:
+    """Evaluate and store ``model`` as it was at each of ``train.store_steps``, then put its final weights back.
+
+    Args:
+        job: the finished job (its ``evaluate`` and ``store_request`` are used as for the final model).
+        model: the trained, unwrapped model (its weights are swapped in place and restored).
+        start: the job's start (the run folder holding the checkpoints).
+        result: the fit's result.
+
+    Returns:
+        ``{step: "name:vN"}`` in step order (``{}`` when the job stores nothing).
+
+    Raises:
+        ConfigError: a step's checkpoint is not on disk (named, with the steps that are).
+    """
+    steps = sorted(set(job.settings.train.store_steps))
+    on_disk = checkpoints_by_step(start.run.checkpoint_dir)
+    missing = [step for step in steps if step not in on_disk]
+    if missing:
+        raise ConfigError(f"train.store_steps {missing}: no checkpoint for these steps in {start.run.checkpoint_dir} "
+                          f"(on disk: {sorted(on_disk)})")
+    final_weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    stored: dict[int, str] = {}
+    for step in steps:
+        load_checkpoint(on_disk[step]).load_model(model)
+        request = job.store_request(model, dict(job.evaluate(model.eval(), start, result), steps=step), start)
+        if request is None:
+            break
+        stored[step] = save_requested(job, request, {"step": step}).ref
+    model.load_state_dict(final_weights)
+    return stored
+
+
 def run_training_job(job: TrainingJob, *, resume: Path | None = None, run: RunFolder | None = None) -> TrainOutcome:
     """Run ``job`` end to end: start, prepare, build, fit, then on rank 0 evaluate, store, write metrics and pages.
 
@@ -226,15 +267,16 @@ def run_training_job(job: TrainingJob, *, resume: Path | None = None, run: RunFo
         outcome.model = model
         metrics = dict(job.evaluate(model, start, result), steps=result.step, skipped_records=len(start.skipped))
         already = stored_by_finished_run(start.run, job.section, result.resumed_from, settings.train.steps)
+        if not already and getattr(settings.train, "store_steps", None):
+            # Before the final model, so the final one is the newest version; evaluate() is run again for it below.
+            stored_steps = store_earlier_steps(job, model, start, result)
+            metrics["stored_steps"] = {str(step): reference for step, reference in stored_steps.items()}
+            metrics.update(job.evaluate(model, start, result))
         request = None if already else job.store_request(model, metrics, start)
         if already:
             outcome.stored = already
         elif request is not None:
-            record = request.store.save(request.model, name=settings.save.name, factory=request.factory, task=request.task,
-                                        config=request.config, preprocessing=request.preprocessing, plugin=job.plugin,
-                                        metrics=request.metrics, parent=request.parent, extra=request.extra,
-                                        aliases=request.aliases)
-            outcome.stored = record.ref
+            outcome.stored = save_requested(job, request).ref
         if outcome.stored:
             metrics["stored_model"] = outcome.stored
         outcome.metrics = metrics
