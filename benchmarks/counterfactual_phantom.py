@@ -6,12 +6,16 @@ Run: ``workbench bench counterfactual_phantom [--tiny] [--model classifier=NAME 
 On the chest phantoms (the configs' task: pleural effusion vs no finding, other findings left out; exact lesion
 masks) the script
 
-1. trains the classifier (``configs/classify_phantom.yaml``) unless the user names a stored one;
-2. trains the CAE (``configs/cae_phantom.yaml``) in one go unless the user names a stored one; the config's classifier
-   guidance (``loss.classifier_guidance``, not in the papers) is given the classifier of step 1 as its guide;
-3. explains every held-out test image in one ``workbench explain --evaluate`` run, with the CAE's
+1. trains the classifier (``configs/classify_phantom.yaml``, train split only) unless the user names a stored one;
+2. trains the CAE (``configs/cae_phantom.yaml``, train split only) in one go unless the user names a stored one; the
+   config's classifier guidance (``loss.classifier_guidance``, not in the papers) is given the classifier of step 1 as
+   its guide; the run also stores its checkpoints at ``train.store_steps`` as versions of their own;
+3. chooses the CAE's checkpoint on the val split, by a rule fixed beforehand: the highest CAE flip rate (validity
+   rule on) over the correctly classified val images, the final model winning a tie (a user-named CAE is taken as
+   it is);
+4. explains every held-out test image once, in one ``workbench explain --evaluate`` run, with the chosen CAE's
    linear class-code path and the three baselines on the same classifier and images;
-4. scores the **correctly classified** test images: flip rate (the CAE's path reached the other
+5. scores the **correctly classified** test images: flip rate (the CAE's path reached the other
    class), seconds per explanation, and, on those carrying a lesion, energy-in-mask and the
    pointing game of every method.
 
@@ -46,6 +50,7 @@ from workbench.host import create_plugin_manager  # noqa: E402
 from workbench.model_records import parse_ref  # noqa: E402
 from workbench.model_store import ModelStore  # noqa: E402
 from workbench.provenance import Provenance  # noqa: E402
+from workbench.selection import Selection, selection_record  # noqa: E402
 from workbench_plugins.counterfactual.jobs.cae_train import run_cae_train  # noqa: E402
 from workbench_plugins.counterfactual.jobs.classify import run_classify_train  # noqa: E402
 from workbench_plugins.counterfactual.jobs.explain import run_explain  # noqa: E402
@@ -61,8 +66,8 @@ BENCHMARK = {"name": "counterfactual_phantom", "models": ["classifier", "cae"], 
 # Tiny: a small CAE, a few steps of each job, two explained images.
 TINY_DATA = ["data.phantoms={n: 60, size: 128, seed: 0}", "data.image_size=64"]
 TINY_CLASSIFY = ["train.steps=2", "train.batch_size=8", "train.warmup_steps=1", "train.checkpoint_every=2", "train.log_every=1", "examples=0"]
-TINY_CAE = ["model.dim=4", "model.mlp_dim=32", "model.disc_dim=8", "model.disc_layers=3", "train.steps=2", "train.batch_size=4",
-            "train.checkpoint_every=2", "train.log_every=1", "optim.decay_steps=0", "examples=0"]
+TINY_CAE = ["model.dim=4", "model.mlp_dim=32", "model.disc_dim=8", "model.disc_layers=3", "train.steps=4", "train.batch_size=4",
+            "train.checkpoint_every=2", "train.store_steps=[2]", "train.log_every=1", "optim.decay_steps=0", "examples=0"]
 
 
 def mean_over(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -158,18 +163,40 @@ def run(out_path: Path, tiny: bool = False, *, work_dir: Path = DEFAULT_ROOT, mo
         cae, trained["cae"] = cae_outcome.stored, {key: value for key, value in cae_outcome.metrics.items() if key != "centroids"}
     if cae is None:
         raise SystemExit(f"save.name is null in {CAE_CONFIG}: nothing was stored to explain")
-    provenance.model("cae", cae, store, trained_here="cae" not in models)
 
-    data = cae_settings.data.model_dump(mode="json")
-    explain_overrides = {"run": {**cae_settings.run.model_dump(mode="json"), "name": None}, "data": data, "classifier": classifier, "cae": cae,
-                         "store": str(store), "max_cases": max_cases, "baselines": list(METHODS[1:]), "evaluate": True,
-                         "shown": 2 if tiny else 8, "steps": 3 if tiny else 10,
-                         # 32-pixel patches (stride 16): 64 occluded copies per 128x128 image, about 5 s on one core; 16-pixel
-                         # patches take 225 copies and about 19 s per image, most of the benchmark's time.
-                         "occlusion_mask": 16 if tiny else 32}
-    explain_settings = load_settings(ExplainSettings, None, list(set_explain), defaults=explain_overrides)
+    # The CAE's checkpoint is chosen on val (test unseen): the final model and the train.store_steps versions, by
+    # the val flip rate (validity rule on; correctly classified val images), the final model winning a tie.
+    candidates = {"final": cae}
+    if "cae" not in models:
+        stored_steps = cae_outcome.metrics.get("stored_steps", {})
+        candidates.update({f"step {step}": stored_steps[step] for step in sorted(stored_steps, key=int, reverse=True)})
+    selection = Selection(candidates, metric="flip_rate", mode="max", split="val", scored_split="test",
+                          rule="max CAE flip rate (validity rule on) over the correctly classified val images; the final model wins a tie")
+
+    def explain(reference: str, split: str, baselines: list[str], shown: int) -> tuple[Any, dict[str, Any]]:
+        data = dict(cae_settings.data.model_dump(mode="json"), eval_split=[split])
+        overrides = {"run": {**cae_settings.run.model_dump(mode="json"), "name": None}, "data": data, "classifier": classifier, "cae": reference,
+                     "store": str(store), "max_cases": max_cases, "baselines": baselines, "evaluate": True, "shown": shown,
+                     "steps": 3 if tiny else 10,
+                     # 32-pixel patches (stride 16): 64 occluded copies per 128x128 image, about 5 s on one core; 16-pixel
+                     # patches take 225 copies and about 19 s per image, most of the benchmark's time.
+                     "occlusion_mask": 16 if tiny else 32}
+        settings = load_settings(ExplainSettings, None, list(set_explain), defaults=overrides)
+        return settings, run_explain(settings, builders)
+
     started = time.perf_counter()
-    run_folder, summary = run_explain(explain_settings, builders)
+    val_runs: dict[str, str] = {}
+
+    def val_flip_rate(reference: str) -> float | None:
+        _, (folder, summary) = explain(reference, "val", [], 0)
+        val_runs[reference] = folder.path.name
+        return score_correct(summary["cases"])["flip_rate"]["cae"]
+
+    cae = selection.choose(val_flip_rate)
+    provenance.model("cae", cae, store, trained_here="cae" not in models)  # the version chosen on val
+    timings["choose_on_val_s"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    explain_settings, (run_folder, summary) = selection.score(lambda reference: explain(reference, "test", list(METHODS[1:]), 2 if tiny else 8))
     timings["explain_s"] = round(time.perf_counter() - started, 1)
 
     scores = score_correct(summary["cases"])
@@ -192,7 +219,8 @@ def run(out_path: Path, tiny: bool = False, *, work_dir: Path = DEFAULT_ROOT, mo
         "timings": timings,
         "explain_run": run_folder.path.name,
     }
-    provenance.write(out_path, results, scored_split="+".join(explain_settings.data.eval_split))
+    results["val_explain_runs"] = val_runs
+    provenance.write(out_path, results, scored_split="test", selection=selection_record(cae_checkpoint=selection))
     print(markdown_table(scores))
     print(f"\n{scores['cases']['correct']} of {scores['cases']['explained']} test images correctly classified "
           f"({scores['cases']['correct_with_lesion']} with a lesion mask); k-NN accuracy of the class codes {results['knn_accuracy']}; "

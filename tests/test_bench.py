@@ -194,6 +194,10 @@ def test_tiny_run_writes_its_figures_with_provenance(name, tmp_path):
     if name == "vessels_chase_bridging":  # chosen on the training images by the declared rule, test scored once
         selection = saved["selection"]
         assert selection["split"] == "train" and selection["scored"] and selection["chosen"] in selection["candidates"]
+    if name == "counterfactual_phantom":  # the CAE checkpoint chosen on val among the final model and train.store_steps
+        selection = saved["selection"]
+        assert selection["split"] == "val" and selection["scored"] and set(selection["candidates"]) == {"final", "step 2"}
+        assert saved["settings"]["cae"] == selection["chosen_setting"] and saved["settings"]["eval_split"] == ["test"]
     if name == "grounding_phantom":  # chosen on val, test scored once
         selection = saved["selection"]
         assert selection["split"] == "val" and saved["scored_split"] == "test" and provenance["splits"]["selection"] == "val"
