@@ -11,7 +11,8 @@ from ``real_pretrain`` and the phantom one (``contrastive-phantom`` in the defau
 The encoder with the best val box accuracy (mean over the two forms; ties: mIoU) is kept, and ``workbench ground
 evaluate`` scores its heads once on ``test``: box accuracy at IoU >= 0.5, mIoU (heatmap >= 0.5 of its range
 against the box) and the pointing game. Beside each, the baseline that reads no pixel: the mean training box of
-the phrase's zone (with place) or of its class (without place), scored by the same code.
+the phrase's zone (with place) or of its class (without place), and the chosen encoder's zero-shot heatmaps
+(occlusion and patch similarity at the workbench's default settings, nothing tuned), scored by the same code.
 
 ``--tiny`` uses a randomly initialised encoder stored for the run, a few steps and a handful of images.
 """
@@ -47,11 +48,12 @@ BENCHMARK = {
     "cpu_budget_minutes": 10,
     "configs": ["configs/real_ground_tbx11k.yaml"],
     "measures": "tbx11k test images: box accuracy at IoU>=0.5, mIoU, pointing game of the supervised grounding head, "
-                "with and without the place in the phrase, beside the mean training box of the zone or class",
+                "with and without the place in the phrase, beside the mean training box of the zone or class and the zero-shot heatmaps",
 }
 TINY_OVERRIDES = ["train.steps=3", "train.batch_size=4", "train.warmup_steps=1", "train.checkpoint_every=3",
                   "train.log_every=1", "data.max_train=6", "data.max_eval=4", "examples=0"]
 HEADLINE = ("n", "box_acc@0.5", "miou", "pointing")
+ZERO_SHOT_METHODS = ("occlusion", "similarity")  # the chosen encoder's own heatmaps, beside the head (defaults, nothing tuned)
 
 
 def candidate_encoders(work: Path, tiny: bool) -> dict[str, str]:
@@ -149,6 +151,21 @@ def evaluate_head_on_test(settings: GroundTrainSettings, head: str, builders: An
     return run_ground_evaluate(evaluation, builders, progress=False).metrics
 
 
+def zero_shot_on_test(settings: GroundTrainSettings, method: str, builders: Any, tiny: bool) -> dict[str, Any]:
+    """``workbench ground evaluate`` of the encoder alone (no head) on the test images, once: the zero-shot heatmap.
+
+    Nothing is tuned: the zero-shot settings are the workbench's defaults (occlusion: windows of a quarter of the
+    side, half overlap, dark fill), ``method`` picks ``occlusion`` or ``similarity``; mIoU uses the head's threshold.
+    """
+    data = settings.data.model_dump(mode="json")
+    data.update(eval_split=["test"])
+    evaluation = GroundSettings.model_validate({
+        "run": settings.run.model_dump(mode="json"), "data": data, "encoder": settings.encoder.model_dump(mode="json"),
+        "boxes": settings.boxes.model_dump(mode="json"), "zero_shot": {"method": method, **({"window": 0.5} if tiny else {})},
+        "head": None, "examples": 0, "negations": False})
+    return headline(run_ground_evaluate(evaluation, builders, progress=False).metrics)
+
+
 def run(out_path: Path, tiny: bool = False, *, work_dir: Path | None = None, models: dict[str, str] | None = None,
         store: Path | None = None) -> dict[str, Any]:
     """Train heads per phrase form and encoder, pick the encoder on val, score test once; write and return the JSON."""
@@ -182,7 +199,8 @@ def run(out_path: Path, tiny: bool = False, *, work_dir: Path | None = None, mod
             test[phrase_form] = {"head": headline(head_metrics),
                                  "baseline_mean_training_box": baseline_scores(records["train"], records["test"], phrase_form,
                                                                                float(settings.boxes.miou_threshold or 0.5)),
-                                 "baseline_keyed_by": "zone (side + upper/middle/lower)" if phrase_form == "with-place" else "class"}
+                                 "baseline_keyed_by": "zone (side + upper/middle/lower)" if phrase_form == "with-place" else "class",
+                                 **{f"zero_shot_{method}": zero_shot_on_test(settings, method, builders, tiny) for method in ZERO_SHOT_METHODS}}
     result = {
         "benchmark": "real_grounding", **provenance([CONFIG], tiny),
         "data": {"dataset": "tbx11k", "root": "../shared/data/tbx11k-small"},
@@ -195,7 +213,9 @@ def run(out_path: Path, tiny: bool = False, *, work_dir: Path | None = None, mod
         **clock.seconds(),
     }
     result["summary"] = {"encoder": chosen, **{form: {"head": test[form]["head"]["overall"],
-                                                      "baseline": test[form]["baseline_mean_training_box"]["overall"]} for form in PHRASE_FORMS}}
+                                                      "baseline": test[form]["baseline_mean_training_box"]["overall"],
+                                                      **{f"zero_shot_{method}": test[form][f"zero_shot_{method}"]["overall"]
+                                                         for method in ZERO_SHOT_METHODS}} for form in PHRASE_FORMS}}
     write_result(Path(out_path), result)
     return result
 

@@ -99,7 +99,7 @@ def test_real_grounding_tiny(tmp_path, shared_data):
     assert result["split_sizes"] == {"train": 6, "val": 4, "test": 4}
     assert result["selection"]["chosen_encoder"] == "random (tiny mode)"
     for form in PHRASE_FORMS:
-        for side in ("head", "baseline_mean_training_box"):
+        for side in ("head", "baseline_mean_training_box", "zero_shot_occlusion", "zero_shot_similarity"):
             overall = result["test"][form][side]["overall"]
             assert overall["n"] >= 4 and all(0 <= overall[key] <= 1 for key in ("box_acc@0.5", "miou", "pointing"))
     assert result["test"]["with-place"]["baseline_keyed_by"].startswith("zone")
