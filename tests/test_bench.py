@@ -217,3 +217,15 @@ def test_the_3d_vessel_tree_of_the_scaling_benchmark_is_one_tube_tree_and_cuts_b
     assert cc3d.connected_components(tree, connectivity=26).max() == 1  # branches meet their parents
     report = check_mask(cut(tree, cuts=4), tree)
     assert report.reference_components == 1 and report.n_components > 1 and report.dice < 1.0
+
+
+def test_results_hold_no_machine_path_of_the_repository(tmp_path, monkeypatch):
+    from workbench.provenance import REPO_ROOT as ROOT, portable
+
+    monkeypatch.setenv("WORKBENCH_SHARED_DATA", str(tmp_path / "data"))
+    results = {"overrides": [f"run.output_root={ROOT / 'runs' / 'bench'}", f"data.root={tmp_path / 'data' / 'CHASE_DB1'}", "lr=0.1"],
+               "nested": {"path": str(ROOT.parent / "elsewhere" / "x.png"), "n": 3}}
+    assert portable(results) == {"overrides": ["run.output_root=runs/bench", "data.root=../shared/data/CHASE_DB1", "lr=0.1"],
+                                 "nested": {"path": "../elsewhere/x.png", "n": 3}}
+    written = Provenance("tiny_check", tiny=True).write(tmp_path / "out.json", results, scored_split="test")
+    assert str(ROOT) not in json.dumps(written["overrides"]) and written["nested"]["n"] == 3

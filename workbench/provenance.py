@@ -109,6 +109,26 @@ def _shown(path: Path) -> str:
     return resolved.name
 
 
+def portable(value: Any) -> Any:
+    """``value`` (nested dicts, lists, strings) with machine paths written relative to the repository.
+
+    A benchmark records the overrides it passed its jobs, and those name its work folders by absolute path; a
+    committed JSON must hold no machine path. Inside strings, the repository's folder becomes relative (``runs/...``),
+    the shared data folder (``$WORKBENCH_SHARED_DATA``) ``../shared/data`` and the repository's parent ``../``.
+    """
+    if isinstance(value, Mapping):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(item) for item in value]
+    if not isinstance(value, str):
+        return value
+    shared = os.environ.get("WORKBENCH_SHARED_DATA")
+    prefixes = [(f"{REPO_ROOT}/", ""), *([(f"{Path(shared).resolve()}/", "../shared/data/")] if shared else []), (f"{REPO_ROOT.parent}/", "../")]
+    for prefix, replacement in prefixes:
+        value = value.replace(prefix, replacement)
+    return value
+
+
 def _cpu_seconds() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -217,7 +237,7 @@ class Provenance:
         if clash:
             raise ValueError(f"results of {self.benchmark} already hold {sorted(clash)}; those keys are the provenance's")
         selection_split = selection.get("split") if selection else None
-        payload = {**results, "selection": dict(selection) if selection else None, "scored_split": scored_split,
+        payload = {**portable(results), "selection": portable(dict(selection)) if selection else None, "scored_split": scored_split,
                    "provenance": self.record(scored_split=scored_split, selection_split=selection_split, command=command)}
         atomic_write_json(out_path, payload)
         print(f"{self.benchmark}: wrote {out_path}", file=sys.stderr)
