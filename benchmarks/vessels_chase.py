@@ -33,7 +33,8 @@ Results go to ``benchmarks/results/vessels_chase.json``: ``rows`` (per variant i
 setting, named by ``rows.<variant>``, and the plain test row; then the second observer), ``val_grids`` (per variant
 every setting's val row, in declared order), ``chosen`` (per variant the setting, its CLI overrides and the network),
 the step calibration, steps and seconds (prediction and scoring, per variant), with the provenance and the
-selections; and a Markdown table on stdout. ``--tiny``: two variants, two steps, two training images, one val and one test image (a smoke test).
+selections; and a Markdown table on stdout. ``--tiny``: two variants, two steps, two training images, one val and
+one test image (a smoke test).
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ from bench_util import REPO_ROOT, run_overrides
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "vessels_chase.json"
 CONFIG = REPO_ROOT / "configs" / "vessels_chase.yaml"
 VARIANTS = ("dice_ce", "cldice", "skeleton_recall", "graph")
-# cpu_budget_minutes (minutes on a 2-core CPU, one thread), estimated from the parts: training is 1500 Dice+CE steps' worth of
+# cpu_budget_minutes (minutes on a 2-core CPU), estimated from the parts: training is 1500 Dice+CE steps' worth of
 # CPU time per variant, at 0.15-0.17 s a step (batch 8, 128 px; the step calibration of earlier runs), so ~4.3 min a variant
 # and ~19 min for four with data loading and checkpoints. Predicting a 999x960 image takes ~0.7 s without mirroring and
-# ~2 s with it, and scoring one setting ~0.4 s (timed here on a tiny run's network): per variant the 4 val images twice
+# ~2 s with it, and scoring one setting ~0.4 s (timed here on a tiny run's network, one thread): per variant the 4 val images twice
 # (~11 s), the 22-setting grid on them (~4 s per image and mirroring, bridging included: ~35 s), the 8 test images once
 # or twice (~6-22 s) and their two scorings (~10 s): ~1.5 min, ~6 min for four. The calibration and the second
 # observer's row take under a minute: ~26 min in all, declared as 30.
