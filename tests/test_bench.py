@@ -28,15 +28,13 @@ TINY_FIGURES = {
     "vlm_explain_phantom": "deletion_auc_topk",
     "vessel_loss_overhead": "training_step.dice_ce.median_ms",
     "vessels_chase": "rows.dice_ce.dice",
-    "vessels_chase_bridging": "variants.skeleton_recall.test_row.dice",
     "vessels_vs_monai": "train_step_ratio",
     "topology_scaling": "cases.3d_32.median_s",
     "pretrain_step_profile": "batch_scaling.0.samples_per_s",
 }
 TRAINS_MODELS = {"counterfactual_phantom": {"classifier", "cae"}, "contrastive_objectives": {"clip", "siglip"},
                  "grounding_phantom": {"encoder", "grounding_head"}, "reporting_phantom": {"encoder", "explainer", "editor"},
-                 "vlm_explain_phantom": {"encoder"}, "vessels_chase": {"dice_ce", "skeleton_recall"},
-                 "vessels_chase_bridging": {"skeleton_recall"}}
+                 "vlm_explain_phantom": {"encoder"}, "vessels_chase": {"dice_ce", "skeleton_recall"}}
 
 
 # --- selection -------------------------------------------------------------------------------------------------
@@ -168,7 +166,7 @@ def _at(payload: dict, dotted: str):
 
 # The CHASE_DB1 runs predict full 999x960 images and score all 8 test images' second observer: ~30 s on a busy
 # 2-core CPU, so they run with -m slow (and only where the shared data is).
-SLOW_TINY = {"vessels_chase", "vessels_chase_bridging"}
+SLOW_TINY = {"vessels_chase"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_TINY else name for name in sorted(TINY_FIGURES)])
@@ -191,9 +189,17 @@ def test_tiny_run_writes_its_figures_with_provenance(name, tmp_path):
     assert {entry["role"] for entry in provenance["models"]} == TRAINS_MODELS.get(name, set())
     assert all(entry["sha256"] in weights and entry["trained_by_benchmark"] for entry in provenance["models"])
     assert provenance["splits"]["scored"] == saved["scored_split"]
-    if name == "vessels_chase_bridging":  # chosen on the training images by the declared rule, test scored once
+    if name == "vessels_chase":  # each variant's post-processing chosen on val by the declared rule, test scored once
         selection = saved["selection"]
-        assert selection["split"] == "train" and selection["scored"] and selection["chosen"] in selection["candidates"]
+        assert selection["split"] == "val" and saved["scored_split"] == "test" and provenance["splits"]["selection"] == "val"
+        assert set(selection["settings"]) == {"dice_ce", "skeleton_recall"}
+        for variant, record in selection["settings"].items():
+            assert record["split"] == "val" and record["scored_split"] == "test" and record["scored"] is True
+            assert record["chosen"] in record["candidates"] and record["chosen_setting"] == record["candidates"][record["chosen"]]["setting"]
+            assert saved["rows"][variant]["setting"] == record["chosen"] == saved["chosen"][variant]["name"]
+            grid = [row["setting"] for row in saved["val_grids"][variant]]  # declared order, the plainest first
+            assert sorted(grid) == sorted(record["candidates"]) and grid[0] == "no flips, nothing removed"
+        assert saved["images"] == {"val": 1, "test": 1} and "dice_ce plain (no flips, nothing removed)" in saved["rows"]
     if name == "counterfactual_phantom":  # the CAE checkpoint chosen on val among the final model and train.store_steps
         selection = saved["selection"]
         assert selection["split"] == "val" and selection["scored"] and set(selection["candidates"]) == {"final", "step 2"}

@@ -159,16 +159,20 @@ def build_drive(root: Path, *, skipped: SkippedRecords | None = None) -> list[di
     return records
 
 
-def build_chase_db1(root: Path, *, reference: str = "1stHO", fov_dir: Path | None = None,
+def build_chase_db1(root: Path, *, reference: str = "1stHO", val_subjects: int = 0, fov_dir: Path | None = None,
                     skipped: SkippedRecords | None = None) -> list[dict[str, Any]]:
     """Records of CHASE_DB1 in its flat release layout: ``Image_01L.jpg`` with ``Image_01L_1stHO.png`` and ``_2ndHO.png``.
 
     Split (the usual protocol): subjects 01..10 (``01L``..``10R``, 20 images) ``"train"``,
-    11..14 (8 images) ``"test"``. The set has no field-of-view masks: see the module docstring.
+    11..14 (8 images) ``"test"``. With ``val_subjects`` = k, the last k training subjects become ``"val"``
+    (k = 2: subjects 09 and 10, 4 images; 01..08 stay ``"train"``), both eyes of a subject always on one side.
+    The set has no field-of-view masks: see the module docstring.
 
     Args:
         root: the folder holding the 28 JPEGs and 56 annotation PNGs.
         reference: ``"1stHO"`` (the usual reference) or ``"2ndHO"``; the other observer becomes ``mask2``.
+        val_subjects: how many of the 10 training subjects (the last ones) form the validation split (0: none;
+            ``data.options: {val_subjects: 2}`` in a config).
         fov_dir: where the derived FOV masks are written once (``None``: derived when loaded).
         skipped: collects images without the reference annotation, and annotations without an image.
 
@@ -176,11 +180,15 @@ def build_chase_db1(root: Path, *, reference: str = "1stHO", fov_dir: Path | Non
         Records with ``id`` = ``"Image_01L"``..., absolute paths.
 
     Raises:
-        ConfigError: an unknown ``reference``.
+        ConfigError: an unknown ``reference``, or ``val_subjects`` not an integer in 0..9.
         DataError: ``root`` is missing or holds no ``Image_NNX.jpg`` file.
     """
     if reference not in CHASE_REFERENCES:
         raise ConfigError(f"chase-db1 reference must be one of {CHASE_REFERENCES}, got {reference!r}")
+    if isinstance(val_subjects, bool) or not isinstance(val_subjects, int) or not 0 <= val_subjects < CHASE_TRAIN_SUBJECTS:
+        raise ConfigError(f"chase-db1 val_subjects must be an integer from 0 to {CHASE_TRAIN_SUBJECTS - 1} "
+                          f"(how many of the {CHASE_TRAIN_SUBJECTS} training subjects validate), got {val_subjects!r}")
+    first_val_subject = CHASE_TRAIN_SUBJECTS - val_subjects + 1
     other = CHASE_REFERENCES[1 - CHASE_REFERENCES.index(reference)]
     root = _folder(Path(root).resolve(), "CHASE_DB1")
     images = {name: path for name, path in _files(root, _JPEG).items() if _CHASE_IMAGE.match(path.stem)}
@@ -199,7 +207,7 @@ def build_chase_db1(root: Path, *, reference: str = "1stHO", fov_dir: Path | Non
             continue
         ok, fov = _fov_for(image, fov_dir, image.stem, skipped)
         if ok:
-            split = "train" if subject <= CHASE_TRAIN_SUBJECTS else "test"
+            split = "test" if subject > CHASE_TRAIN_SUBJECTS else "val" if subject >= first_val_subject else "train"
             second = annotations[found[other]] if found[other] else None
             records.append(_record(image.stem, image, annotations[found[reference]], fov, split, "chase-db1", second))
     _unmatched({name: path for name, path in annotations.items() if re.search(r"_(1st|2nd)ho\.", name)}, used, skipped,
@@ -310,7 +318,8 @@ def build_hrf(root: Path, *, n_train_per_category: int = 5, skipped: SkippedReco
 
 VESSEL_BUILDERS: dict[str, tuple[Callable[..., list[dict[str, Any]]], str]] = {
     "drive": (build_drive, "DRIVE: training|test/images, 1st_manual, mask (2nd_manual on test)"),
-    "chase-db1": (build_chase_db1, "CHASE_DB1 flat release (Image_01L.jpg, _1stHO/_2ndHO.png); FOV derived; 20 train / 8 test"),
+    "chase-db1": (build_chase_db1, "CHASE_DB1 flat release (Image_01L.jpg, _1stHO/_2ndHO.png); FOV derived; 20 train / 8 test "
+                                  "(val_subjects: the last training subjects validate)"),
     "stare": (build_stare, "STARE: imNNNN.ppm with labels-ah / labels-vk; FOV derived"),
     "hrf": (build_hrf, "HRF: images/*.jpg, manual1/*.tif, mask/*_mask.tif"),
 }

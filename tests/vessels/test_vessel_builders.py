@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from workbench.catalogs import DatasetCatalog
 from workbench.data.readers import read_image
 from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError, DataError
+from workbench.jobs import train_and_held_out
 from workbench.builtin import build_fundus_phantoms
 from workbench_plugins.vessels.builders import (build_chase_db1, build_drive, build_hrf, build_stare,
                                                 register_vessel_datasets)
@@ -125,6 +127,23 @@ def test_chase_split_by_subject_reference_and_fov_cache(tmp_path):
     assert all(record["fov"] is None for record in build_chase_db1(tmp_path / "chase"))  # derived when loaded
 
 
+def test_chase_val_subjects_take_the_last_training_subjects_through_data_options(tmp_path):
+    write_chase(tmp_path, ("01L", "01R", "08R", "09L", "09R", "10L", "10R", "11L"))
+    catalog = DatasetCatalog()
+    register_vessel_datasets(catalog.scoped("vessels"))
+    data = SimpleNamespace(dataset="chase-db1", root=tmp_path, options={"reference": "1stHO", "val_subjects": 2},
+                           train_split=["train"], eval_split=["val"], max_train=None, max_eval=None)
+    train, val = train_and_held_out(data, catalog.builders, tmp_path)
+    assert [record["id"] for record in train] == ["Image_01L", "Image_01R", "Image_08R"]
+    assert [record["id"] for record in val] == ["Image_09L", "Image_09R", "Image_10L", "Image_10R"]
+    splits = {record["id"]: record["split"] for record in build_chase_db1(tmp_path, val_subjects=1)}
+    assert splits["Image_09R"] == "train" and splits["Image_10L"] == "val" and splits["Image_11L"] == "test"
+    assert "val" not in {record["split"] for record in build_chase_db1(tmp_path)}  # the default keeps the usual split
+    for bad in (-1, 10, 2.5, True, "2"):
+        with pytest.raises(ConfigError, match="val_subjects must be an integer from 0 to 9"):
+            build_chase_db1(tmp_path, val_subjects=bad)
+
+
 def test_chase_bad_input(tmp_path):
     write_chase(tmp_path)
     (tmp_path / "Image_11L_1stHO.png").unlink()
@@ -225,6 +244,9 @@ def test_real_chase_db1(tmp_path):
     assert train[0] == "Image_01L" and train[-1] == "Image_10R"
     assert test == [f"Image_{n}{side}" for n in range(11, 15) for side in "LR"]
     check_paths(records)
+    held = build_chase_db1(CHASE_DB1, val_subjects=2)  # the benchmark's split: 01..08 train, 09..10 val, 11..14 test
+    assert [record["id"] for record in held if record["split"] == "val"] == ["Image_09L", "Image_09R", "Image_10L", "Image_10R"]
+    assert [record["split"] for record in held].count("train") == 16 and [record["id"] for record in held if record["split"] == "test"] == test
     fractions = [float((read_image(record["fov"], intensity="stored")[0] > 0).mean()) for record in records]
     # a 999x960 frame around a round aperture: about two thirds of the pixels are retina
     assert 0.55 < min(fractions) and max(fractions) < 0.8
