@@ -60,7 +60,10 @@ METHODS = ("cae", "gradcam", "gradcampp", "occlusion")
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "counterfactual_phantom.json"
 DEFAULT_ROOT = REPO_ROOT / "runs" / "bench-counterfactual"
 CLASSIFY_CONFIG, CAE_CONFIG = "configs/classify_phantom.yaml", "configs/cae_phantom.yaml"
-BENCHMARK = {"name": "counterfactual_phantom", "models": ["classifier", "cae"], "cpu_budget_minutes": 75, "configs": ["configs/classify_phantom.yaml", "configs/cae_phantom.yaml"],
+# CPU budget, from a run on a busy 2-core CPU (one thread): the classifier's 150 steps and its evaluation about 12 CPU
+# minutes; the CAE about 2.2 CPU seconds a step with its guide classifier (4000 steps: about 150 CPU minutes); the
+# val choice (three CAE versions, the CAE path alone) and the test run with the three baselines about 15 more.
+BENCHMARK = {"name": "counterfactual_phantom", "models": ["classifier", "cae"], "cpu_budget_minutes": 180, "configs": ["configs/classify_phantom.yaml", "configs/cae_phantom.yaml"],
              "measures": "CAE counterfactuals vs Grad-CAM, Grad-CAM++ and occlusion on the test phantoms: flip rate, energy-in-mask, "
                          "pointing, seconds per explanation"}
 # Tiny: a small CAE, a few steps of each job, two explained images.
