@@ -47,10 +47,12 @@ INIT_CANDIDATES = {
     "clip": {"scale 10": ["model.options.init_logit_scale=2.302585"]},
     "convirt": {"temperature 0.07": ["objective.options.temperature=0.07"]},
 }
-# CPU budget at 1 thread: a full-budget run is 800 CLIP steps (batch 128); a 60-step run at batch 64 took about
-# 1.3 s a step on this 2-core machine, so about 2.5 s a step at batch 128, 33 minutes a run. The grid is 19
-# quarter-budget runs (4.75 full runs) plus 5 full runs, evaluations and the floor about 20 minutes: about 340.
-BENCHMARK = {"name": "contrastive_objectives", "cpu_budget_minutes": 340, "configs": ["configs/pretrain_phantom.yaml"],
+# CPU budget at 1 thread: a full-budget run is 800 CLIP steps at batch 128. A 400-step SigLIP run at batch 64 (600
+# phantoms, val retrieval only) took 430-450 s on this 2-core machine, about 1.05 s a step, so about 2.1 s a step at
+# batch 128 (the image tower's cost grows with the batch): 28 minutes a full run. The grid is 19 quarter-budget runs
+# (4.75 full runs) plus 5 full runs: 9.75 x 28 = 275 minutes, with the test evaluations (zero-shot, probe) and the floor
+# about 25 more: 300.
+BENCHMARK = {"name": "contrastive_objectives", "cpu_budget_minutes": 300, "configs": ["configs/pretrain_phantom.yaml"],
              "measures": "test retrieval R@k, zero-shot AUROC and linear probe of five contrastive objectives at one wall-clock "
                          "budget, learning rate and init chosen on val, with a random-encoder floor"}
 
