@@ -204,6 +204,17 @@ def test_tiny_run_writes_its_figures_with_provenance(name, tmp_path):
         selection = saved["selection"]
         assert selection["split"] == "val" and selection["scored"] and set(selection["candidates"]) == {"final", "step 2"}
         assert saved["settings"]["cae"] == selection["chosen_setting"] and saved["settings"]["eval_split"] == ["test"]
+    if name == "contrastive_objectives":  # each objective's setting chosen on val, test scored once, equal wall-clock budget
+        selection = saved["selection"]
+        assert selection["split"] == "val" and saved["scored_split"] == "test" and provenance["splits"]["selection"] == "val"
+        for objective in ("clip", "siglip"):
+            record = selection["settings"][objective]
+            assert record["scored"] and record["metric"] == "i2t_R@10" and record["chosen"] in record["candidates"]
+            assert all(candidate["i2t_R@10"] is not None for candidate in record["candidates"].values())
+            assert saved["methods"][objective]["setting"] == record["chosen"]
+        calibration = saved["calibration"]
+        assert calibration["reference"] == "clip" and calibration["steps"]["clip"] == 2 and calibration["step_seconds"]["siglip"] > 0
+        assert saved["methods"]["siglip"]["steps"] == calibration["steps"]["siglip"]
     if name == "grounding_phantom":  # chosen on val, test scored once
         selection = saved["selection"]
         assert selection["split"] == "val" and saved["scored_split"] == "test" and provenance["splits"]["selection"] == "val"

@@ -132,6 +132,9 @@ class ReportImageDualEncoder(nn.Module):
         pretrained_text: ``"bundled"`` (MiniLM's shipped weights), a local HF
             folder, or ``None`` for random initialisation.
         init_logit_bias: set (e.g. -10) for sigmoid losses (SigLIP, FLAIR).
+        init_logit_scale: initial log inverse temperature; ``None`` keeps open_clip's
+            ``ln(1/0.07)`` (CLIP's). SigLIP's paper starts at ``ln 10`` (Zhai et al. 2023):
+            open_clip does not change it when ``init_logit_bias`` is given.
         image_pool: ViT pooling, ``"tok"`` (class token) or ``"avg"`` (mean of the patch
             tokens: the pooled embedding is then the mean of the projected patch tokens, so
             each patch token lives in the joint space, which grounding and region maps use);
@@ -148,6 +151,7 @@ class ReportImageDualEncoder(nn.Module):
         pretrained_image: str | None = None,
         pretrained_text: str | None = BUNDLED_TEXT,
         init_logit_bias: float | None = None,
+        init_logit_scale: float | None = None,
         image_pool: str | None = None,
     ):
         super().__init__()
@@ -164,6 +168,7 @@ class ReportImageDualEncoder(nn.Module):
         self.image_tower_name, self.text_tower_name = image_tower, text_tower
         self.image_size = int(vision_cfg["image_size"]) if not isinstance(vision_cfg["image_size"], (list, tuple)) else int(vision_cfg["image_size"][0])
         self.context_length = int(context_length)
+        scale_option = {} if init_logit_scale is None else {"init_logit_scale": float(init_logit_scale)}
         if text_tower == "minilm":
             text_path = bundled_minilm_path() if pretrained_text in (BUNDLED_TEXT, None) else _local_weights_path(pretrained_text, "pretrained_text")
             text_cfg = {
@@ -178,7 +183,7 @@ class ReportImageDualEncoder(nn.Module):
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             _quiet_transformers()
             joint_dim = int(embed_dim or 256)
-            self.clip = open_clip.CustomTextCLIP(joint_dim, vision_cfg, text_cfg, init_logit_bias=init_logit_bias, output_dict=True)
+            self.clip = open_clip.CustomTextCLIP(joint_dim, vision_cfg, text_cfg, init_logit_bias=init_logit_bias, output_dict=True, **scale_option)
             self._tokenizer_source = str(text_path)
             self._text_built_from_package = pretrained_text in (BUNDLED_TEXT, None)
         elif text_tower == "open_clip":
@@ -187,7 +192,7 @@ class ReportImageDualEncoder(nn.Module):
             base = open_clip.get_model_config(image_tower) or open_clip.get_model_config("ViT-S-32")
             text_cfg = dict(base["text_cfg"], context_length=self.context_length)
             joint_dim = int(embed_dim or base["embed_dim"])
-            self.clip = open_clip.CLIP(joint_dim, vision_cfg, text_cfg, init_logit_bias=init_logit_bias, output_dict=True)
+            self.clip = open_clip.CLIP(joint_dim, vision_cfg, text_cfg, init_logit_bias=init_logit_bias, output_dict=True, **scale_option)
             self._tokenizer_source = None
         else:
             raise ConfigError(f"unknown text tower {text_tower!r}; use 'minilm' or 'open_clip'")

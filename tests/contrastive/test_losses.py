@@ -8,14 +8,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
+from open_clip.loss import ClipLoss, SigLipLoss
 from safetensors.torch import load_file
 
 from tests.contrastive.ddp_gather_worker import CASES, DDP_CASES, build_model, case_batch, fixed_batch
 from tests.helpers.kill_resume import REPO_ROOT, assert_same_tensors, run_worker
 from workbench.errors import ConfigError
 from workbench_plugins.contrastive.losses import (
-    OBJECTIVE_NAMES, ClipObjective, EncoderWithObjective, build_objective, multi_positive_info_nce, objective_class,
+    OBJECTIVE_NAMES, ClipObjective, EncoderWithObjective, build_objective, multi_positive_info_nce, objective_class, sigmoid_logit_init,
+    sigmoid_pair_loss,
 )
 from workbench_plugins.contrastive.models import PRESETS
 from workbench_plugins.contrastive.objectives_cosmos import encode_text_with_tokens
@@ -287,3 +288,55 @@ def test_two_gloo_ranks_gather_negatives_match_the_single_process_loss_and_stay_
         for key, parameter in encoder.named_parameters():
             if parameter.grad is not None:  # DDP's averaged gradient is the gradient of the 2b-batch loss
                 torch.testing.assert_close(ranks[0][f"grad.{key}"], parameter.grad, atol=1e-6, rtol=1e-4, msg=f"{case}: {key}")
+
+
+# ----------------------------------------------------------------------------- sigmoid losses: normalisation and init
+def test_sigmoid_pair_loss_equals_open_clip_siglip_loss_on_the_same_features():
+    generator = torch.Generator().manual_seed(5)
+    images = F.normalize(torch.randn(6, 16, generator=generator), dim=-1)
+    texts = F.normalize(torch.randn(6, 16, generator=generator), dim=-1)
+    scale, bias = torch.tensor(10.0), torch.tensor(-4.0)
+    ours = sigmoid_pair_loss(scale * images @ texts.T + bias, torch.eye(6, dtype=torch.bool))
+    assert ours.item() == pytest.approx(SigLipLoss()(images, texts, scale, bias).item(), rel=1e-6)
+
+
+def _sigmoid_encoder(objective: str, batch_size: int, world_size: int = 1, **model_options: float):
+    from workbench.config import load_settings
+    from workbench.host import create_plugin_manager
+    from workbench_plugins.contrastive.jobs.pretrain import build_encoder
+    from workbench_plugins.contrastive.settings import PretrainSettings
+
+    create_plugin_manager()  # registers the dual-encoder presets
+    options = {"image_size": SIZE, "context_length": 16, "pretrained_text": None, **model_options}
+    settings = load_settings(PretrainSettings, None, [f"objective.name={objective}", f"train.batch_size={batch_size}", "model.preset=dual-vit-tiny-minilm"],
+                             defaults={"model": {"options": options}})
+    torch.manual_seed(0)
+    return build_encoder(settings, world_size)
+
+
+@pytest.mark.parametrize("objective", ["siglip", "flair"])
+def test_sigmoid_objectives_start_at_the_paper_scale_and_the_prior_of_the_global_batch(objective):
+    encoder = _sigmoid_encoder(objective, batch_size=64, world_size=2)
+    assert encoder.logit_scale.item() == pytest.approx(math.log(10.0))  # SigLIP's t' = ln 10, not CLIP's ln(1/0.07)
+    assert encoder.logit_bias.item() == pytest.approx(-math.log(127))  # the log odds of a positive among 128 texts
+    assert sigmoid_logit_init(32768)["init_logit_bias"] == pytest.approx(-10.4, abs=0.01)  # the paper's -10 at its batch
+    paper = _sigmoid_encoder(objective, batch_size=64, init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
+    assert paper.logit_bias.item() == -10.0  # model.options still choose the init
+
+
+def test_siglip_training_steps_move_the_logit_bias_and_scale():
+    from workbench.train import TrainSettings, build_optimizer
+
+    encoder = _sigmoid_encoder("siglip", batch_size=4)
+    module = EncoderWithObjective(encoder, build_objective("siglip", encoder))
+    optimizer = build_optimizer(module, TrainSettings(lr=1e-2))
+    batch = _batch(encoder)
+    start_scale, start_bias = encoder.logit_scale.item(), encoder.logit_bias.item()
+    for step in range(3):
+        optimizer.zero_grad()
+        module(batch)["loss"].backward()
+        assert encoder.logit_bias.grad is not None and encoder.logit_bias.grad.abs().item() > 0
+        optimizer.step()
+        module.after_optimizer_step(step)
+    assert encoder.logit_bias.item() != pytest.approx(start_bias, abs=1e-3)
+    assert encoder.logit_scale.item() != pytest.approx(start_scale, abs=1e-3)

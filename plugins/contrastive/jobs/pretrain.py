@@ -27,7 +27,7 @@ from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.contrastive.batches import PairBatchPreparer, build_pair_loader
 from workbench_plugins.contrastive.data import pair_dataset
 from workbench_plugins.contrastive.evaluate import encode_pairs, evaluate_encoder, write_evaluation_pages
-from workbench_plugins.contrastive.losses import EncoderWithObjective, build_objective, objective_class
+from workbench_plugins.contrastive.losses import EncoderWithObjective, build_objective, objective_class, sigmoid_logit_init
 from workbench_plugins.contrastive.models import ReportImageDualEncoder, dual_encoder_preprocessing
 from workbench_plugins.contrastive.settings import PairDataSettings, PretrainSettings
 from workbench_plugins.contrastive.text import TruncationCounter, usable_report
@@ -88,11 +88,18 @@ def count_truncated(encoder: ReportImageDualEncoder, records: Sequence[dict]) ->
     return counter.truncated, counter.total
 
 
-def build_encoder(settings: PretrainSettings) -> ReportImageDualEncoder:
-    """The dual encoder the settings ask for (sigmoid objectives get the logit bias they need)."""
+def build_encoder(settings: PretrainSettings, world_size: int = 1) -> ReportImageDualEncoder:
+    """The dual encoder the settings ask for.
+
+    Sigmoid objectives get a logit bias, and their scale and bias start where
+    :func:`~workbench_plugins.contrastive.losses.sigmoid_logit_init` puts them for the global
+    batch (``train.batch_size * world_size``) unless ``model.options`` sets
+    ``init_logit_scale`` / ``init_logit_bias`` (e.g. the SigLIP paper's ``2.302585`` / ``-10``).
+    """
     options = dict(settings.model.options)
     if objective_class(settings.objective.name).NEEDS_LOGIT_BIAS:
-        options.setdefault("init_logit_bias", -10.0)
+        for key, value in sigmoid_logit_init(settings.train.batch_size * world_size).items():
+            options.setdefault(key, value)
     encoder = create_model(settings.model.preset, **options)
     if not isinstance(encoder, ReportImageDualEncoder):
         raise ConfigError(f"model.preset {settings.model.preset!r} is not a dual encoder (got {type(encoder).__name__})")
@@ -123,7 +130,7 @@ class PretrainJob(TrainingJob):
     def build_model(self, start: JobStart) -> nn.Module:
         """The encoder, its cached training pairs, its objective and the batch preparer as one :class:`PretrainModule`."""
         settings, device = self.settings, start.context.device
-        self.encoder = build_encoder(settings).to(device)
+        self.encoder = build_encoder(settings, start.context.world_size).to(device)
         self.preprocessing = dual_encoder_preprocessing(self.encoder)
         self.truncated, self.reports = count_truncated(self.encoder, self.train_records)
         logger.info("%d of %d training reports truncated to %d tokens", self.truncated, self.reports, self.encoder.context_length)
@@ -233,7 +240,7 @@ def _factory_config(settings: PretrainSettings) -> dict[str, Any]:
     options = {key: value for key, value in settings.model.options.items() if key not in ("pretrained_image",)}
     options["pretrained_text"] = None
     if objective_class(settings.objective.name).NEEDS_LOGIT_BIAS:
-        options.setdefault("init_logit_bias", -10.0)
+        options.setdefault("init_logit_bias", -10.0)  # creates the parameter; its trained value is stored with the weights
     return options
 
 
