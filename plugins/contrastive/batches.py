@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from workbench.data.loaders import EpochDataLoader, build_loader
 from workbench.distributed import DistributedContext
 from workbench.train import TrainSettings
-from workbench_plugins.contrastive.text import normalise_text, sample_subcaption, split_sentences
+from workbench_plugins.contrastive.text import normalise_text, sample_subcaption_sentences, split_sentences
 
 
 def report_ids(texts: Sequence[str]) -> torch.Tensor:
@@ -32,6 +32,22 @@ def report_ids(texts: Sequence[str]) -> torch.Tensor:
         digest = hashlib.blake2b(normalise_text(str(text)).casefold().encode("utf-8"), digest_size=8).digest()
         values.append(int.from_bytes(digest, "little") & (2**62 - 1))
     return torch.tensor(values, dtype=torch.int64)
+
+
+def sentence_id_rows(sentence_lists: Sequence[Sequence[str]], width: int | None = None) -> torch.Tensor:
+    """``(N, W)`` int64: the :func:`report_ids` of each list's sentences, padded with -1.
+
+    Args:
+        sentence_lists: N lists of sentences.
+        width: W; None: the longest list. A longer list is cut to ``width``.
+    """
+    width = max((len(items) for items in sentence_lists), default=1) if width is None else width
+    rows = torch.full((len(sentence_lists), max(int(width), 1)), -1, dtype=torch.int64)
+    for row, items in enumerate(sentence_lists):
+        if items:
+            ids = report_ids(list(items)[:width])
+            rows[row, :ids.numel()] = ids
+    return rows
 
 
 def random_resized_crops(images: torch.Tensor, count: int, size: int, scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
@@ -89,11 +105,16 @@ class PairBatchPreparer:
             return inputs
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
         if "subcaption_ids" in self.extra_inputs or "sentence_subset_ids" in self.extra_inputs:
-            subsets = [sample_subcaption(list(items) or [text], self.max_sentences, generator) for items, text in zip(sentences, texts)]
-            token_ids = encoder.tokenize(subsets).to(device)
+            report_sentences = [list(items) or [text] for items, text in zip(sentences, texts)]
+            chosen = [sample_subcaption_sentences(items, self.max_sentences, generator) for items in report_sentences]
+            token_ids = encoder.tokenize([" ".join(items) for items in chosen]).to(device)
             for key in ("subcaption_ids", "sentence_subset_ids"):
                 if key in self.extra_inputs:
                     inputs[key] = token_ids
+            if "subcaption_sentence_ids" in self.extra_inputs:
+                inputs["subcaption_sentence_ids"] = sentence_id_rows(chosen, self.max_sentences).to(device)
+            if "report_sentence_ids" in self.extra_inputs:
+                inputs["report_sentence_ids"] = sentence_id_rows(report_sentences).to(device)
         if "global_images" in self.extra_inputs:
             size = images.shape[-1]
             inputs["global_images"] = random_resized_crops(images, 2, size, (0.5, 1.0), generator).to(device)

@@ -47,7 +47,7 @@ from workbench.errors import ConfigError
 __all__ = [
     "ExtraInput", "Objective", "ClipObjective", "SigLipObjective", "ConvirtObjective", "EncoderWithObjective",
     "OBJECTIVE_NAMES", "objective_class", "build_objective", "distributed_world", "gather_with_grad", "gather_ids",
-    "positive_mask", "multi_positive_info_nce", "sigmoid_pair_loss", "SIGLIP_INIT_LOGIT_SCALE", "sigmoid_logit_init",
+    "positive_mask", "multi_positive_info_nce", "sigmoid_pair_loss", "duplicate_weights", "sentences_contained", "SIGLIP_INIT_LOGIT_SCALE", "sigmoid_logit_init",
 ]
 
 # open_clip's trainer clamps the learnable log inverse temperature to ln(100): beyond it training becomes unstable.
@@ -120,7 +120,7 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def gather_ids(ids: torch.Tensor) -> torch.Tensor:
-    """Concatenate integer ids ``(b,)`` from every rank (no gradient): ``(world * b,)``."""
+    """Concatenate integer ids ``(b,)`` or ``(b, W)`` from every rank (no gradient): ``(world * b,)`` or ``(world * b, W)``."""
     _, world_size = distributed_world()
     if world_size == 1:
         return ids
@@ -172,19 +172,56 @@ def multi_positive_info_nce(logits: torch.Tensor, positives: torch.Tensor) -> to
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
-def sigmoid_pair_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """SigLIP's loss with arbitrary positives: ``-sum log sigmoid(y * logits) / R``, ``y = +1/-1``.
+def sigmoid_pair_loss(logits: torch.Tensor, positives: torch.Tensor, column_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """SigLIP's loss with arbitrary positives: ``-sum_c w_c log sigmoid(y * logits) / R``, ``y = +1/-1``.
 
     Args:
         logits: ``(R, C)`` scaled and biased similarities (rows: this rank's images).
         positives: ``(R, C)`` bool.
+        column_weights: ``(C,)`` weight of each text column, or None for 1 everywhere. Duplicate reports pass
+            ``1 / copies`` (:func:`duplicate_weights`) so a report counts once however often the batch holds it.
 
     Returns:
         A scalar, summed over pairs and divided by the number of rows, as open_clip's
         ``SigLipLoss`` does (so rank losses average to the global-batch loss).
     """
     labels = positives.to(logits.dtype) * 2 - 1
-    return -F.logsigmoid(labels * logits).sum() / logits.shape[0]
+    pair_losses = -F.logsigmoid(labels * logits)
+    if column_weights is not None:
+        pair_losses = pair_losses * column_weights.to(logits.dtype)[None, :]
+    return pair_losses.sum() / logits.shape[0]
+
+
+def duplicate_weights(ids: torch.Tensor) -> torch.Tensor:
+    """``1 / copies`` for each entry of ``ids``: ``(N,)`` float, the copies counted within ``ids``.
+
+    ``ids`` is ``(N,)`` long (one id per text) or ``(N, W)`` long (a row of ids per text, e.g. its sentences: equal
+    rows are copies).
+
+    Why a sigmoid loss needs it: every (image, text) pair is its own binary term, so a report that the batch
+    holds ``k`` times (nine "No finding." reports in a phantom batch of 64) would count ``k`` times in every
+    image's row: ``k`` positives for the images that share it, ``k`` negatives for all the others. Its
+    gradient then outweighs every other text's, and the image tower learns the one direction that separates
+    that report from the rest (on the phantoms: every image mapped to one embedding, retrieval at the random
+    floor). Weighted by ``1 / k`` the ``k`` copies weigh what one text does; when the copies embed identically
+    (same tokens, no dropout) this is exactly the loss over the distinct reports.
+    """
+    _, inverse, counts = torch.unique(ids, dim=0, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse].to(torch.float32)
+
+
+def sentences_contained(report_sentence_ids: torch.Tensor, caption_sentence_ids: torch.Tensor) -> torch.Tensor:
+    """``(R, T)`` bool: True where every sentence of caption ``t`` is a sentence of report ``r``.
+
+    Args:
+        report_sentence_ids: ``(R, M)`` long, each report's sentence ids (non-negative), padded with -1.
+        caption_sentence_ids: ``(T, m)`` long, each caption's sentence ids, padded with -1 (a row of padding only
+            is contained nowhere).
+    """
+    captions = caption_sentence_ids[None, :, :, None]  # (1, T, m, 1)
+    present = (captions == report_sentence_ids[:, None, None, :]).any(dim=-1)  # (R, T, m)
+    padding = caption_sentence_ids < 0  # (T, m)
+    return (present | padding[None]).all(dim=-1) & (~padding).any(dim=-1)[None]
 
 
 def info_nce_directions(
@@ -350,8 +387,9 @@ class SigLipObjective(Objective):
         logit_scale, logit_bias = model.logit_scale.exp(), model.logit_bias
         ids, given = sample_ids(batch, image_features.shape[0], image_features.device)
         if given and has_duplicates(ids):
+            all_ids = gather_ids(ids)
             logits = logit_scale * image_features @ gather_with_grad(text_features).T + logit_bias
-            loss = sigmoid_pair_loss(logits, positive_mask(ids, gather_ids(ids)))
+            loss = sigmoid_pair_loss(logits, positive_mask(ids, all_ids), duplicate_weights(all_ids))
         else:
             rank, world_size = distributed_world()
             loss = SigLipLoss(rank=rank, world_size=world_size, dist_impl=self.dist_impl)(image_features, text_features, logit_scale, logit_bias)

@@ -17,6 +17,13 @@ Batch keys read (``B`` per rank, ``K`` sub-captions per image, ``K >= 1``):
   positions otherwise, as in the paper), tokenised by ``model.tokenize``.
   The full report (``token_ids``) is not used by this objective.
 - ``duplicate_ids`` (optional): ``(B,)`` long; equal ids are positives.
+- ``subcaption_sentence_ids`` ``(B, m)`` or ``(B, K, m)`` and ``report_sentence_ids`` ``(B, M)`` (optional, both or
+  neither; long, a stable id per sentence, -1 padding; the training batches carry them): a sub-caption is then a
+  positive of every image whose report holds all its sentences, not only of its own image. Reports written from
+  templates share most sentences ("No pneumothorax." is in a fifth of the phantom reports); labelled by owner alone
+  such a sentence is a positive of one image and a negative of the twelve others in the batch it is true of, and the
+  sigmoid loss answers that contradiction with one constant score for every pair (on the phantoms every image
+  mapped to one embedding).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from torch import nn
 from workbench.errors import ConfigError
 
 from .losses import (
-    ExtraInput, Objective, gather_ids, gather_with_grad, multi_positive_info_nce, positive_mask, sample_ids, sigmoid_pair_loss,
+    ExtraInput, Objective, duplicate_weights, gather_ids, gather_with_grad, multi_positive_info_nce, positive_mask, sample_ids,
+    sentences_contained, sigmoid_pair_loss,
 )
 
 
@@ -96,6 +104,16 @@ class FlairObjective(Objective):
     EXTRA_INPUTS = (
         ExtraInput("subcaption_ids", "(B, L) or (B, K, L)", "long", "K sub-captions of each report, each 1..k of its sentences, tokenised"),
     )
+    # Asked of the collate step but not required (see the module docstring).
+    SENTENCE_INPUTS = (
+        ExtraInput("subcaption_sentence_ids", "(B, m) or (B, K, m)", "long", "the sentence ids of each sub-caption, -1 padding"),
+        ExtraInput("report_sentence_ids", "(B, M)", "long", "the sentence ids of each report, -1 padding"),
+    )
+
+    @classmethod
+    def extra_inputs(cls) -> tuple[ExtraInput, ...]:
+        """The required sub-captions and the optional sentence ids."""
+        return cls.EXTRA_INPUTS + cls.SENTENCE_INPUTS
 
     def __init__(self, model: nn.Module, heads: int = 8, global_loss: str = "sigmoid"):
         super().__init__()
@@ -123,14 +141,20 @@ class FlairObjective(Objective):
         text_owner_ids = ids.repeat_interleave(per_image)
         all_texts, all_text_ids = gather_with_grad(texts), gather_ids(text_owner_ids)
         positives = positive_mask(ids, all_text_ids)  # (b, T)
+        # A duplicate report's sub-captions weigh what one report's do (see duplicate_weights).
+        column_weights = duplicate_weights(gather_ids(ids)).repeat_interleave(per_image)  # (T,)
+        if "subcaption_sentence_ids" in batch and "report_sentence_ids" in batch:
+            caption_sentences = gather_ids(batch["subcaption_sentence_ids"].reshape(local_images * per_image, -1))  # (T, m)
+            positives = positives | sentences_contained(batch["report_sentence_ids"], caption_sentences)
+            column_weights = duplicate_weights(caption_sentences)  # the same sentences drawn twice count once
 
         logit_scale, logit_bias = model.logit_scale.exp(), model.logit_bias
         conditioned = F.normalize(self.pool(all_texts, patch_tokens), dim=-1)  # (b, T, D)
         conditioned_logits = logit_scale * (conditioned * all_texts.unsqueeze(0)).sum(dim=-1) + logit_bias
-        conditioned_loss = sigmoid_pair_loss(conditioned_logits, positives)
+        conditioned_loss = sigmoid_pair_loss(conditioned_logits, positives, column_weights)
 
         if self.global_loss == "sigmoid":
-            global_loss = sigmoid_pair_loss(logit_scale * image_global @ all_texts.T + logit_bias, positives)
+            global_loss = sigmoid_pair_loss(logit_scale * image_global @ all_texts.T + logit_bias, positives, column_weights)
         else:
             all_images, all_image_ids = gather_with_grad(image_global), gather_ids(ids)
             image_to_text = multi_positive_info_nce(logit_scale * image_global @ all_texts.T, positives)

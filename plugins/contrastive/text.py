@@ -248,8 +248,8 @@ def split_sentences(text: str) -> list[str]:
     return [sentence for sentence in sentences if _has_words(sentence)]
 
 
-def sample_subcaption(sentences: Sequence[str], max_sentences: int, generator: torch.Generator) -> str:
-    """A FLAIR-style sub-caption: 1..min(k, n) sentences drawn at random, in report order.
+def sample_subcaption_sentences(sentences: Sequence[str], max_sentences: int, generator: torch.Generator) -> list[str]:
+    """A FLAIR-style sub-caption as its sentences: 1..min(k, n) of them drawn at random, in report order.
 
     Args:
         sentences: the report's sentences (n >= 1).
@@ -257,7 +257,7 @@ def sample_subcaption(sentences: Sequence[str], max_sentences: int, generator: t
         generator: the only source of randomness, so a resumed run draws the same captions.
 
     Returns:
-        The chosen sentences joined with single spaces.
+        The chosen sentences (1..k of them).
 
     Raises:
         ValueError: no sentences, or ``max_sentences < 1``.
@@ -269,7 +269,12 @@ def sample_subcaption(sentences: Sequence[str], max_sentences: int, generator: t
     most = min(max_sentences, len(sentences))
     count = int(torch.randint(1, most + 1, (1,), generator=generator))
     chosen = torch.randperm(len(sentences), generator=generator)[:count].sort().values
-    return " ".join(sentences[int(index)] for index in chosen)
+    return [sentences[int(index)] for index in chosen]
+
+
+def sample_subcaption(sentences: Sequence[str], max_sentences: int, generator: torch.Generator) -> str:
+    """:func:`sample_subcaption_sentences` joined with single spaces (the same draws for the same generator state)."""
+    return " ".join(sample_subcaption_sentences(sentences, max_sentences, generator))
 
 
 def duplicate_groups(texts: Sequence[str]) -> torch.Tensor:

@@ -15,9 +15,10 @@ from tests.contrastive.ddp_gather_worker import CASES, DDP_CASES, build_model, c
 from tests.helpers.kill_resume import REPO_ROOT, assert_same_tensors, run_worker
 from workbench.errors import ConfigError
 from workbench_plugins.contrastive.losses import (
-    OBJECTIVE_NAMES, ClipObjective, EncoderWithObjective, build_objective, multi_positive_info_nce, objective_class, sigmoid_logit_init,
-    sigmoid_pair_loss,
+    OBJECTIVE_NAMES, ClipObjective, EncoderWithObjective, build_objective, duplicate_weights, multi_positive_info_nce, objective_class,
+    positive_mask, sentences_contained, sigmoid_logit_init, sigmoid_pair_loss,
 )
+from workbench_plugins.contrastive.batches import sentence_id_rows
 from workbench_plugins.contrastive.models import PRESETS
 from workbench_plugins.contrastive.objectives_cosmos import encode_text_with_tokens
 from workbench_plugins.contrastive.objectives_flair import TextConditionedPool
@@ -63,12 +64,13 @@ def _hand_info_nce(logits: torch.Tensor, positives: list[set[int]]) -> float:
     return total / len(positives)
 
 
-def _hand_sigmoid(logits: torch.Tensor, positives: list[set[int]]) -> float:
+def _hand_sigmoid(logits: torch.Tensor, positives: list[set[int]], weights: list[float] | None = None) -> float:
+    """Sum over pairs of w_j log(1 + exp(-y l)), divided by the rows, written out with math."""
     total = 0.0
     for i, row in enumerate(logits.tolist()):
         for j, value in enumerate(row):
             label = 1.0 if j in positives[i] else -1.0
-            total += math.log(1.0 + math.exp(-label * value))
+            total += (1.0 if weights is None else weights[j]) * math.log(1.0 + math.exp(-label * value))
     return total / logits.shape[0]
 
 
@@ -150,7 +152,7 @@ def test_multi_positive_clip_spreads_targets_over_duplicates_and_equals_the_plai
     assert multi_positive_info_nce(logits, torch.eye(5, dtype=torch.bool)).item() == pytest.approx(F.cross_entropy(logits, torch.arange(5)).item(), rel=1e-6)
 
 
-def test_multi_positive_siglip_labels_duplicates_plus_one_and_plain_siglip_matches_by_hand(model):
+def test_multi_positive_siglip_labels_duplicates_plus_one_weighted_by_copies_and_plain_siglip_matches_by_hand(model):
     batch = _batch(model, duplicates=True)
     objective = build_objective("siglip", model)
     with torch.no_grad():
@@ -159,9 +161,25 @@ def test_multi_positive_siglip_labels_duplicates_plus_one_and_plain_siglip_match
         duplicates = objective(model, batch)["loss"].item()
         plain = objective(model, {key: value for key, value in batch.items() if key != "duplicate_ids"})["loss"].item()
     groups = [{0, 2}, {1}, {0, 2}, {3}]
-    assert duplicates == pytest.approx(_hand_sigmoid(logits, groups), rel=1e-5)
+    assert duplicates == pytest.approx(_hand_sigmoid(logits, groups, [0.5, 1.0, 0.5, 1.0]), rel=1e-5)
     assert plain == pytest.approx(_hand_sigmoid(logits, [{i} for i in range(4)]), rel=1e-5)
-    assert abs(duplicates - plain) > 1.0  # the bias of -10 makes every extra positive cost about 10 nats
+    # At the bias of -10 each positive costs about 10 nats: the twins' two positives per row, counted at full weight,
+    # would cost 10 nats more over the 4 rows' sum than the half-weighted ones.
+    assert _hand_sigmoid(logits, groups) - duplicates > 1.0
+
+
+def test_a_report_held_three_times_weighs_in_the_sigmoid_loss_what_it_weighs_held_once():
+    generator = torch.Generator().manual_seed(0)
+    images = F.normalize(torch.randn(5, 8, generator=generator), dim=-1)
+    distinct_texts = F.normalize(torch.randn(3, 8, generator=generator), dim=-1)
+    owner = torch.tensor([0, 1, 0, 2, 0])  # report 0 three times in the batch, as "No finding." is on the phantoms
+    logits = 10.0 * images @ distinct_texts[owner].T - 4.0
+    weighted = sigmoid_pair_loss(logits, positive_mask(owner, owner), duplicate_weights(owner))
+    deduplicated = sigmoid_pair_loss(10.0 * images @ distinct_texts.T - 4.0, positive_mask(owner, torch.arange(3)))
+    assert duplicate_weights(owner).tolist() == pytest.approx([1 / 3, 1.0, 1 / 3, 1.0, 1 / 3])
+    assert weighted.item() == pytest.approx(deduplicated.item(), rel=1e-6)
+    unweighted = sigmoid_pair_loss(logits, positive_mask(owner, owner))
+    assert unweighted.item() - weighted.item() > 1.0  # the copies counted three times
 
 
 # ----------------------------------------------------------------------------- FLAIR
@@ -176,6 +194,40 @@ def test_flair_pool_depends_on_the_text_query_and_pools_each_pair_independently(
         alone = pool(queries[2:3].expand(1, 1, 32).reshape(1, 1, 32), tokens[1:2])
         assert torch.allclose(alone[0, 0], pooled[1, 2], atol=1e-6)
         assert pool.attention.add_zero_attn
+
+
+def test_a_caption_is_contained_in_the_reports_that_hold_all_its_sentences():
+    reports = torch.tensor([[1, 2, 3], [2, 4, -1], [5, -1, -1]])
+    captions = torch.tensor([[2, -1], [2, 3], [4, 5], [-1, -1]])
+    assert sentences_contained(reports, captions).tolist() == [
+        [True, True, False, False],
+        [True, False, False, False],
+        [False, False, False, False],
+    ]
+    rows = sentence_id_rows([["No effusion.", "Heart size is normal."], ["no  effusion."]], width=3)
+    assert rows.shape == (2, 3) and rows[0, 0] == rows[1, 0] and rows[0, 0] >= 0 and rows[1, 1:].tolist() == [-1, -1]
+
+
+def test_flair_labels_a_sub_caption_positive_for_every_image_whose_report_holds_it(model):
+    objective = build_objective("flair", model).eval()
+    keys = [extra.key for extra in objective.extra_inputs()]
+    assert "subcaption_sentence_ids" in keys and "report_sentence_ids" in keys
+    batch = _batch(model)
+    report_sentences = [[sentence.strip() + "." for sentence in report.split(".") if sentence.strip()] for report in REPORTS]
+    first_sentences = [[sentences[0]] for sentences in report_sentences]
+    batch["report_sentence_ids"] = sentence_id_rows(report_sentences)
+    batch["subcaption_sentence_ids"] = sentence_id_rows(first_sentences, 3)
+    with torch.no_grad():
+        by_owner = objective(model, {key: value for key, value in batch.items() if "sentence_ids" not in key})["loss"].item()
+        no_sentence_shared = objective(model, batch)["loss"].item()
+        # Report 1 now also says "No acute process.", the first sentence (and sub-caption) of report 0.
+        shared = dict(batch, report_sentence_ids=sentence_id_rows([report_sentences[0], ["No acute process.", *report_sentences[1]],
+                                                                   *report_sentences[2:]]))
+        one_sentence_shared = objective(model, shared)["loss"].item()
+    assert no_sentence_shared == pytest.approx(by_owner, rel=1e-6)  # no sentence shared: the owners' labels
+    # Image 1 against caption 0 turns from negative to positive: at the bias of -10 that pair's loss goes from about 0
+    # to about 10 nats in both the conditioned and the global term, whose mean is divided by the 4 rows.
+    assert one_sentence_shared - no_sentence_shared > 1.0
 
 
 # ----------------------------------------------------------------------------- COSMOS
