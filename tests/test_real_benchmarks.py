@@ -119,5 +119,8 @@ def test_real_counterfactual_tiny(tmp_path, shared_data):
     for key in ("deletion_auc", "insertion_auc"):
         assert set(test[key]) == set(METHODS)
         assert all(value is None or 0 <= value <= 1 for value in test[key].values())
+    assert set(METHODS) == {"cae", "gradcam", "gradcampp", "occlusion", "random"}
+    assert set(test["seconds_per_explanation"]) == {"cae", "gradcam", "gradcampp", "occlusion"}
     assert test["seconds_per_explanation"]["cae"] is None or test["seconds_per_explanation"]["cae"] > 0
+    assert test["correctly_classified"] == 0 or (0 <= test["l1"] <= 1 and -1 <= test["ssim"] <= 1)
     assert test["flip_rate"] is None or not math.isnan(test["flip_rate"])

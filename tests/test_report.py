@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.report import HtmlReport, RunFolder, draw_boxes, image_strip, overlay_heatmap, overlay_mask, save_png, to_rgb_uint8
+from workbench.report import HtmlReport, RunFolder, draw_boxes, image_strip, overlay_heatmap, overlay_mask, save_png, signed_colours, to_rgb_uint8
 
 
 def test_to_rgb_uint8_windows_and_layouts():
@@ -69,3 +69,12 @@ def test_run_folders_never_collide(tmp_path: Path):
     first = RunFolder.create("job", tmp_path)
     second = RunFolder.create("job", tmp_path)
     assert first.path != second.path and first.path.is_dir() and second.path.is_dir()
+
+
+def test_signed_colours_are_white_at_zero_red_above_blue_below_and_symmetric():
+    tiles = signed_colours(np.array([[0.0, 0.5, -0.5, 1.0, -1.0]]))
+    assert tiles[0, 0].tolist() == [255, 255, 255]
+    assert tiles[0, 3].tolist() == [200, 30, 30] and tiles[0, 4].tolist() == [30, 60, 200]
+    assert tiles[0, 1, 0] > tiles[0, 1, 2] and tiles[0, 2, 2] > tiles[0, 2, 0]  # half-way red, half-way blue
+    assert signed_colours(np.zeros((2, 2))).min() == 255
+    assert signed_colours(np.array([[0.2]]), limit=0.1).tolist() == [[[200, 30, 30]]]  # clipped at the limit

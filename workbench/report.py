@@ -145,6 +145,22 @@ def heat_colours(heatmap: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1).round().astype(np.uint8)
 
 
+def signed_colours(difference: np.ndarray, limit: float | None = None) -> np.ndarray:
+    """Map a signed ``(H, W)`` map to ``(H, W, 3)`` uint8: blue below 0, white at 0, red above, symmetric limits.
+
+    Args:
+        difference: e.g. counterfactual minus original.
+        limit: the value shown at full colour; None: the largest absolute value (a map of zeros is white).
+    """
+    values = np.asarray(difference, dtype=np.float32)
+    limit = float(np.abs(values).max()) if limit is None else float(limit)
+    scaled = np.clip(values / limit, -1.0, 1.0) if limit > 0 else np.zeros_like(values)
+    white, red, blue = np.array([255.0, 255.0, 255.0]), np.array([200.0, 30.0, 30.0]), np.array([30.0, 60.0, 200.0])
+    weight = np.abs(scaled)[..., None]
+    target = np.where((scaled >= 0)[..., None], red, blue)
+    return ((1 - weight) * white + weight * target).round().astype(np.uint8)
+
+
 def overlay_mask(image: np.ndarray, mask: np.ndarray, colour: RGB = (230, 25, 75), alpha: float = 0.45) -> np.ndarray:
     """Blend a boolean ``(H, W)`` mask over ``image`` in ``colour``; returns ``(H, W, 3)`` uint8."""
     rgb = to_rgb_uint8(image).astype(np.float32)

@@ -212,6 +212,8 @@ def test_explain_command_end_to_end(tmp_path):
     assert all(row["queries"] == 2 + (row["flipped_step"] or 4) for row in metrics["cases"])
     page = index.read_text()
     assert "Classified " in page and "cases/00-" in page and (index.parent / "cases").is_dir()
+    # shown=2 draws one image of each class (the split lists them class by class), each with the change beside it
+    assert "(lesion): original" in page and "(normal): original" in page and "the change (counterfactual minus reconstruction)" in page
     guided = runner.invoke(cli, ["explain", "--classifier", "clf", "--cae", "cae", *explain, "path=guided", "baselines=[]", "max_cases=3"],
                            catch_exceptions=False)
     assert guided.exit_code == 0, guided.output

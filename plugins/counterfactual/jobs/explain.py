@@ -157,10 +157,11 @@ def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, di
     if settings.reference == "nearest":  # computed once per run, like the centroids once per training
         reference_for = nearest_exemplar(*reference_codes(settings, builders, cae, channels, size, device, skipped))
     rows, shown = [], []
-    for case in cases:
+    drawn = cases_to_show(cases, settings.shown)
+    for index, case in enumerate(cases):
         explanation = explain_linear(classifier, cae, case.image, classes, target=settings.target, steps=settings.steps,
                                      classifier_size=classifier_size, classifier_channels=classifier_channels,
-                                     smoothing_sigma=settings.smoothing_sigma, keep_path=len(shown) < settings.shown, waypoints_for=waypoints_for,
+                                     smoothing_sigma=settings.smoothing_sigma, keep_path=index in drawn, waypoints_for=waypoints_for,
                                      reference_for=reference_for)
         maps = {"cae": explanation.saliency}
         timings = {"seconds.cae": explanation.seconds}
@@ -182,7 +183,7 @@ def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, di
                 for key, value in localisation(saliency, case.mask, settings.topk_percent).items():
                     row[f"{key}.{name}"] = value
         rows.append(row)
-        if len(shown) < settings.shown:
+        if index in drawn:
             shown.append((case, explanation, maps))
     summary = summarise(rows, ["cae", *baselines], cae_record.metrics.get("knn_accuracy")) if settings.evaluate else {}
     summary.update(classifier=classifier_record.ref, cae=cae_record.ref, classes=classes, cases=rows)
@@ -190,6 +191,23 @@ def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, di
     write_explain_page(run, f"Counterfactual explanations of {classifier_record.ref} with {cae_record.ref}", classes, shown, summary,
                        [note for case in cases for note in case.notes])
     return run, summary
+
+
+def cases_to_show(cases: list[Case], count: int) -> set[int]:
+    """Indices of the ``count`` cases the page draws: the classes in turn, each class's cases in order.
+
+    A split listed class by class (folder layouts are) would otherwise show only its first class.
+    """
+    by_label: dict[int | None, list[int]] = {}
+    for index, case in enumerate(cases):
+        by_label.setdefault(case.label, []).append(index)
+    queues = [list(indices) for _, indices in sorted(by_label.items(), key=lambda item: (item[0] is None, item[0] or 0))]
+    chosen: list[int] = []
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return set(chosen)
 
 
 def save_saliency(run: RunFolder, case_id: str, saliency: np.ndarray) -> Path:

@@ -1,4 +1,4 @@
-"""The explanation run's ``index.html``: per case the original, reconstruction, path strip, counterfactual and saliency overlays."""
+"""The explanation run's ``index.html``: per case the original, reconstruction, counterfactual, the change, path strip and saliency overlays."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from workbench.report import HtmlReport, RunFolder, fmt, image_strip, overlay_heatmap, save_png
+from workbench.report import HtmlReport, RunFolder, fmt, image_strip, overlay_heatmap, save_png, signed_colours
 
 CASE_COLUMNS = ("id", "label", "predicted", "p", "target", "path", "valid", "flipped_step", "steps", "queries", "seconds", "l1", "ssim", "sparsity")
 
@@ -67,13 +67,19 @@ def write_explain_page(run: RunFolder, title: str, classes: Sequence[str], shown
     for index, (case, explanation, maps) in enumerate(shown):
         page.section(f"Case {case.id}", lead=explanation.sentence(classes))
         original = to_display(explanation.image)
-        tiles = [original, to_display(explanation.reconstruction), to_display(explanation.counterfactual)]
-        captions = ["original", "reconstruction", "counterfactual" if explanation.valid else "last step (INVALID)"]
+        # The change the class-code swap made: against the reconstruction, so the CAE's reconstruction error (blur) is not
+        # drawn as part of it (the CAE saliency is the smoothed absolute value of the same difference).
+        difference = np.asarray(explanation.counterfactual, dtype=np.float32) - np.asarray(explanation.reconstruction, dtype=np.float32)
+        tiles = [original, to_display(explanation.reconstruction), to_display(explanation.counterfactual),
+                 signed_colours(difference.mean(axis=0))]
+        captions = ["original", "reconstruction", "counterfactual" if explanation.valid else "last step (INVALID)",
+                    f"change (red +, blue -, max {fmt(float(np.abs(difference).max()))})"]
         for name, saliency in maps.items():
             tiles.append(overlay_heatmap(original, saliency))
             captions.append("CAE saliency" if name == "cae" else name)
         main = save_png(run.file(f"cases/{index:02d}-{_safe(case.id)}.png"), image_strip([enlarged(tile) for tile in tiles], captions))
-        figures = [(main, f"{case.id}: original, reconstruction, counterfactual, saliency overlays")]
+        figures = [(main, f"{case.id} ({case_label(case, classes)}): original, reconstruction, counterfactual, the change (counterfactual "
+                          "minus reconstruction), saliency overlays")]
         if explanation.path:
             path_captions = [f"{step + 1}: p={fmt(float(probability))}" for step, probability in enumerate(explanation.probabilities)]
             strip = image_strip([enlarged(to_display(image)) for image in explanation.path], path_captions)
@@ -86,6 +92,12 @@ def write_explain_page(run: RunFolder, title: str, classes: Sequence[str], shown
     if report is None:
         page.write()
     return page
+
+
+def case_label(case: Any, classes: Sequence[str]) -> str:
+    """The case's true class name, or "label unknown"."""
+    label = getattr(case, "label", None)
+    return "label unknown" if label is None else str(classes[int(label)])
 
 
 def _safe(text: str) -> str:
