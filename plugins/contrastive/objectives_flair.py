@@ -21,9 +21,10 @@ Batch keys read (``B`` per rank, ``K`` sub-captions per image, ``K >= 1``):
   neither; long, a stable id per sentence, -1 padding; the training batches carry them): a sub-caption is then a
   positive of every image whose report holds all its sentences, not only of its own image. Reports written from
   templates share most sentences ("No pneumothorax." is in a fifth of the phantom reports); labelled by owner alone
-  such a sentence is a positive of one image and a negative of the twelve others in the batch it is true of, and the
-  sigmoid loss answers that contradiction with one constant score for every pair (on the phantoms every image
-  mapped to one embedding).
+  such a sentence is a positive of one image and a negative of the twelve others in the batch it is true of. These
+  labels are the true ones, but they do not by themselves stop FLAIR from collapsing on the phantoms' templated
+  sub-captions (every image mapped to one embedding; the global sigmoid term on full reports instead does not
+  collapse): `workbench bench contrastive_objectives` shows where it stands.
 """
 
 from __future__ import annotations
