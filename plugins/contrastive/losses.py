@@ -199,7 +199,7 @@ def duplicate_weights(ids: torch.Tensor) -> torch.Tensor:
     rows are copies).
 
     Why a sigmoid loss needs it: every (image, text) pair is its own binary term, so a report that the batch
-    holds ``k`` times (nine "No finding." reports in a phantom batch of 64) would count ``k`` times in every
+    holds ``k`` times (a phantom batch of 64 has about nine rows whose normal report it holds two or three times) would count ``k`` times in every
     image's row: ``k`` positives for the images that share it, ``k`` negatives for all the others. Its
     gradient then outweighs every other text's, and the image tower learns the one direction that separates
     that report from the rest (on the phantoms: every image mapped to one embedding, retrieval at the random

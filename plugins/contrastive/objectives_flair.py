@@ -142,12 +142,12 @@ class FlairObjective(Objective):
         text_owner_ids = ids.repeat_interleave(per_image)
         all_texts, all_text_ids = gather_with_grad(texts), gather_ids(text_owner_ids)
         positives = positive_mask(ids, all_text_ids)  # (b, T)
-        # A duplicate report's sub-captions weigh what one report's do (see duplicate_weights).
-        column_weights = duplicate_weights(gather_ids(ids)).repeat_interleave(per_image)  # (T,)
         if "subcaption_sentence_ids" in batch and "report_sentence_ids" in batch:
             caption_sentences = gather_ids(batch["subcaption_sentence_ids"].reshape(local_images * per_image, -1))  # (T, m)
             positives = positives | sentences_contained(batch["report_sentence_ids"], caption_sentences)
             column_weights = duplicate_weights(caption_sentences)  # the same sentences drawn twice count once
+        else:  # a duplicate report's sub-captions weigh what one report's do (see duplicate_weights)
+            column_weights = duplicate_weights(gather_ids(ids)).repeat_interleave(per_image)  # (T,)
 
         logit_scale, logit_bias = model.logit_scale.exp(), model.logit_bias
         conditioned = F.normalize(self.pool(all_texts, patch_tokens), dim=-1)  # (b, T, D)
