@@ -67,16 +67,40 @@ def test_deletion_insertion_curves_follow_the_ranking():
         perturbation_series(image, np.zeros((4, 4)))
 
 
+def test_an_image_tower_written_from_one_encoder_starts_another(tmp_path):
+    from benchmarks.real_pretrain import image_tower_file
+    from workbench.host import create_plugin_manager
+    from workbench.registry import create_model
+
+    create_plugin_manager()  # registers the presets
+    options = {"image_size": 32, "context_length": 16, "pretrained_text": None}
+    source = create_model("dual-vit-tiny-conv-minilm", **options)
+    path = image_tower_file(source.state_dict(), tmp_path / "tower.safetensors")
+    started = create_model("dual-vit-tiny-conv-minilm", pretrained_image=str(path), **options)
+    fresh = create_model("dual-vit-tiny-conv-minilm", **options)
+    for key, value in source.clip.visual.state_dict().items():
+        assert torch.equal(started.clip.visual.state_dict()[key], value), key
+    assert not torch.equal(fresh.clip.visual.state_dict()["proj"], source.clip.visual.state_dict()["proj"])
+    assert not torch.equal(started.clip.text.state_dict()["proj.weight"], source.clip.text.state_dict()["proj.weight"])  # the text tower is not carried
+    with pytest.raises(RuntimeError, match="no clip.visual"):
+        image_tower_file({"other.weight": torch.zeros(2)}, tmp_path / "none.safetensors")
+
+
 @requires_covid_chestxray
 def test_real_pretrain_tiny(tmp_path, shared_data):
-    from benchmarks.real_pretrain import CONFIG, run
+    from benchmarks.real_pretrain import CONFIG, INITS, PHANTOM_CONFIG, run
 
     out = tmp_path / "real_pretrain.json"
     result = run(out, tiny=True)
-    check_provenance(result, "real_pretrain", [CONFIG], out)
+    check_provenance(result, "real_pretrain", [CONFIG, PHANTOM_CONFIG], out)
     assert result["split_sizes"] == {"train": 16, "val": 12, "test": 12}
-    assert [row["checkpoint_step"] for row in result["selection"]["candidates"]] == [1, 2]
-    assert result["selection"]["chosen_checkpoint_step"] in (1, 2)
+    candidates = result["selection"]["candidates"]
+    assert [(row["init"], row["checkpoint_step"]) for row in candidates] == [(init, step) for init in INITS for step in (1, 2)]
+    best = max(row["val_selection_score"] for row in candidates)
+    chosen = [row for row in candidates if (row["init"], row["checkpoint_step"]) == (result["selection"]["chosen_init"],
+                                                                                       result["selection"]["chosen_checkpoint_step"])]
+    assert len(chosen) == 1 and chosen[0]["val_selection_score"] == best
+    assert result["phantom_encoder"]["stored"].startswith("contrastive-phantom:") and result["phantom_encoder"]["steps"] == 2
     for encoder in ("pretrained", "random_image_tower"):
         figures = result["test"][encoder]
         assert figures["pairs"] == 12
