@@ -53,7 +53,7 @@ INITS = ("random", "phantom image tower")  # the two starting points of the imag
 BENCHMARK = {
     "name": "real_pretrain",
     "cpu_budget_minutes": 60,
-    "configs": [CONFIG, PHANTOM_CONFIG],
+    "configs": ["configs/real_pretrain_covid.yaml", "configs/pretrain_phantom.yaml"],
     "measures": "covid-chestxray test patients: retrieval R@1/5/10 both ways vs chance, zero-shot and linear-probe "
                 "AUROC of COVID-19 vs other findings, pretrained encoder vs random image tower",
 }
