@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.helpers.shared_data import CHASE_DB1
-from workbench.bench import bench_command, discover, parse_models, run_benchmark
+from workbench.bench import bench_command, discover, load_entry, parse_models, run_benchmark
 from workbench.errors import ConfigError
 from workbench.fsutil import sha256_of_file
 from workbench.provenance import PROVENANCE_KEYS, Provenance, folder_digest, phantom_digest
@@ -143,6 +144,12 @@ def test_a_broken_declaration_names_its_file(tmp_path):
     (tmp_path / "half.py").write_text('BENCHMARK = {"name": "half", "cpu_budget_minutes": 1, "configs": [], "measures": "x"}\n')
     with pytest.raises(ConfigError, match=r"half.py: a benchmark needs a top-level run\(\)"):
         discover(tmp_path)
+
+
+def test_only_a_benchmark_whose_run_takes_resume_can_resume():
+    with pytest.raises(ConfigError, match="grounding_phantom cannot resume"):
+        run_benchmark("grounding_phantom", resume=True)
+    assert "resume" in inspect.signature(load_entry(discover()["real_counterfactual"])).parameters
 
 
 def test_models_are_named_by_role_and_need_their_store():

@@ -86,6 +86,31 @@ def test_an_image_tower_written_from_one_encoder_starts_another(tmp_path):
         image_tower_file({"other.weight": torch.zeros(2)}, tmp_path / "none.safetensors")
 
 
+def test_a_resumed_benchmark_continues_the_newest_run_made_with_its_settings(tmp_path):
+    from benchmarks.real_counterfactual import curve_rows, resumable_run, scored_so_far
+    from workbench.config import settings_to_yaml
+    from workbench.errors import ConfigError
+    from workbench_plugins.counterfactual.settings import ClassifyTrainSettings
+
+    settings = ClassifyTrainSettings()
+    for name, checkpoint in (("classify-20260101-000000", True), ("classify-20260102-000000", True), ("classify-20260103-000000", False)):
+        folder = tmp_path / name
+        (folder / "checkpoints" / ("step-00000010" if checkpoint else "")).mkdir(parents=True)
+        (folder / "config.yaml").write_text(settings_to_yaml(settings), encoding="utf-8")
+    assert resumable_run(tmp_path, "classify", settings) == tmp_path / "classify-20260102-000000"  # the newest with a checkpoint
+    assert resumable_run(tmp_path, "cae", settings) is None
+    with pytest.raises(ConfigError, match="classify-20260102-000000: made with other settings"):
+        resumable_run(tmp_path, "classify", settings.model_copy(update={"examples": settings.examples + 1}))
+
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text('{"id": "a", "auc": {}}\n{"id": "b", "au', encoding="utf-8")  # stopped while writing b
+    assert list(scored_so_far(scores)) == ["a"]
+    rows = [{"id": str(index)} for index in range(10)]
+    drawn = curve_rows(rows, 4, seed=0)
+    assert len(drawn) == 4 and drawn == sorted(drawn, key=lambda row: int(row["id"])) and drawn == curve_rows(rows, 4, seed=0)
+    assert curve_rows(rows[:3], 4, seed=0) == rows[:3]
+
+
 @requires_covid_chestxray
 def test_real_pretrain_tiny(tmp_path, shared_data):
     from benchmarks.real_pretrain import CONFIG, INITS, PHANTOM_CONFIG, run
@@ -148,3 +173,11 @@ def test_real_counterfactual_tiny(tmp_path, shared_data):
     assert test["seconds_per_explanation"]["cae"] is None or test["seconds_per_explanation"]["cae"] > 0
     assert test["correctly_classified"] == 0 or (0 <= test["l1"] <= 1 and -1 <= test["ssim"] <= 1)
     assert test["flip_rate"] is None or not math.isnan(test["flip_rate"])
+    assert test["curve_cases"] == test["correctly_classified"] and result["settings"]["resumed_runs"] == {"classifier": None, "cae": None}
+
+    # Stopped and resumed: the finished runs are taken as they are and the figures come out the same.
+    resumed = run(out, tiny=True, resume=True)
+    runs = sorted(path.name for path in (tmp_path / "real_counterfactual_work" / "runs").iterdir() if not path.name.startswith("explain"))
+    assert resumed["settings"]["resumed_runs"] == {"classifier": runs[1], "cae": runs[0]}
+    for key in ("flip_rate", "ssim", "l1", "deletion_auc", "insertion_auc", "curve_cases"):
+        assert resumed["test"][key] == test[key], key

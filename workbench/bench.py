@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import importlib.util
+import inspect
 import sys
 import time
 from dataclasses import dataclass, field
@@ -137,7 +138,7 @@ def parse_models(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 
 def run_benchmark(name: str, *, tiny: bool = False, out: Path | None = None, work_dir: Path | None = None,
-                  models: dict[str, str] | None = None, store: Path | None = None) -> Path:
+                  models: dict[str, str] | None = None, store: Path | None = None, resume: bool = False) -> Path:
     """Run one benchmark from the repository root and return the results JSON it wrote.
 
     Args:
@@ -147,9 +148,11 @@ def run_benchmark(name: str, *, tiny: bool = False, out: Path | None = None, wor
         work_dir: run folders, phantoms and the fresh model store (default ``runs/bench/NAME``, tiny ``runs/bench-tiny/NAME``).
         models: ``{role: reference}`` stored models to use instead of training them (then ``store`` is where they are).
         store: the model store holding ``models`` (default: a fresh one under ``work_dir``).
+        resume: continue the benchmark's interrupted run (its newest run folder of each training stage, from the last
+            checkpoint) instead of starting afresh; only benchmarks whose ``run`` takes ``resume`` can.
 
     Raises:
-        ConfigError: an unknown benchmark, or models named without a store.
+        ConfigError: an unknown benchmark, models named without a store, or ``resume`` for a benchmark that cannot.
     """
     benchmarks = discover()
     if name not in benchmarks:
@@ -163,13 +166,17 @@ def run_benchmark(name: str, *, tiny: bool = False, out: Path | None = None, wor
     work_dir = Path(work_dir or REPO_ROOT / "runs" / ("bench-tiny" if tiny else "bench") / name).resolve()
     out = Path(out or (work_dir / f"{name}.json" if tiny else BENCHMARK_DIR / "results" / f"{name}.json")).resolve()
     entry = load_entry(spec)
+    resumable = spec.entry == "run" and "resume" in inspect.signature(entry).parameters
+    if resume and not resumable:
+        raise ConfigError(f"{name} cannot resume (its run takes no resume); run it again from the start")
     with contextlib.chdir(REPO_ROOT):  # the configs' relative paths (runs/..., configs/...) mean the repository's
         if spec.entry == "main":
             entry(["--tiny"] if tiny else [])
             return REPO_ROOT / "benchmarks" / "results" / f"{name}.json"
         # A fresh store per run: a benchmark never picks up a model some earlier run left behind.
         fresh_store = store or work_dir / "stores" / time.strftime("%Y%m%d-%H%M%S")
-        entry(out, tiny=tiny, work_dir=work_dir, models=dict(models or {}), store=Path(fresh_store).resolve())
+        entry(out, tiny=tiny, work_dir=work_dir, models=dict(models or {}), store=Path(fresh_store).resolve(),
+              **({"resume": True} if resume else {}))
     return out
 
 
@@ -181,8 +188,9 @@ def run_benchmark(name: str, *, tiny: bool = False, out: Path | None = None, wor
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None, help="run folders and data (default runs/bench/NAME)")
 @click.option("--model", "model_pairs", multiple=True, metavar="ROLE=NAME[:VERSION]", help="use this stored model instead of training it")
 @click.option("--store", type=click.Path(path_type=Path), default=None, help="the model store holding --model's models")
+@click.option("--resume", is_flag=True, help="continue an interrupted run of NAME from its stages' last checkpoints (benchmarks that can)")
 def bench_command(name: str | None, list_only: bool, tiny: bool, out: Path | None, work_dir: Path | None, model_pairs: tuple[str, ...],
-                  store: Path | None) -> None:
+                  store: Path | None, resume: bool) -> None:
     """Run benchmark NAME from the committed configs and write its results JSON with provenance."""
     benchmarks = discover()
     if list_only or name is None:
@@ -191,5 +199,5 @@ def bench_command(name: str | None, list_only: bool, tiny: bool, out: Path | Non
         for spec in benchmarks.values():
             click.echo(f"{spec.name:<{width}}  {spec.cpu_budget_minutes:>7g}  {spec.measures}")
         return
-    written = run_benchmark(name, tiny=tiny, out=out, work_dir=work_dir, models=parse_models(model_pairs), store=store)
+    written = run_benchmark(name, tiny=tiny, out=out, work_dir=work_dir, models=parse_models(model_pairs), store=store, resume=resume)
     click.echo(str(written))
