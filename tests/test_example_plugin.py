@@ -47,7 +47,8 @@ def test_the_documented_plugin_trains_scores_and_stores(installed_example: Path)
     assert host.plugins["blob"].ok and host.models.entry("blob-linear").plugin == "blob"
     runs = installed_example / "runs"
     arguments = ["blob-train", f"run.output_root={runs}", "run.device=cpu", "run.name=first"]
-    result = CliRunner().invoke(build_cli(host), arguments, obj=host, catch_exceptions=False)
+    cli = build_cli(host)
+    result = CliRunner().invoke(cli, arguments, obj=host, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     accuracy = float(re.search(r"accuracy ([0-9.]+)", result.output).group(1))
     assert accuracy >= 0.95  # two blobs 4 standard deviations apart
@@ -56,6 +57,11 @@ def test_the_documented_plugin_trains_scores_and_stores(installed_example: Path)
     [record] = ModelStore().list("blob-linear")
     assert record.metrics["accuracy"] == pytest.approx(accuracy, abs=1e-3) and record.plugin == "blob"
     assert (runs / "blob-train-first" / "checkpoints").is_dir() and (runs / "blob-train-first" / "config.yaml").is_file()
+    again = CliRunner().invoke(cli, arguments[:-1] + ["run.name=second"], obj=host, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    first_log, second_log = (runs / "blob-train-first" / "run.log").read_text(), (runs / "blob-train-second" / "run.log").read_text()
+    assert "blob-train on cpu" in first_log and "blob-train on cpu" in second_log
+    assert "blob-train-second" not in first_log  # the second run's lines go to its own log only
 
 
 def test_resuming_a_finished_run_stores_no_second_version(installed_example: Path):

@@ -78,3 +78,40 @@ def test_signed_colours_are_white_at_zero_red_above_blue_below_and_symmetric():
     assert tiles[0, 1, 0] > tiles[0, 1, 2] and tiles[0, 2, 2] > tiles[0, 2, 0]  # half-way red, half-way blue
     assert signed_colours(np.zeros((2, 2))).min() == 255
     assert signed_colours(np.array([[0.2]]), limit=0.1).tolist() == [[[200, 30, 30]]]  # clipped at the limit
+
+
+def test_a_job_closes_its_run_log_so_the_next_job_does_not_write_into_it(tmp_path: Path):
+    import logging
+
+    from workbench.report import attached_run_logs, closes_run_logs
+
+    log = logging.getLogger("workbench.test_report")
+
+    @closes_run_logs
+    def job(name: str, inner=None, fail: bool = False) -> Path:
+        run = RunFolder.create("job", tmp_path, name=name)
+        run.attach_log()
+        log.info("line of %s before", name)
+        if inner is not None:
+            inner()
+        log.info("line of %s after", name)
+        if fail:
+            raise RuntimeError(f"{name} failed")
+        return run.path / "run.log"
+
+    already = len(attached_run_logs())
+    first = job("first")
+    second = job("second")
+    assert "line of second" not in first.read_text() and "line of first" not in second.read_text()
+    assert len(attached_run_logs()) == already  # closed, not just left behind
+
+    outer = job("outer", inner=lambda: job("inner"))  # nested: the outer run keeps its log after the inner one ends
+    outer_text, inner_text = outer.read_text(), (tmp_path / "job-inner" / "run.log").read_text()
+    assert "line of outer after" in outer_text and "line of inner before" in outer_text
+    assert "line of outer" not in inner_text
+
+    with pytest.raises(RuntimeError, match="broken failed"):
+        job("broken", fail=True)
+    assert len(attached_run_logs()) == already
+    job("after")
+    assert "line of after" not in (tmp_path / "job-broken" / "run.log").read_text()

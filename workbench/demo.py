@@ -20,7 +20,7 @@ import torch
 from workbench.catalogs import NamedCatalog, PluginScope
 from workbench.config import RunSettings, StrictModel, load_settings, merge_options
 from workbench.errors import ConfigError, PluginError
-from workbench.report import HtmlReport, RunFolder
+from workbench.report import HtmlReport, RunFolder, closes_run_logs
 
 logger = logging.getLogger("workbench.demo")
 SettingsT = TypeVar("SettingsT")
@@ -181,6 +181,7 @@ class PluginDemoSteps(PluginScope):
         self._steps.add(name, DemoStep(run, tuple(after)), plugin=self.plugin)
 
 
+@closes_run_logs
 def run_demo(host: Any, settings: DemoSettings) -> Path:
     """Run the demo: phantoms, the plugin table, then every plugin step.
 

@@ -11,6 +11,7 @@ transposed.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import html
 import io
 import json
@@ -19,12 +20,15 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, ParamSpec, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from workbench.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 RGB = tuple[int, int, int]
 FINDING_COLOURS: tuple[RGB, ...] = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180))
@@ -32,6 +36,43 @@ FINDING_COLOURS: tuple[RGB, ...] = ((230, 25, 75), (60, 180, 75), (255, 225, 25)
 # A piecewise-linear "jet"-like colormap: one table, applied to every pixel without matplotlib's colormap machinery.
 _HEAT_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 _HEAT_COLOURS = np.array([[0, 0, 140], [0, 160, 255], [80, 255, 120], [255, 200, 0], [200, 0, 0]], dtype=np.float32)
+
+
+class RunLogHandler(logging.FileHandler):
+    """The handler writing one run folder's ``run.log`` (a class of its own, told apart from the user's handlers)."""
+
+
+def attached_run_logs() -> list[RunLogHandler]:
+    """The run-log handlers now attached to the ``workbench`` logger, oldest first."""
+    return [handler for handler in logging.getLogger("workbench").handlers if isinstance(handler, RunLogHandler)]
+
+
+def closes_run_logs(job: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a job function: the run logs it attaches are detached and closed when it returns or raises.
+
+    Without it, every run log a process opened kept receiving the lines of the jobs run after it (a benchmark's
+    classifier run showed its CAE's training in its ``run.log``) and kept its file open. Nested jobs keep their
+    order: an inner job's log is closed when the inner job ends, the outer one's when the outer ends.
+
+    Args:
+        job: a function that opens a run folder and calls :meth:`RunFolder.attach_log`.
+
+    Returns:
+        The function, with the same signature and result.
+    """
+    @functools.wraps(job)
+    def closing(*args: P.args, **kwargs: P.kwargs) -> R:
+        before = set(map(id, attached_run_logs()))
+        try:
+            return job(*args, **kwargs)
+        finally:
+            workbench_logger = logging.getLogger("workbench")
+            for handler in attached_run_logs():
+                if id(handler) not in before:
+                    workbench_logger.removeHandler(handler)
+                    handler.close()
+
+    return closing
 
 
 class RunFolder:
@@ -97,8 +138,12 @@ class RunFolder:
         return atomic_write_json(target, payload)
 
     def attach_log(self, level: int = logging.INFO) -> logging.Handler:
-        """Send the ``workbench`` loggers to ``run.log`` in this folder; returns the handler."""
-        handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
+        """Send the ``workbench`` loggers to ``run.log`` in this folder; returns the handler.
+
+        The handler stays attached until it is detached: a job function that attaches one is decorated with
+        :func:`closes_run_logs`, so the next job of the same process does not write into this run's log.
+        """
+        handler = RunLogHandler(self.path / "run.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(level)
         workbench_logger = logging.getLogger("workbench")

@@ -48,7 +48,7 @@ from workbench.distributed import barrier, unwrap, wrap_ddp
 from workbench.errors import ConfigError
 from workbench.jobs import JobStart, TrainOutcome, load_on_main_first, start_job
 from workbench.model_store import ModelStore
-from workbench.report import RunFolder
+from workbench.report import RunFolder, closes_run_logs
 from workbench.train import Trainer, TrainResult
 
 
@@ -228,6 +228,7 @@ def store_earlier_steps(job: TrainingJob, model: nn.Module, start: JobStart, res
     return stored
 
 
+@closes_run_logs
 def run_training_job(job: TrainingJob, *, resume: Path | None = None, run: RunFolder | None = None) -> TrainOutcome:
     """Run ``job`` end to end: start, prepare, build, fit, then on rank 0 evaluate, store, write metrics and pages.
 

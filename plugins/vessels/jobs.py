@@ -30,7 +30,7 @@ from workbench.jobs import JobStart, TrainOutcome, train_and_held_out
 from workbench.model_records import parse_ref
 from workbench.model_store import open_store
 from workbench.registry import create_model
-from workbench.report import HtmlReport, RunFolder, fmt
+from workbench.report import HtmlReport, RunFolder, fmt, closes_run_logs
 from workbench.training_job import StoreRequest, TrainingJob, run_training_job
 from workbench_plugins.vessels.data import DEFAULT_NORMALISATION, build_vessel_loader, inference_preprocessing, load_inference_item, vessel_training_dataset
 from workbench_plugins.vessels.inference import predict_probabilities, vessel_probability
@@ -286,6 +286,7 @@ def _inputs_as_records(inputs: Sequence[Path], frame: int | None = None) -> list
     return [{"id": path.stem, "image": str(path), **({"frame": frame} if frame is not None else {})} for path in expand_inputs(inputs)]
 
 
+@closes_run_logs
 def run_predict(settings: VesselPredictSettings, builders: Any, *, score: bool) -> VesselOutcome:
     """Predict (and with ``score``, evaluate) a stored network on files or a dataset split.
 

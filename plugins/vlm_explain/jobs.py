@@ -15,7 +15,7 @@ from workbench.data.manifests import read_manifest
 from workbench.data.readers import read_image
 from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError, DataError
-from workbench.report import HtmlReport, RunFolder
+from workbench.report import HtmlReport, RunFolder, closes_run_logs
 from workbench_plugins.vlm_explain.concepts import mine_concepts, read_concept_bank, write_concept_bank
 from workbench.model_store import open_store
 from workbench_plugins.vlm_explain.encoder import ExplainedEncoder
@@ -215,6 +215,7 @@ def pick_examples(items: Sequence[ExplainedRecord], count: int, source: str) -> 
     return list(items[:count])
 
 
+@closes_run_logs
 def run_explain_batch(settings: ExplainSettings, progress: bool = True) -> BatchOutcome:
     """Explain a manifest's images, score the explanations, write ``metrics.json`` and ``index.html``.
 

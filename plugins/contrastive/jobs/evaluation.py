@@ -12,7 +12,7 @@ from workbench.devices import select_device
 from workbench.model_records import parse_ref
 from workbench.model_store import open_store
 from workbench.registry import create_model
-from workbench.report import HtmlReport, RunFolder
+from workbench.report import HtmlReport, RunFolder, closes_run_logs
 from workbench_plugins.contrastive.data import pair_dataset
 from workbench_plugins.contrastive.evaluate import encode_pairs, evaluate_encoder, write_evaluation_pages
 from workbench_plugins.contrastive.models import ReportImageDualEncoder, dual_encoder_preprocessing
@@ -44,6 +44,7 @@ def load_encoder(settings: EvaluateSettings) -> tuple[ReportImageDualEncoder, An
     return encoder, record.preprocessing, f"{record.name}:v{record.version}"
 
 
+@closes_run_logs
 def run_evaluation(settings: EvaluateSettings, builders: Any) -> Path:
     """Evaluate and write the run folder (``metrics.json``, ``index.html``, retrieval pictures).
 

@@ -12,7 +12,7 @@ from workbench.data.skipped import SkippedRecords
 from workbench.devices import select_device
 from workbench.errors import ConfigError
 from workbench.model_records import ModelRecord, parse_ref
-from workbench.report import RunFolder
+from workbench.report import RunFolder, closes_run_logs
 from workbench_plugins.counterfactual.jobs.classify import TASK, open_store
 from workbench_plugins.counterfactual.pages.classify import write_classifier_page
 from workbench_plugins.counterfactual.data import labelled_dataset, labelled_records, pick_split
@@ -52,6 +52,7 @@ def check_same_classes(model_classes: list[str], data_classes: list[str], model_
                           "set data.classes (or data.finding) to match")
 
 
+@closes_run_logs
 def run_classify_evaluate(settings: ClassifyEvaluateSettings, builders: Any) -> tuple[RunFolder, dict[str, Any]]:
     """Evaluate a stored classifier on ``data.eval_split`` and write a run folder.
 

@@ -18,7 +18,7 @@ from workbench.devices import select_device
 from workbench.errors import ConfigError
 from workbench.fsutil import atomic_path
 from workbench.model_records import parse_ref
-from workbench.report import RunFolder
+from workbench.report import RunFolder, closes_run_logs
 from workbench_plugins.counterfactual.baselines import baseline_maps
 from workbench_plugins.counterfactual.jobs.classify import open_store
 from workbench_plugins.counterfactual.jobs.classify_evaluate import load_classifier
@@ -112,6 +112,7 @@ def _resized(saliency: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(torch.as_tensor(saliency)[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+@closes_run_logs
 def run_explain(settings: ExplainSettings, builders: Any) -> tuple[RunFolder, dict[str, Any]]:
     """Explain one image (``settings.image``) or a batch; write per-case figures, ``metrics.json`` and ``index.html``.
 

@@ -12,7 +12,7 @@ from workbench.data.readers import read_image
 from workbench.data.skipped import SkippedRecords
 from workbench.errors import ConfigError
 from workbench.jobs import build_records, split_records
-from workbench.report import HtmlReport, RunFolder, fmt, save_png
+from workbench.report import HtmlReport, RunFolder, fmt, save_png, closes_run_logs
 from workbench_plugins.grounding.data import GroundingSample, grounding_records, iter_samples
 from workbench_plugins.grounding.encoder import check_phrases
 from workbench.model_store import open_store
@@ -51,6 +51,7 @@ class EvaluateOutcome:
     page: HtmlReport
 
 
+@closes_run_logs
 def run_ground_evaluate(settings: GroundSettings, builders: Any, *, report: HtmlReport | None = None, run: RunFolder | None = None,
                         progress: bool = True) -> EvaluateOutcome:
     """Ground every held-out phrase, score it, and write ``metrics.json`` and ``index.html`` (worst cases first).
