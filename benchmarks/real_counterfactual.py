@@ -16,10 +16,11 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/real_counterfactual.py [--tiny] [--ou
    appended to ``curve_scores.jsonl`` in the work folder as it is done.
 
 The configs are used as committed; nothing is chosen on test. The set has no lesion masks, so no localisation score.
-CPU time (one thread), measured in the first run: the classifier (ResNet-18 without the stem's max-pool, so its
-Grad-CAM layer is 8x8) about 8 s a step at batch 32, 400 steps 55 minutes; the CAE about 2 s a guided step (the
-classifier's forward and backward in each), 4000 steps over two hours; explaining the test children and the curves
-about an hour: about 300 minutes in all, more than one working session of a 2-core machine. So the run can stop and go
+CPU time (one thread), measured in the first full run: the classifier (ResNet-18 without the stem's max-pool, so its
+Grad-CAM layer is 8x8) about 8 s a step at batch 32, 400 steps with its val scoring 61 minutes; the CAE about 1.6-2 s a
+guided step (the classifier's forward and backward in each), 4000 steps about two hours; explaining the test children
+and the curves about 42 minutes: about 225 minutes in all (300 stated as the budget), more than one working session of
+a 2-core machine. The JSON's ``cpu_seconds`` count the last segment of a resumed run only. So the run can stop and go
 on: ``workbench bench real_counterfactual --resume`` continues the newest classifier and CAE runs of the work folder
 from their last checkpoints (a finished one is taken as it is), and the curves from the cases already scored.
 """
